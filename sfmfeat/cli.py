@@ -1,0 +1,67 @@
+"""The ``sfmfeat`` command line: a thin layer over the Python API.
+
+Each module in ``sfmfeat.commands`` contributes verbs through ``register(subparsers)``;
+the parser it adds sets ``func`` to a callable taking the parsed arguments.
+Any ``SfmfeatError`` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from . import __version__, commands
+from .errors import SfmfeatError
+
+logger = logging.getLogger("sfmfeat")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sfmfeat", description="Learned local features for COLMAP, through pycolmap.")
+    parser.add_argument("--version", action="version", version=f"sfmfeat {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{commands.__name__}.{info.name}").register(subparsers)
+    return parser
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        import pycolmap
+
+        pycolmap.logging.minloglevel = 0 if verbose else 2
+    except (ImportError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    setup_logging(args.verbose, args.quiet)
+    try:
+        result = args.func(args)
+    except SfmfeatError as err:
+        print(f"sfmfeat {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sfmfeat {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""SIFT and RootSIFT through OpenCV.
+
+Keypoints keep their OpenCV scale (``size``) and orientation (``angle``), so
+descriptor-only methods can describe them. Descriptors are L2-normalised (SIFT) or
+L1-normalised then square-rooted (RootSIFT, Arandjelović & Zisserman 2012), so both are
+unit-norm and match with the same nearest-neighbour code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..images import to_grayscale
+from .base import Extractor, Features
+
+
+@dataclass(frozen=True)
+class SiftConfig:
+    max_keypoints: int | None = 8192     # strongest by response; None keeps all
+    upright: bool = False                # orientation fixed to 0, duplicates by angle merged
+    root: bool = False                   # RootSIFT
+    n_octave_layers: int = 3
+    contrast_threshold: float = 0.04     # OpenCV's default; divided by n_octave_layers inside
+    edge_threshold: float = 10.0
+    sigma: float = 1.6
+    max_edge: int | None = None          # resize the long side before detection; None = full res
+
+
+class Sift(Extractor):
+    name = "sift"
+    config_class = SiftConfig
+    presets = {
+        "sift": SiftConfig(),
+        "rootsift": SiftConfig(root=True),
+        "sift-upright": SiftConfig(upright=True),
+    }
+
+    def __init__(self, config: SiftConfig | None = None, device: str | None = None) -> None:
+        super().__init__(config, device)
+        self._sift = cv2.SIFT_create(
+            nfeatures=0, nOctaveLayers=self.config.n_octave_layers,
+            contrastThreshold=self.config.contrast_threshold,
+            edgeThreshold=self.config.edge_threshold, sigma=self.config.sigma,
+        )
+
+    def extract(self, image: np.ndarray) -> Features:
+        gray = to_grayscale(image)
+        scale = 1.0
+        if self.config.max_edge and max(gray.shape) > self.config.max_edge:
+            scale = self.config.max_edge / max(gray.shape)
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        keypoints = self._sift.detect(gray, None)
+        if not keypoints:
+            return Features.empty(128, with_geometry=True)
+        if self.config.upright:
+            keypoints = _upright_unique(keypoints)
+        keypoints = _strongest(keypoints, self.config.max_keypoints)
+        keypoints, descriptors = self._sift.compute(gray, keypoints)
+        if descriptors is None or not keypoints:
+            return Features.empty(128, with_geometry=True)
+        descriptors = descriptors.astype(np.float32)
+        if self.config.root:
+            descriptors /= np.maximum(np.abs(descriptors).sum(1, keepdims=True), 1e-8)
+            descriptors = np.sqrt(descriptors)
+        else:
+            descriptors /= np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-8)
+        xy = np.array([kp.pt for kp in keypoints], np.float32)
+        # cv2 places pixel centres at integer coordinates, as sfmfeat does
+        xy = (xy + 0.5) / scale - 0.5
+        return Features(
+            keypoints=xy,
+            scores=np.array([kp.response for kp in keypoints], np.float32),
+            descriptors=descriptors,
+            scales=np.array([kp.size for kp in keypoints], np.float32) / scale,
+            orientations=np.array([kp.angle % 360.0 for kp in keypoints], np.float32),
+        )
+
+
+def _upright_unique(keypoints: list) -> list:
+    """Zero the orientation and keep one keypoint per (position, size)."""
+    unique = {}
+    for kp in keypoints:
+        key = (round(kp.pt[0], 3), round(kp.pt[1], 3), round(kp.size, 3))
+        if key not in unique or kp.response > unique[key].response:
+            unique[key] = cv2.KeyPoint(kp.pt[0], kp.pt[1], kp.size, 0.0, kp.response,
+                                       kp.octave, kp.class_id)
+    return list(unique.values())
+
+
+def _strongest(keypoints: list, limit: int | None) -> list:
+    if limit is None or len(keypoints) <= limit:
+        return list(keypoints)
+    order = np.argsort([-kp.response for kp in keypoints], kind="stable")[:limit]
+    return [keypoints[i] for i in sorted(order)]

@@ -1,0 +1,144 @@
+"""Listing and decoding images.
+
+Conventions (the same everywhere in sfmfeat):
+- Image names are POSIX paths relative to the image root (subfolders, spaces and
+  non-ASCII characters are fine).
+- Pixels are used as stored in the file: EXIF orientation is *not* applied, exactly as
+  COLMAP does, so keypoints, COLMAP models and undistorted images all share one pixel
+  grid. A log line says when an image carries a non-identity EXIF orientation.
+- ``read_image`` returns an H×W×3 uint8 RGB array: grayscale is replicated to three
+  channels, alpha is dropped, 16-bit data is scaled to 8 bits (value / 257, rounded).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ImageReadError, InputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
+MIN_IMAGE_SIDE = 16
+
+
+def list_images(root: str | Path) -> list[str]:
+    """Sorted relative POSIX names of every image-like file below ``root`` (recursive)."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise InputError(f"{root} is not a folder of images")
+    names = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+    if not names:
+        raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
+    return names
+
+
+def read_image_list(path: str | Path) -> list[str]:
+    """Image names from a text file, one per line (blank lines and # comments skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image list {path} does not exist")
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.append(line)
+    if not names:
+        raise InputError(f"image list {path} names no image")
+    return names
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to an H×W×3 uint8 RGB array, or raise ImageReadError with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    data = np.fromfile(path, dtype=np.uint8)  # np.fromfile copes with non-ASCII paths
+    if data.size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(data, flags)
+    if image is None:
+        raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
+    image = _to_rgb8(image, path)
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise ImageReadError(
+            f"{path}: image is {width}x{height} px, smaller than {MIN_IMAGE_SIDE} px on a side"
+        )
+    orientation = exif_orientation(path)
+    if orientation not in (None, 1):
+        logger.info("%s has EXIF orientation %d; using the stored pixel grid as COLMAP does",
+                    path, orientation)
+    return image
+
+
+def _to_rgb8(image: np.ndarray, path: Path) -> np.ndarray:
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageReadError(f"{path}: unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+    channels = image.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise ImageReadError(f"{path}: unsupported number of channels {channels}")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image without decoding the pixels when possible."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError):
+        height, width = read_image(path).shape[:2]
+        return width, height
+
+
+def exif_orientation(path: str | Path) -> int | None:
+    """The EXIF orientation tag (1..8) of an image, or None when absent or unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(0x0112)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return int(value) if value else None
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """H×W uint8 luminance of an RGB image (OpenCV weights)."""
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def resize_max_edge(image: np.ndarray, max_edge: int | None,
+                    interpolation: int = cv2.INTER_AREA) -> tuple[np.ndarray, float]:
+    """Downscale so that max(H, W) <= max_edge; returns the image and the scale applied."""
+    height, width = image.shape[:2]
+    if not max_edge or max(height, width) <= max_edge:
+        return image, 1.0
+    scale = max_edge / max(height, width)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, new_size, interpolation=interpolation), scale

@@ -1,0 +1,154 @@
+"""Registry of official weight files, the local cache and downloads.
+
+Files live in ``<weights dir>/<method>/<file>``. The weights dir is
+``$SFMFEAT_WEIGHTS_DIR`` when set, else ``~/.cache/sfmfeat/weights``.
+Each extractor class lists its files in ``Extractor.weight_files``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import WeightsError
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "SFMFEAT_WEIGHTS_DIR"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    method: str          # folder name under the weights dir, e.g. "d2net"
+    filename: str        # e.g. "d2_tf.pth"
+    url: str             # official download address
+    licence: str         # licence of the weight file itself
+    sha256: str | None = None
+    non_commercial: bool = False
+    note: str = ""
+
+    @property
+    def relative_path(self) -> str:
+        return f"{self.method}/{self.filename}"
+
+
+def weights_dir() -> Path:
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sfmfeat" / "weights"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve(entry: WeightFile, download: bool = True) -> Path:
+    """The local path of ``entry``, downloading it into the cache when missing."""
+    path = weights_dir() / entry.method / entry.filename
+    if path.is_file():
+        return path
+    if not download:
+        raise WeightsError(
+            f"weight file {path} not found; download it from {entry.url} "
+            f"or set {ENV_VAR} to a folder holding {entry.relative_path}"
+        )
+    _download(entry, path)
+    return path
+
+
+def _download(entry: WeightFile, path: Path) -> None:
+    from tqdm import tqdm
+
+    if entry.non_commercial:
+        logger.warning("%s is licensed %s: non-commercial use only", entry.relative_path,
+                       entry.licence)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading %s from %s", entry.relative_path, entry.url)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{entry.filename}.")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=entry.filename) as bar:
+                for block in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+        if entry.sha256 and sha256_of(Path(tmp_name)) != entry.sha256:
+            raise WeightsError(
+                f"checksum mismatch for {entry.url}: expected sha256 {entry.sha256}; "
+                "the download is corrupt or the file changed upstream"
+            )
+        os.replace(tmp_name, path)
+    except OSError as err:
+        raise WeightsError(
+            f"cannot download {entry.url} ({err}); fetch it by hand into {path} "
+            f"or set {ENV_VAR}"
+        ) from err
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+
+
+def copy_into_cache(entry: WeightFile, source: Path) -> Path:
+    """Install a file the user downloaded by hand; checks the checksum when known."""
+    if entry.sha256 and sha256_of(source) != entry.sha256:
+        raise WeightsError(f"{source}: sha256 differs from the official {entry.filename}")
+    target = weights_dir() / entry.method / entry.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+def load_torch_checkpoint(path: Path) -> object:
+    """``torch.load`` on CPU with a WeightsError naming the file when it is not a checkpoint."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError,
+            OSError) as err:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+
+
+def load_state_dict_strict(module, state_dict: dict, source: Path | str) -> None:
+    """``module.load_state_dict(strict=True)`` with missing/unexpected keys and shape
+    mismatches named in a WeightsError."""
+    if not isinstance(state_dict, dict):
+        raise WeightsError(f"{source}: expected a state dict, got {type(state_dict).__name__}")
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong_shape = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if wrong_shape:
+        problems.append(f"shape mismatches {_short(wrong_shape)}")
+    if problems:
+        raise WeightsError(
+            f"{source} does not fit {type(module).__name__}: " + "; ".join(problems)
+            + " (wrong file or wrong variant?)"
+        )
+    module.load_state_dict(state_dict, strict=True)
+
+
+def _short(items: list[str], limit: int = 6) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
