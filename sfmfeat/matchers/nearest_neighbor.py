@@ -1,0 +1,102 @@
+"""Nearest-neighbour matching on L2 distances: mutual check, Lowe's ratio test and a
+distance threshold, in any combination.
+
+The N0×N1 distance matrix is never held whole: rows of the first set are processed in
+chunks of at most ``max_chunk_elements`` similarities. One GEMM per chunk gives each row's
+two nearest neighbours and updates each column's running nearest neighbour, so the mutual
+check needs no second pass. Memory is O(chunk × N1 + (N0 + N1) × D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import config_hash
+from ..errors import InputError
+from ..extractors.base import resolve_device
+
+
+@dataclass(frozen=True)
+class NearestNeighborConfig:
+    mutual: bool = True
+    ratio: float | None = None          # keep if d1 <= ratio * d2 (Lowe); None disables
+    max_distance: float | None = None   # keep if d1 <= max_distance (L2); None disables
+    max_chunk_elements: int = 1 << 25   # similarities computed at once (128 MiB in fp32)
+
+
+class NearestNeighborMatcher:
+    name = "nearest_neighbor"
+
+    def __init__(self, config: NearestNeighborConfig | None = None,
+                 device: str | None = None) -> None:
+        self.config = config or NearestNeighborConfig()
+        if self.config.ratio is not None and not 0 < self.config.ratio <= 1:
+            raise InputError(f"ratio must lie in (0, 1], got {self.config.ratio}")
+        self.device = resolve_device(device)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(f"{__name__}.{type(self).__qualname__}", self.config)
+
+    def match(self, descriptors0: np.ndarray | torch.Tensor,
+              descriptors1: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """K×2 int32 matches (index into set 0, index into set 1) and K float32 scores
+        (the descriptors' dot product)."""
+        d0 = _as_tensor(descriptors0, self.device)
+        d1 = _as_tensor(descriptors1, self.device)
+        if d0.shape[1] != d1.shape[1]:
+            raise InputError(f"descriptor dimensions differ: {d0.shape[1]} vs {d1.shape[1]}")
+        if len(d0) == 0 or len(d1) == 0:
+            return np.zeros((0, 2), np.int32), np.zeros(0, np.float32)
+        with torch.inference_mode():
+            idx0, idx1, scores = _match(d0, d1, self.config)
+        return (np.stack([idx0.cpu().numpy(), idx1.cpu().numpy()], 1).astype(np.int32),
+                scores.cpu().numpy().astype(np.float32))
+
+
+def _as_tensor(values: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
+    tensor = torch.as_tensor(values)
+    if tensor.ndim != 2:
+        raise InputError(f"descriptors must be N×D, got shape {tuple(tensor.shape)}")
+    return tensor.to(device=device, dtype=torch.float32)
+
+
+def _match(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborConfig):
+    n0, n1 = len(d0), len(d1)
+    sq0 = (d0 * d0).sum(1)
+    sq1 = (d1 * d1).sum(1)
+    k = 2 if config.ratio is not None and n1 > 1 else 1
+    chunk = max(1, config.max_chunk_elements // n1)
+    best_row_score = torch.empty(n0, k, device=d0.device)
+    best_row_index = torch.empty(n0, dtype=torch.long, device=d0.device)
+    best_col_score = torch.full((n1,), -torch.inf, device=d0.device)
+    best_col_index = torch.zeros(n1, dtype=torch.long, device=d0.device)
+    for start in range(0, n0, chunk):
+        stop = min(start + chunk, n0)
+        # 2 a·b - |b|² is largest where |a - b|² = |a|² - (2 a·b - |b|²) is smallest
+        score = torch.mm(d0[start:stop], d1.T).mul_(2).sub_(sq1)
+        top_score, top_index = score.topk(k, dim=1)
+        best_row_score[start:stop] = top_score
+        best_row_index[start:stop] = top_index[:, 0]
+        # per column: 2 a·b - |a|² is largest at the nearest row a
+        col_score, col_index = score.add_(sq1).sub_(sq0[start:stop, None]).max(0)
+        better = col_score > best_col_score
+        best_col_score = torch.where(better, col_score, best_col_score)
+        best_col_index = torch.where(better, col_index + start, best_col_index)
+
+    dist_sq = (sq0[:, None] - best_row_score).clamp_(min=0)
+    keep = torch.ones(n0, dtype=torch.bool, device=d0.device)
+    if config.ratio is not None and k == 2:
+        keep &= dist_sq[:, 0] <= (config.ratio ** 2) * dist_sq[:, 1]
+    if config.max_distance is not None:
+        keep &= dist_sq[:, 0] <= config.max_distance ** 2
+    rows = torch.arange(n0, device=d0.device)
+    if config.mutual:
+        keep &= best_col_index[best_row_index] == rows
+    idx0 = rows[keep]
+    idx1 = best_row_index[keep]
+    dot = (sq0[idx0] + sq1[idx1] - dist_sq[idx0, 0]) / 2
+    return idx0, idx1, dot
