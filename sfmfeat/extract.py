@@ -1,0 +1,99 @@
+"""Extract local features for a folder of images into a features.h5 store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import ImageReadError, InputError
+from .extractors import create_extractor
+from .extractors.base import Extractor, Features
+from .images import list_images, read_image
+from .store import FeatureWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractionReport:
+    output: Path
+    extracted: list[str] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)   # name -> reason
+    seconds: float = 0.0
+
+    @property
+    def valid_names(self) -> list[str]:
+        return self.already_done + self.extracted
+
+
+def extract_features(image_dir: str | Path, output: str | Path, features: str = "sift",
+                     image_names: list[str] | None = None,
+                     overrides: dict[str, Any] | None = None, device: str | None = None,
+                     strict: bool = False, overwrite: bool = False,
+                     extractor: Extractor | None = None) -> ExtractionReport:
+    """Extract ``features`` (a preset name) for every image and store them in ``output``.
+
+    Images already in ``output`` with the same config are skipped (resumption). Unreadable
+    images are reported in ``ExtractionReport.rejected`` with their reason, or raise with
+    ``strict=True``.
+    """
+    start = time.perf_counter()
+    image_dir = Path(image_dir)
+    names = list(image_names) if image_names is not None else list_images(image_dir)
+    if not names:
+        raise InputError(f"no images to extract in {image_dir}")
+    extractor = extractor or create_extractor(features, overrides, device=device)
+    report = ExtractionReport(output=Path(output))
+    with FeatureWriter(output, method=features, config_hash=extractor.config_hash,
+                       config=extractor.describe_config(), overwrite=overwrite) as writer:
+        todo = []
+        for name in names:
+            (report.already_done if name in writer else todo).append(name)
+        if report.already_done:
+            logger.info("%d of %d images already extracted", len(report.already_done),
+                        len(names))
+        # decode the next image while the current one is being processed
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            loads = [pool.submit(_load, image_dir / name) for name in todo[:1]]
+            for index, name in enumerate(tqdm(todo, desc=f"extract {features}", unit="img")):
+                if index + 1 < len(todo):
+                    loads.append(pool.submit(_load, image_dir / todo[index + 1]))
+                image, error = loads[index].result()
+                loads[index] = None  # release the pixels
+                if error is not None:
+                    if strict:
+                        raise error
+                    logger.warning("skipping %s", error)
+                    report.rejected[name] = str(error)
+                    continue
+                result = extractor.extract(image)
+                _check_features(result, name)
+                writer.write(name, result, (image.shape[1], image.shape[0]))
+                report.extracted.append(name)
+    report.seconds = time.perf_counter() - start
+    if not report.valid_names:
+        raise InputError(f"none of the {len(names)} images in {image_dir} could be read: "
+                         + "; ".join(report.rejected.values())[:500])
+    return report
+
+
+def _load(path: Path) -> tuple[np.ndarray | None, ImageReadError | None]:
+    try:
+        return read_image(path), None
+    except ImageReadError as err:
+        return None, err
+
+
+def _check_features(features: Features, name: str) -> None:
+    if len(features) and not (np.isfinite(features.keypoints).all()
+                              and np.isfinite(features.descriptors).all()):
+        raise InputError(f"{name}: the extractor produced non-finite keypoints or "
+                         "descriptors")

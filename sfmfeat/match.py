@@ -1,0 +1,107 @@
+"""Match the features of image pairs into a matches.h5 store."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .errors import InputError
+from .matchers import create_matcher
+from .pairs import Pair, unique_pairs
+from .store import FeatureReader, MatchWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MatchingReport:
+    output: Path
+    matched: int = 0
+    already_done: int = 0
+    num_matches: dict[Pair, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class _DescriptorCache:
+    """Keeps the most recently used images' descriptors on the matcher's device."""
+
+    def __init__(self, readers: list[FeatureReader], device: str, capacity: int = 64) -> None:
+        self.readers = readers
+        self.device = device
+        self.capacity = capacity
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name in self._items:
+            self._items.move_to_end(name)
+            return self._items[name]
+        for reader in self.readers:
+            if name in reader:
+                values = torch.from_numpy(reader.read(name).descriptors).to(self.device)
+                break
+        else:
+            raise InputError(f"no features for image {name!r} in "
+                             + ", ".join(str(r.path) for r in self.readers))
+        self._items[name] = values
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return values
+
+
+def features_identity(readers: list[FeatureReader]) -> str:
+    """The config hash of the features the matches are made from (one or two files)."""
+    hashes = sorted({r.config_hash for r in readers})
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256("+".join(hashes).encode()).hexdigest()[:16]
+
+
+def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
+                matcher: str = "mnn-ratio", overrides: dict[str, Any] | None = None,
+                reference_features: str | Path | None = None, device: str | None = None,
+                overwrite: bool = False) -> MatchingReport:
+    """Match every pair; names are looked up in ``features`` then ``reference_features``.
+
+    Pairs already stored with the same matcher and features config are skipped.
+    """
+    start = time.perf_counter()
+    pairs = unique_pairs(pairs)
+    model = create_matcher(matcher, overrides, device=device)
+    paths = [Path(features)] + ([Path(reference_features)] if reference_features else [])
+    readers = [FeatureReader(p) for p in paths]
+    report = MatchingReport(output=Path(output))
+    try:
+        names = set().union(*(r.names() for r in readers))
+        absent = sorted({n for pair in pairs for n in pair} - names)
+        if absent:
+            raise InputError(f"{len(absent)} image(s) in the pairs have no features in "
+                             f"{', '.join(map(str, paths))}: {', '.join(absent[:5])}"
+                             + (" ..." if len(absent) > 5 else ""))
+        if len({(r.method, r.config_hash) for r in readers}) > 1:
+            raise InputError("query and reference features were made with different "
+                             f"extractors/configs: {[(r.method, r.config_hash) for r in readers]}")
+        cache = _DescriptorCache(readers, model.device)
+        with MatchWriter(output, method=matcher, config_hash=model.config_hash,
+                         config={"matcher": matcher, "config": vars(model.config)},
+                         features_config_hash=features_identity(readers),
+                         overwrite=overwrite) as writer:
+            todo = [p for p in pairs if p not in writer]
+            report.already_done = len(pairs) - len(todo)
+            for name0, name1 in tqdm(todo, desc=f"match {matcher}", unit="pair"):
+                matches, scores = model.match(cache(name0), cache(name1))
+                writer.write(name0, name1, matches, scores)
+                report.num_matches[(name0, name1)] = len(matches)
+                report.matched += 1
+    finally:
+        for reader in readers:
+            reader.close()
+    report.seconds = time.perf_counter() - start
+    return report
