@@ -1,0 +1,2 @@
+"""Everything that talks to COLMAP (through pycolmap): databases, verification, mapping,
+triangulation from known poses and dense MVS."""

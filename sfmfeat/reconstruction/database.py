@@ -1,0 +1,146 @@
+"""Writing our features and matches into a COLMAP database.
+
+This is the one place where the +0.5 pixel shift happens: sfmfeat puts pixel centres at
+integer coordinates, COLMAP at half-integers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from enum import Enum
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from ..errors import InputError, ReconstructionError
+from ..pairs import Pair
+from ..store import FeatureReader, MatchReader
+
+logger = logging.getLogger(__name__)
+
+COLMAP_PIXEL_OFFSET = 0.5
+
+
+class CameraMode(str, Enum):
+    AUTO = "auto"              # shared when folder, size and EXIF focal agree, else per image
+    SINGLE = "single"          # one camera shared by all images (same size required)
+    PER_FOLDER = "per-folder"  # one camera per sub-folder
+    PER_IMAGE = "per-image"    # one camera per image
+
+
+def to_colmap_keypoints(keypoints: np.ndarray) -> np.ndarray:
+    return np.asarray(keypoints, np.float32)[:, :2] + COLMAP_PIXEL_OFFSET
+
+
+def from_colmap_keypoints(keypoints: np.ndarray) -> np.ndarray:
+    return np.asarray(keypoints, np.float32)[:, :2] - COLMAP_PIXEL_OFFSET
+
+
+def infer_camera(image_path: Path, size: tuple[int, int], model: str = "SIMPLE_RADIAL"
+                 ) -> pycolmap.Camera:
+    """A camera for an image of ``size`` (w, h): the EXIF focal length as a prior when the
+    file has one, else focal 1.2·max(w, h) without prior (COLMAP's rule)."""
+    width, height = size
+    focal, has_prior = 1.2 * max(width, height), False
+    try:
+        exif_camera = pycolmap.infer_camera_from_image(image_path)
+        if (exif_camera.width, exif_camera.height) == (width, height):
+            focal = float(exif_camera.mean_focal_length())
+            has_prior = bool(exif_camera.has_prior_focal_length)
+    except (ValueError, RuntimeError, OSError) as err:
+        logger.debug("no EXIF camera for %s: %s", image_path, err)
+    camera = pycolmap.Camera.create_from_model_name(0, model, focal, width, height)
+    camera.has_prior_focal_length = has_prior
+    return camera
+
+
+def _camera_group(name: str, mode: CameraMode) -> str:
+    if mode is CameraMode.SINGLE:
+        return ""
+    if mode is CameraMode.PER_FOLDER:
+        return str(PurePosixPath(name).parent)
+    return name
+
+
+def write_database(database_path: str | Path, image_dir: str | Path, names: list[str],
+                   features: FeatureReader, camera_mode: CameraMode | str = CameraMode.AUTO,
+                   camera_model: str = "SIMPLE_RADIAL",
+                   cameras: dict[str, pycolmap.Camera] | None = None) -> dict[str, int]:
+    """Create a fresh database with cameras, images and keypoints; returns name -> image id.
+
+    ``cameras`` (optional) gives known intrinsics per image name and bypasses ``camera_mode``.
+    """
+    database_path = Path(database_path)
+    camera_mode = CameraMode(camera_mode)
+    database_path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database_path}{suffix}").unlink(missing_ok=True)
+    image_ids: dict[str, int] = {}
+    group_camera: dict[str, tuple[int, tuple[int, int]]] = {}
+    with pycolmap.Database.open(database_path) as db, pycolmap.DatabaseTransaction(db):
+        for name in tqdm(names, desc="import keypoints", unit="img"):
+            size = features.image_size(name)
+            if cameras is not None and name in cameras:
+                camera_id = db.write_camera(cameras[name])
+            else:
+                camera = None
+                if camera_mode is CameraMode.AUTO:
+                    camera = infer_camera(Path(image_dir) / name, size, camera_model)
+                    group = (f"{PurePosixPath(name).parent}|{size}|{camera.params[0]:.3f}"
+                             if camera.has_prior_focal_length else name)
+                else:
+                    group = _camera_group(name, camera_mode)
+                if group not in group_camera:
+                    camera = camera or infer_camera(Path(image_dir) / name, size, camera_model)
+                    group_camera[group] = (db.write_camera(camera), size)
+                camera_id, camera_size = group_camera[group]
+                if camera_size != size:
+                    raise InputError(
+                        f"camera mode {camera_mode.value!r} shares one camera between images of "
+                        f"sizes {camera_size} and {size} ({name}); use --camera-mode per-image"
+                    )
+            image_id = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
+            db.write_keypoints(image_id, to_colmap_keypoints(features.keypoints(name)))
+            image_ids[name] = image_id
+    return image_ids
+
+
+def write_matches(database_path: str | Path, image_ids: dict[str, int], matches: MatchReader,
+                  pairs: Iterable[Pair], min_num_matches: int = 1) -> int:
+    """Write the raw matches of ``pairs`` (images missing from ``image_ids`` are skipped);
+    returns the number of pairs written."""
+    written = 0
+    with pycolmap.Database.open(database_path) as db, pycolmap.DatabaseTransaction(db):
+        for name0, name1 in tqdm(list(pairs), desc="import matches", unit="pair"):
+            if name0 not in image_ids or name1 not in image_ids:
+                continue
+            pair_matches, _ = matches.read(name0, name1)
+            if len(pair_matches) < min_num_matches:
+                continue
+            db.write_matches(image_ids[name0], image_ids[name1],
+                             pair_matches.astype(np.uint32))
+            written += 1
+    return written
+
+
+def verify_matches(database_path: str | Path, max_error: float = 4.0,
+                   min_num_inliers: int = 15, random_seed: int = -1,
+                   num_threads: int = -1) -> int:
+    """COLMAP's RANSAC (E/F/H) on every matched pair; returns the verified pair count."""
+    options = pycolmap.TwoViewGeometryOptions(min_num_inliers=min_num_inliers)
+    options.ransac.max_error = max_error
+    options.ransac.max_num_trials = 20000
+    options.ransac.min_inlier_ratio = 0.1
+    options.ransac.random_seed = random_seed
+    try:
+        pycolmap.geometric_verification(
+            database_path, pycolmap.GeometricVerifierOptions(num_threads=num_threads),
+            two_view_geometry_options=options)
+    except (ValueError, RuntimeError) as err:
+        raise ReconstructionError(f"geometric verification failed on {database_path}: {err}")
+    with pycolmap.Database.open(database_path) as db:
+        pair_ids, geometries = db.read_two_view_geometries()
+    return sum(1 for g in geometries if len(g.inlier_matches) > 0)
