@@ -1,0 +1,136 @@
+"""Scale- and orientation-aware square patches around keypoints, batched with ``grid_sample``.
+
+Geometry (exact)
+----------------
+A keypoint has a centre ``c = (cx, cy)`` in image pixels (pixel centre at integer
+coordinates, sfmfeat's convention), a support radius ``r`` (half the side of the square
+support region, pixels) and an angle ``a`` in degrees with OpenCV's ``KeyPoint.angle``
+convention: the direction ``(cos a, sin a)`` in image coordinates (x right, y *down*).
+
+Patch pixel ``(row i, col j)``, ``0 <= i, j < P``, covers the cell of side ``2r/P`` whose
+centre has normalised patch coordinates::
+
+    u = (2j + 1) / P - 1,   v = (2i + 1) / P - 1          (both in (-1, 1))
+
+and is sampled at the image point::
+
+    x = cx + r * (u * cos a - v * sin a)
+    y = cy + r * (u * sin a + v * cos a)
+
+So the patch covers the square ``[-r, r]²`` around the keypoint (cell centres, not edges, at
+``±r(1 - 1/P)``), its +x axis (columns) points along the keypoint orientation and its +y axis
+(rows) along the orientation turned by +90° (clockwise on screen); ``a = 0`` is no rotation.
+This is the frame OpenCV's SIFT descriptor uses, so a structure pointing along the keypoint
+orientation comes out pointing right, upright and centred.
+
+Sampling is bilinear between pixel centres; outside the image the nearest border pixel is
+repeated (replicate border). Images are not smoothed before sampling, so a support region
+much larger than the patch aliases; describers that need it pass a pre-smoothed image.
+
+Bad input
+---------
+- no keypoints: an empty ``(0, C, P, P)`` tensor;
+- centres at or beyond the border: the parts outside are border-replicated (no crash, any
+  distance: coordinates are clamped to the image before sampling);
+- radius 0: every sample hits the centre, so the patch is constant (the bilinear value at
+  the centre); huge radii sample a shrunken, border-replicated image;
+- non-finite centres, radii or angles, or negative radii: ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: keypoints per ``grid_sample`` call; bounds memory to about chunk·P²·(C + 2)·4 bytes
+DEFAULT_CHUNK = 4096
+
+
+def patch_grid(centers: torch.Tensor, radii: torch.Tensor, angles_deg: torch.Tensor,
+               patch_size: int) -> torch.Tensor:
+    """Image coordinates (x, y) of every patch pixel: an ``N×P×P×2`` tensor (see module doc)."""
+    steps = (2 * torch.arange(patch_size, dtype=centers.dtype, device=centers.device) + 1
+             ) / patch_size - 1
+    v, u = torch.meshgrid(steps, steps, indexing="ij")              # P×P, v = rows, u = cols
+    theta = torch.deg2rad(angles_deg)
+    cos = (torch.cos(theta) * radii)[:, None, None]
+    sin = (torch.sin(theta) * radii)[:, None, None]
+    x = centers[:, 0, None, None] + u * cos - v * sin
+    y = centers[:, 1, None, None] + u * sin + v * cos
+    return torch.stack([x, y], dim=-1)
+
+
+def extract_patches(image: torch.Tensor, centers, radii, angles_deg=None, patch_size: int = 64,
+                    chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """``N×C×P×P`` patches of ``image`` (``C×H×W`` float) around ``centers`` (``N×2``, x, y).
+
+    ``radii`` (N) is the half side of the square support region in pixels; ``angles_deg``
+    (N, OpenCV convention, None = 0) rotates the patch so that the keypoint orientation is
+    the patch +x axis. One bilinear, border-replicating ``grid_sample`` runs per chunk of
+    ``chunk_size`` keypoints (all patches of the chunk in a single call).
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be C×H×W, got shape {tuple(image.shape)}")
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    if not image.is_floating_point():
+        image = image.float()
+    channels, height, width = image.shape
+    dtype, device = image.dtype, image.device
+    centers = torch.as_tensor(centers, dtype=torch.float64, device=device).reshape(-1, 2)
+    n = len(centers)
+    radii = torch.as_tensor(radii, dtype=torch.float64, device=device).reshape(-1)
+    if angles_deg is None:
+        angles_deg = torch.zeros(n, dtype=torch.float64, device=device)
+    angles_deg = torch.as_tensor(angles_deg, dtype=torch.float64, device=device).reshape(-1)
+    if len(radii) != n or len(angles_deg) != n:
+        raise ValueError(f"centers ({n}), radii ({len(radii)}) and angles ({len(angles_deg)}) "
+                         "must have one entry per keypoint")
+    if n == 0:
+        return image.new_zeros((0, channels, patch_size, patch_size))
+    for name, values in (("centers", centers), ("radii", radii), ("angles", angles_deg)):
+        if not torch.isfinite(values).all():
+            raise ValueError(f"keypoint {name} must be finite")
+    if (radii < 0).any():
+        raise ValueError("keypoint radii must be >= 0")
+
+    batch = image[None]
+    out = []
+    for start in range(0, n, max(1, chunk_size)):
+        stop = min(n, start + max(1, chunk_size))
+        # geometry in float64 so that large coordinates keep sub-pixel precision
+        grid = patch_grid(centers[start:stop], radii[start:stop], angles_deg[start:stop],
+                          patch_size)
+        # clamping to the pixel-centre extent is exactly border replication, and keeps
+        # far-away keypoints from producing inf/NaN normalised coordinates
+        gx = grid[..., 0].clamp(0, width - 1)
+        gy = grid[..., 1].clamp(0, height - 1)
+        # align_corners=False: pixel k spans normalised [(2k)/W - 1, (2k+2)/W - 1]
+        norm = torch.stack([(2 * gx + 1) / width - 1, (2 * gy + 1) / height - 1], dim=-1)
+        m = stop - start
+        norm = norm.to(dtype).reshape(1, m * patch_size, patch_size, 2)
+        sampled = F.grid_sample(batch, norm, mode="bilinear", padding_mode="border",
+                                align_corners=False)                 # 1×C×(m·P)×P
+        out.append(sampled.reshape(channels, m, patch_size, patch_size).transpose(0, 1))
+    return torch.cat(out, 0).contiguous()
+
+
+def support_radius(sizes, factor: float) -> torch.Tensor:
+    """Half side of the support region for OpenCV keypoint diameters ``sizes``: factor·size/2."""
+    sizes = torch.as_tensor(sizes, dtype=torch.float64)
+    return sizes * (factor / 2.0)
+
+
+def affine_for_patch(center, radius: float, angle_deg: float, patch_size: int):
+    """The 2×3 matrix mapping image to patch pixels for ``cv2.warpAffine`` (same geometry as
+    ``extract_patches``; used by tests and the reference crop loop of the benchmark)."""
+    a = math.radians(angle_deg)
+    s = patch_size / (2.0 * radius) if radius > 0 else 0.0
+    cos, sin = math.cos(a), math.sin(a)
+    cx, cy = float(center[0]), float(center[1])
+    half = (patch_size - 1) / 2.0
+    # patch col j = half + s*( (x-cx) cos + (y-cy) sin ), row i = half + s*(-(x-cx) sin + (y-cy) cos)
+    return [[s * cos, s * sin, half - s * (cx * cos + cy * sin)],
+            [-s * sin, s * cos, half - s * (-cx * sin + cy * cos)]]
