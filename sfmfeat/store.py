@@ -68,8 +68,12 @@ def pair_key(name0: str, name1: str) -> tuple[str, str, bool]:
     return (name0, name1, False) if name0 < name1 else (name1, name0, True)
 
 
+# kinds whose items are single images (stored under /images/<key>); the others are pairs
+_IMAGE_KINDS = ("features", "global_descriptors")
+
+
 def _item_path(kind: str, key: tuple[str, ...]) -> str:
-    group = "images" if kind == "features" else "pairs"
+    group = "images" if kind in _IMAGE_KINDS else "pairs"
     return "/".join([group, *(escape_name(k) for k in key)])
 
 
@@ -125,11 +129,11 @@ def _open_h5(path: Path, mode: str = "r") -> h5py.File:
 
 
 def _item_keys(handle: h5py.File, kind: str) -> Iterator[tuple[str, ...]]:
-    group_name = "images" if kind == "features" else "pairs"
+    group_name = "images" if kind in _IMAGE_KINDS else "pairs"
     if group_name not in handle:
         return
     group = handle[group_name]
-    if kind == "features":
+    if kind in _IMAGE_KINDS:
         for key in group:
             yield (unescape_name(key),)
     else:
