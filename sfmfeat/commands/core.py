@@ -1,0 +1,183 @@
+"""CLI verbs of the reconstruction spine: extract, pairs, match, reconstruct."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..config import parse_overrides
+from ..errors import InputError
+from ..images import list_images, read_image_list
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_extract(subparsers)
+    _register_pairs(subparsers)
+    _register_match(subparsers)
+    _register_reconstruct(subparsers)
+
+
+def add_conf_argument(parser: argparse.ArgumentParser, flag: str = "--conf",
+                      what: str = "extractor") -> None:
+    parser.add_argument(flag, action="append", metavar="KEY=VALUE",
+                        help=f"override a field of the {what} config (repeatable)")
+
+
+def _register_extract(subparsers) -> None:
+    p = subparsers.add_parser("extract", help="extract local features into an HDF5 file")
+    p.add_argument("images", type=Path, help="image folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="features .h5 file")
+    p.add_argument("--features", default="sift", help="extractor preset (default: sift)")
+    p.add_argument("--image-list", type=Path, help="text file of image names to extract")
+    add_conf_argument(p)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
+    p.add_argument("--overwrite", action="store_true", help="discard existing results")
+    p.set_defaults(func=_run_extract)
+
+
+def _run_extract(args) -> int:
+    from ..extract import extract_features
+
+    names = read_image_list(args.image_list) if args.image_list else None
+    report = extract_features(args.images, args.output, args.features, image_names=names,
+                              overrides=parse_overrides(args.conf), device=args.device,
+                              strict=args.strict, overwrite=args.overwrite)
+    _log_rejected(report.rejected)
+    logger.info("%d extracted, %d already done, %d rejected in %.1f s -> %s",
+                len(report.extracted), len(report.already_done), len(report.rejected),
+                report.seconds, args.output)
+    return 0
+
+
+def _log_rejected(rejected: dict[str, str]) -> None:
+    for name, reason in rejected.items():
+        logger.warning("rejected %s: %s", name, reason)
+
+
+def _register_pairs(subparsers) -> None:
+    p = subparsers.add_parser("pairs", help="write a list of image pairs to match")
+    kinds = p.add_subparsers(dest="pairs_kind", metavar="KIND", required=True)
+    for kind, text in (("exhaustive", "all pairs"), ("sequential", "ordered frames"),
+                       ("file", "normalise an existing pairs file")):
+        k = kinds.add_parser(kind, help=text)
+        if kind == "file":
+            k.add_argument("input", type=Path, help="pairs file to read")
+        else:
+            source = k.add_mutually_exclusive_group(required=True)
+            source.add_argument("--images", type=Path, help="image folder")
+            source.add_argument("--image-list", type=Path, help="text file of image names")
+            if kind == "exhaustive":
+                k.add_argument("--reference-list", type=Path,
+                               help="pair each image only with these names")
+            else:
+                k.add_argument("--window", type=int, default=10)
+                k.add_argument("--no-quadratic", action="store_true",
+                               help="no 2^k links beyond the window")
+                k.add_argument("--loop-closure-every", type=int, default=0, metavar="N",
+                               help="pair every N-th frame with every N-th frame")
+        k.add_argument("-o", "--output", type=Path, required=True)
+        k.set_defaults(func=_run_pairs)
+
+
+def _run_pairs(args) -> int:
+    from .. import pairs as pairs_lib
+
+    if args.pairs_kind == "file":
+        pairs = pairs_lib.read_pairs(args.input)
+    else:
+        names = (read_image_list(args.image_list) if args.image_list
+                 else list_images(args.images))
+        if args.pairs_kind == "exhaustive":
+            reference = read_image_list(args.reference_list) if args.reference_list else None
+            pairs = pairs_lib.exhaustive(names, reference)
+        else:
+            pairs = pairs_lib.sequential(names, args.window, not args.no_quadratic,
+                                         args.loop_closure_every)
+    if not pairs:
+        raise InputError("no pairs: need at least two images")
+    pairs_lib.write_pairs(args.output, pairs)
+    logger.info("%d pairs -> %s", len(pairs), args.output)
+    return 0
+
+
+def _register_match(subparsers) -> None:
+    p = subparsers.add_parser("match", help="match the features of image pairs")
+    p.add_argument("--pairs", type=Path, required=True, help="pairs file")
+    p.add_argument("--features", type=Path, required=True, help="features .h5 file")
+    p.add_argument("--reference-features", type=Path,
+                   help="second features file for the right-hand images (e.g. database)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="matches .h5 file")
+    p.add_argument("--matcher", default="mnn-ratio", help="matcher preset (default mnn-ratio)")
+    add_conf_argument(p, what="matcher")
+    p.add_argument("--device")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run_match)
+
+
+def _run_match(args) -> int:
+    from ..match import match_pairs
+    from ..pairs import read_pairs
+
+    pairs = read_pairs(args.pairs)
+    if not pairs:
+        raise InputError(f"pairs file {args.pairs} is empty")
+    report = match_pairs(pairs, args.features, args.output, args.matcher,
+                         overrides=parse_overrides(args.conf),
+                         reference_features=args.reference_features, device=args.device,
+                         overwrite=args.overwrite)
+    logger.info("%d pairs matched, %d already done in %.1f s -> %s", report.matched,
+                report.already_done, report.seconds, args.output)
+    return 0
+
+
+def _register_reconstruct(subparsers) -> None:
+    from ..reconstruction.database import CameraMode
+    from ..reconstruction.mapping import MAPPERS
+
+    p = subparsers.add_parser("reconstruct", help="photos -> COLMAP model, end to end")
+    p.add_argument("images", type=Path, help="image folder")
+    p.add_argument("output", type=Path, help="output folder")
+    p.add_argument("--features", default="sift")
+    p.add_argument("--matcher", default="mnn-ratio")
+    p.add_argument("--pairs", default="exhaustive",
+                   help="exhaustive, sequential or a pairs file (default exhaustive)")
+    p.add_argument("--window", type=int, default=10, help="window of sequential pairs")
+    p.add_argument("--image-list", type=Path, help="reconstruct only these images")
+    p.add_argument("--camera-mode", default="auto", choices=[m.value for m in CameraMode])
+    p.add_argument("--camera-model", default="SIMPLE_RADIAL")
+    p.add_argument("--mapper", default="incremental", choices=MAPPERS)
+    add_conf_argument(p)
+    add_conf_argument(p, "--matcher-conf", "matcher")
+    p.add_argument("--seed", type=int, default=-1, help="random seed of RANSAC and mapping")
+    p.add_argument("--device")
+    p.add_argument("--strict", action="store_true", help="fail on any unreadable image")
+    p.set_defaults(func=_run_reconstruct)
+
+
+def _run_reconstruct(args) -> int:
+    from ..reconstruction.pipeline import ReconstructionConfig, reconstruct
+
+    pairs = args.pairs
+    if pairs not in ("exhaustive", "sequential"):
+        pairs = str(Path(pairs).resolve())
+    config = ReconstructionConfig(
+        features=args.features, matcher=args.matcher, pairs=pairs,
+        sequential_window=args.window, camera_mode=args.camera_mode,
+        camera_model=args.camera_model, mapper=args.mapper, random_seed=args.seed,
+        strict=args.strict,
+        feature_options=tuple(sorted(parse_overrides(args.conf).items())),
+        matcher_options=tuple(sorted(parse_overrides(args.matcher_conf).items())))
+    names = read_image_list(args.image_list) if args.image_list else None
+    result = reconstruct(args.images, args.output, config, image_names=names,
+                         device=args.device)
+    _log_rejected(result.rejected)
+    s = result.summary
+    logger.info("registered %d/%d images, %d points, mean track length %.2f, mean "
+                "reprojection error %.3f px; model in %s", s["num_registered"],
+                s["num_images"], s["num_points3D"], s["mean_track_length"],
+                s["mean_reprojection_error"], args.output / "sfm")
+    return 0
