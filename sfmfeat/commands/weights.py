@@ -14,6 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verbs = p.add_subparsers(dest="weights_verb", metavar="VERB", required=True)
     listing = verbs.add_parser("list", help="every registered weight file, licence, status")
     listing.set_defaults(func=_run_list)
+    from .weights_convert import add_convert_parser
+
+    add_convert_parser(verbs)   # sfmfeat weights convert contextdesc ARCHIVE_OR_DIR
 
 
 def all_weight_files():

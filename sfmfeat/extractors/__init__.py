@@ -67,6 +67,8 @@ def create_extractor(name: str, overrides: dict[str, Any] | None = None,
     """
     overrides = dict(overrides or {})
     describer_name, _, detector_name = name.partition("+")
+    if name in available_presets():   # preset names may contain '+' (e.g. contextdesc++)
+        describer_name, detector_name = name, ""
     cls, config = _lookup(describer_name)
     if issubclass(cls, Describer):
         detector_name = detector_name or cls.default_detector
