@@ -1,0 +1,529 @@
+"""Image retrieval: global descriptors, their store, and nearest-neighbour pairs.
+
+Global descriptors live in an HDF5 file of kind ``global_descriptors`` written through the
+store's crash-safe sharded writer (same schema version, config hash and resumption rules
+as features.h5): ``/images/<key>/global_descriptor`` (D float32) per image.
+
+Retrieval (:func:`retrieval_topk`, :func:`retrieval_pairs`) never builds the full
+query × database similarity matrix: queries are taken in blocks, the database is streamed
+in chunks, and each chunk's top-k is merged into a running top-k. Memory is bounded by
+``memory_mb`` whatever the number of database images, and the database may be any
+sliceable source (a NumPy array, a memory map, an h5py dataset or
+:class:`StoredDescriptors`, which reads a chunk of images from the store on demand).
+
+Methods that make global descriptors: NetVLAD with its official weights
+(``sfmfeat.localization.netvlad``) and VLAD over the extractor's own local descriptors
+with a k-means codebook learned on the database images (:class:`VladConfig`), which needs
+no downloaded weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from ..config import config_hash, config_to_dict
+from ..errors import ConfigError, InputError, StoreError
+from ..pairs import Pair, unique_pairs
+from ..store import (SCHEMA_VERSION, FeatureReader, StoreInfo, _item_keys, _item_path,
+                     _open_h5, _ShardedWriter)
+
+logger = logging.getLogger(__name__)
+
+KIND = "global_descriptors"
+DATASET = "global_descriptor"
+
+
+# ------------------------------------------------------------------------------ store
+
+class GlobalDescriptorWriter(_ShardedWriter):
+    """Writes one global descriptor per image; ``name in writer`` tells what is done."""
+
+    def __init__(self, path: str | Path, method: str, config_hash: str,
+                 config: dict[str, Any], overwrite: bool = False, **kwargs: Any) -> None:
+        super().__init__(path, StoreInfo(KIND, method, config_hash, config),
+                         overwrite=overwrite, **kwargs)
+
+    def __contains__(self, name: str) -> bool:
+        return (name,) in self.done
+
+    def write(self, name: str, descriptor: np.ndarray) -> None:
+        descriptor = np.asarray(descriptor, dtype=np.float32).reshape(-1)
+        if not np.isfinite(descriptor).all():
+            raise StoreError(f"{self.path}: non-finite global descriptor for {name!r}")
+        self.add((name,), {DATASET: descriptor}, {"name": name})
+
+
+class GlobalDescriptorReader:
+    """Read access to a finished global-descriptor file (kept open; a context manager)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"global descriptor file {self.path} does not exist; run "
+                             "`sfmfeat retrieval` first")
+        self._handle = _open_h5(self.path)
+        attrs = self._handle.attrs
+        if attrs.get("kind") != KIND:
+            raise StoreError(f"{self.path} holds {attrs.get('kind')}, not global descriptors")
+        if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {attrs.get('schema_version')}, "
+                             f"expected {SCHEMA_VERSION}")
+        self.method = str(attrs["method"])
+        self.config_hash = str(attrs["config_hash"])
+        self.config = json.loads(attrs["config"])
+
+    def names(self) -> list[str]:
+        return [key[0] for key in _item_keys(self._handle, KIND)]
+
+    def __contains__(self, name: str) -> bool:
+        return _item_path(KIND, (name,)) in self._handle
+
+    def read(self, name: str) -> np.ndarray:
+        path = _item_path(KIND, (name,))
+        if path not in self._handle:
+            raise StoreError(f"{self.path} has no global descriptor for image {name!r}")
+        return self._handle[path][DATASET][()]
+
+    def read_many(self, names: Sequence[str]) -> np.ndarray:
+        """len(names)×D float32."""
+        if not len(names):
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self.read(n) for n in names]).astype(np.float32, copy=False)
+
+    @property
+    def dim(self) -> int:
+        for key in self._handle.get("images", {}):
+            return int(self._handle["images"][key][DATASET].shape[0])
+        raise StoreError(f"{self.path} holds no descriptor")
+
+    def source(self, names: Sequence[str]) -> "StoredDescriptors":
+        """A lazy, sliceable view of the descriptors of ``names`` (read chunk by chunk)."""
+        absent = [n for n in names if n not in self]
+        if absent:
+            raise InputError(f"{len(absent)} image(s) have no global descriptor in "
+                             f"{self.path}: {', '.join(absent[:5])}"
+                             + (" ..." if len(absent) > 5 else ""))
+        return StoredDescriptors(self, list(names))
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "GlobalDescriptorReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class DescriptorSource(Protocol):
+    """Anything with ``shape == (N, D)`` that returns an array for ``source[a:b]``."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, index: slice) -> np.ndarray: ...
+
+
+class StoredDescriptors:
+    """The descriptors of ``names`` in a store, read from disk only when sliced."""
+
+    def __init__(self, reader: GlobalDescriptorReader, names: list[str]) -> None:
+        self.reader = reader
+        self.names = names
+        self.shape = (len(names), reader.dim if names else 0)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError("StoredDescriptors supports slices only")
+        return self.reader.read_many(self.names[index])
+
+
+# -------------------------------------------------------------------------- retrieval
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    indices: np.ndarray      # Q×k int64 database indices, best first; -1 = no neighbour
+    scores: np.ndarray       # Q×k float32 similarities (-inf where indices == -1)
+
+
+def _blocks(total: int, size: int) -> Iterable[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def _merge_topk(best_s: np.ndarray, best_i: np.ndarray, new_s: np.ndarray,
+                new_i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.concatenate([best_s, new_s], axis=1)
+    indices = np.concatenate([best_i, new_i], axis=1)
+    if scores.shape[1] > k:
+        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores = np.take_along_axis(scores, keep, 1)
+        indices = np.take_along_axis(indices, keep, 1)
+    return scores, indices
+
+
+def retrieval_topk(queries: DescriptorSource, database: DescriptorSource, k: int,
+                   exclude: np.ndarray | None = None, min_score: float | None = None,
+                   memory_mb: float = 512.0, progress: bool = False) -> RetrievalResult:
+    """The ``k`` most similar database rows (inner product) of every query row.
+
+    exclude: optional Q int array; ``exclude[q]`` is a database index never returned for
+        query ``q`` (itself, in self-retrieval), -1 for none.
+    min_score: neighbours scoring below it are dropped (index -1).
+    memory_mb: bound on the working arrays (query block, database chunk, similarities).
+    Ties are broken by the lower database index, so results are deterministic.
+    """
+    num_q, dim = int(queries.shape[0]), int(queries.shape[1]) if len(queries.shape) > 1 else 0
+    num_db = int(database.shape[0])
+    if num_q and num_db and int(database.shape[1]) != dim:
+        raise InputError(f"query descriptors have dimension {dim}, database descriptors "
+                         f"{database.shape[1]}; they must come from the same method")
+    if k < 1:
+        raise InputError(f"number of neighbours must be >= 1, got {k}")
+    k_eff = min(k, num_db)
+    best_s = np.full((num_q, k_eff), -np.inf, np.float32)
+    best_i = np.full((num_q, k_eff), -1, np.int64)
+    if num_q == 0 or num_db == 0:
+        return _finish(best_s, best_i, k)
+    budget = max(memory_mb, 1.0) * 2**20
+    row_bytes = 4 * max(dim, 1)
+    # a third of the budget each for the query block, the database chunk and similarities
+    query_block = int(max(256, budget / 3 // row_bytes))
+    db_chunk = int(max(256, min(budget / 3 // row_bytes, 65536)))
+    sim_rows = int(max(16, budget / 3 // (4 * 3 * db_chunk)))  # sim + argpartition temps
+    if exclude is not None:
+        exclude = np.asarray(exclude, np.int64).reshape(-1)
+        if len(exclude) != num_q:
+            raise InputError(f"exclude has {len(exclude)} entries for {num_q} queries")
+    blocks = list(_blocks(num_q, query_block))
+    bar = tqdm(total=len(blocks) * -(-num_db // db_chunk), desc="retrieval", unit="chunk",
+               disable=not progress)
+    for q0, q1 in blocks:
+        qblock = np.ascontiguousarray(queries[q0:q1], dtype=np.float32)
+        for d0, d1 in _blocks(num_db, db_chunk):
+            dchunk = np.ascontiguousarray(database[d0:d1], dtype=np.float32)
+            kk = min(k_eff, d1 - d0)
+            for r0, r1 in _blocks(q1 - q0, sim_rows):
+                sim = qblock[r0:r1] @ dchunk.T
+                if exclude is not None:
+                    rows = np.arange(r1 - r0)
+                    cols = exclude[q0 + r0:q0 + r1] - d0
+                    inside = (cols >= 0) & (cols < d1 - d0)
+                    sim[rows[inside], cols[inside]] = -np.inf
+                if kk < sim.shape[1]:
+                    part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+                else:
+                    part = np.broadcast_to(np.arange(sim.shape[1]), sim.shape).copy()
+                scores = np.take_along_axis(sim, part, 1)
+                sl = slice(q0 + r0, q0 + r1)
+                best_s[sl], best_i[sl] = _merge_topk(best_s[sl], best_i[sl], scores,
+                                                     part.astype(np.int64) + d0, k_eff)
+                del sim
+            bar.update(1)
+            del dchunk
+    bar.close()
+    if min_score is not None:
+        best_s[best_s < min_score] = -np.inf
+    return _finish(best_s, best_i, k)
+
+
+def _finish(best_s: np.ndarray, best_i: np.ndarray, k: int) -> RetrievalResult:
+    best_i = np.where(np.isfinite(best_s), best_i, -1)
+    # order: score descending, then database index ascending; invalid entries last
+    sort_index = np.where(best_i < 0, np.iinfo(np.int64).max, best_i)
+    order = np.lexsort((sort_index, -best_s.astype(np.float64)), axis=1)
+    best_s = np.take_along_axis(best_s, order, 1)
+    best_i = np.take_along_axis(best_i, order, 1)
+    if best_s.shape[1] < k:  # fewer database images than neighbours asked for
+        pad = k - best_s.shape[1]
+        best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        best_i = np.pad(best_i, ((0, 0), (0, pad)), constant_values=-1)
+    return RetrievalResult(indices=best_i, scores=best_s.astype(np.float32))
+
+
+def retrieval_pairs(query_descriptors: DescriptorSource, db_descriptors: DescriptorSource,
+                    query_names: Sequence[str], db_names: Sequence[str],
+                    num_neighbors: int, min_score: float | None = None,
+                    exclude_self: bool = True, deduplicate: bool = False,
+                    memory_mb: float = 512.0, progress: bool = False) -> list[Pair]:
+    """(query, database image) pairs: each query with its ``num_neighbors`` most similar
+    database images, best first, computed in bounded memory (see :func:`retrieval_topk`).
+
+    exclude_self: an image is never paired with itself (same name on both sides).
+    deduplicate: drop reversed duplicates (for self-retrieval among one image set).
+    """
+    if len(query_names) != query_descriptors.shape[0]:
+        raise InputError(f"{len(query_names)} query names for "
+                         f"{query_descriptors.shape[0]} query descriptors")
+    if len(db_names) != db_descriptors.shape[0]:
+        raise InputError(f"{len(db_names)} database names for "
+                         f"{db_descriptors.shape[0]} database descriptors")
+    if not len(db_names):
+        raise InputError("no database images to retrieve from")
+    exclude = None
+    if exclude_self:
+        position = {name: i for i, name in enumerate(db_names)}
+        exclude = np.array([position.get(n, -1) for n in query_names], np.int64)
+        if (exclude < 0).all():
+            exclude = None
+    result = retrieval_topk(query_descriptors, db_descriptors, num_neighbors,
+                            exclude=exclude, min_score=min_score, memory_mb=memory_mb,
+                            progress=progress)
+    pairs = [(query_names[q], db_names[j]) for q, row in enumerate(result.indices)
+             for j in row if j >= 0]
+    return unique_pairs(pairs) if deduplicate else pairs
+
+
+def pairs_from_store(descriptors: str | Path, num_neighbors: int,
+                     query_names: Sequence[str] | None = None,
+                     db_names: Sequence[str] | None = None,
+                     db_descriptors: str | Path | None = None, **kwargs: Any) -> list[Pair]:
+    """Retrieval pairs from global-descriptor files (query and database may differ).
+
+    Without ``query_names`` every image of ``descriptors`` is a query; without
+    ``db_names`` every image of ``db_descriptors`` (default: ``descriptors``). When both
+    sets are the same images, reversed duplicates are dropped.
+    """
+    with GlobalDescriptorReader(descriptors) as qreader:
+        dreader = GlobalDescriptorReader(db_descriptors) if db_descriptors else qreader
+        try:
+            if (dreader.method, dreader.config_hash) != (qreader.method, qreader.config_hash):
+                raise InputError(
+                    f"{qreader.path} ({qreader.method}, {qreader.config_hash}) and "
+                    f"{dreader.path} ({dreader.method}, {dreader.config_hash}) were made "
+                    "with different methods/configs; their descriptors are not comparable")
+            query_names = list(query_names) if query_names is not None else qreader.names()
+            db_names = list(db_names) if db_names is not None else dreader.names()
+            if not query_names:
+                raise InputError(f"no query images (descriptors: {descriptors})")
+            if not db_names:
+                raise InputError(f"no database images (descriptors: {dreader.path})")
+            queries = qreader.source(query_names)
+            if len(query_names) * queries.shape[1] * 4 <= 2**30:
+                queries = queries[:]  # small enough to hold once
+            kwargs.setdefault("deduplicate", set(query_names) == set(db_names))
+            return retrieval_pairs(queries, dreader.source(db_names), query_names,
+                                   db_names, num_neighbors, **kwargs)
+        finally:
+            if dreader is not qreader:
+                dreader.close()
+
+
+# -------------------------------------------------------------------------------- VLAD
+
+@dataclass(frozen=True)
+class VladConfig:
+    """VLAD (Jégou et al. 2010) over local descriptors, with the improvements of
+    Arandjelović & Zisserman 2013 (intra-normalisation) and signed square-rooting."""
+
+    num_clusters: int = 64
+    kmeans_iterations: int = 25
+    max_descriptors_per_image: int = 2000    # codebook training sample per image
+    max_training_descriptors: int = 200_000
+    power: float = 0.5                       # signed power normalisation (1 = off)
+    intra_normalization: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_clusters < 1:
+            raise ConfigError(f"VladConfig.num_clusters={self.num_clusters}: must be >= 1")
+        if self.kmeans_iterations < 1 or self.max_descriptors_per_image < 1:
+            raise ConfigError("VladConfig.kmeans_iterations and max_descriptors_per_image "
+                              "must be >= 1")
+        if not 0 < self.power <= 1:
+            raise ConfigError(f"VladConfig.power={self.power}: must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Codebook:
+    centroids: np.ndarray                    # K×D float32
+    features_method: str
+    features_config_hash: str
+    config: VladConfig
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256(np.ascontiguousarray(self.centroids, np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("centroids", data=self.centroids.astype(np.float32))
+            handle.attrs["schema_version"] = SCHEMA_VERSION
+            handle.attrs["kind"] = "vlad_codebook"
+            handle.attrs["features_method"] = self.features_method
+            handle.attrs["features_config_hash"] = self.features_config_hash
+            handle.attrs["config"] = json.dumps(config_to_dict(self.config), sort_keys=True)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Codebook":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"VLAD codebook {path} does not exist")
+        with _open_h5(path) as handle:
+            if handle.attrs.get("kind") != "vlad_codebook" or "centroids" not in handle:
+                raise StoreError(f"{path} is not a VLAD codebook file")
+            config = VladConfig(**json.loads(handle.attrs["config"]))
+            return cls(centroids=handle["centroids"][()],
+                       features_method=str(handle.attrs["features_method"]),
+                       features_config_hash=str(handle.attrs["features_config_hash"]),
+                       config=config)
+
+
+def kmeans(data: np.ndarray, num_clusters: int, iterations: int = 25, seed: int = 0,
+           chunk: int = 65536) -> np.ndarray:
+    """Lloyd's k-means with k-means++ seeding (on a subsample); K×D float32 centroids.
+
+    Empty clusters are re-seeded with the points farthest from their centroid.
+    """
+    data = np.ascontiguousarray(data, np.float32)
+    n = len(data)
+    if n < num_clusters:
+        raise InputError(f"k-means needs at least {num_clusters} descriptors, got {n}; use "
+                         "fewer clusters or more database images")
+    rng = np.random.default_rng(seed)
+    # k-means++ on a subsample (enough for a good start, cheap for large n)
+    sample = data[rng.choice(n, size=min(n, max(20 * num_clusters, 10000)), replace=False)]
+    centroids = np.empty((num_clusters, data.shape[1]), np.float32)
+    centroids[0] = sample[rng.integers(len(sample))]
+    closest = ((sample - centroids[0]) ** 2).sum(1)
+    for c in range(1, num_clusters):
+        total = closest.sum()
+        pick = (rng.choice(len(sample), p=closest / total) if total > 0
+                else rng.integers(len(sample)))
+        centroids[c] = sample[pick]
+        closest = np.minimum(closest, ((sample - centroids[c]) ** 2).sum(1))
+    for _ in range(iterations):
+        sums = np.zeros_like(centroids, dtype=np.float64)
+        counts = np.zeros(num_clusters, np.int64)
+        distances = np.empty(n, np.float32)
+        for a, b in _blocks(n, chunk):
+            assign, dist = _assign(data[a:b], centroids)
+            np.add.at(sums, assign, data[a:b])
+            counts += np.bincount(assign, minlength=num_clusters)
+            distances[a:b] = dist
+        new = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        empty = np.nonzero(counts == 0)[0]
+        if len(empty):
+            far = np.argsort(-distances, kind="stable")[:len(empty)]
+            new[empty] = data[far]
+        shift = float(np.abs(new - centroids).max())
+        centroids = new
+        if shift < 1e-6:
+            break
+    return centroids
+
+
+def _assign(descriptors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (squared L2) of each descriptor, and the squared distance."""
+    d2 = ((descriptors ** 2).sum(1)[:, None] - 2 * descriptors @ centroids.T
+          + (centroids ** 2).sum(1)[None])
+    assign = np.argmin(d2, axis=1)
+    return assign, np.maximum(d2[np.arange(len(assign)), assign], 0)
+
+
+def vlad(descriptors: np.ndarray, centroids: np.ndarray,
+         config: VladConfig = VladConfig()) -> np.ndarray:
+    """The K·D VLAD vector of one image's N×D local descriptors (L2-normalised)."""
+    k, dim = centroids.shape
+    out = np.zeros((k, dim), np.float64)
+    descriptors = np.asarray(descriptors, np.float32).reshape(-1, dim)
+    if len(descriptors):
+        assign, _ = _assign(descriptors, centroids)
+        np.add.at(out, assign, descriptors)
+        out -= np.bincount(assign, minlength=k)[:, None] * centroids
+    if config.intra_normalization:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+    out = out.reshape(-1)
+    if config.power != 1:
+        out = np.sign(out) * np.abs(out) ** config.power
+    norm = np.linalg.norm(out)
+    return (out / norm if norm > 0 else out).astype(np.float32)
+
+
+def train_vlad_codebook(features: str | Path, db_names: Sequence[str],
+                        config: VladConfig = VladConfig()) -> Codebook:
+    """Learn the VLAD codebook with k-means on (a sample of) the database images'
+    local descriptors from ``features`` (a features.h5)."""
+    if not db_names:
+        raise InputError("VLAD codebook: no database images to learn it from")
+    rng = np.random.default_rng(config.seed)
+    per_image = min(config.max_descriptors_per_image,
+                    max(1, config.max_training_descriptors // len(db_names)))
+    parts = []
+    with FeatureReader(features) as reader:
+        for name in db_names:
+            desc = reader.read(name).descriptors
+            if len(desc) > per_image:
+                desc = desc[np.sort(rng.choice(len(desc), per_image, replace=False))]
+            parts.append(desc)
+        method, fhash = reader.method, reader.config_hash
+    data = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    start = time.perf_counter()
+    centroids = kmeans(data, config.num_clusters, config.kmeans_iterations, config.seed)
+    logger.info("VLAD codebook: %d clusters from %d descriptors of %d images in %.1f s",
+                config.num_clusters, len(data), len(db_names), time.perf_counter() - start)
+    return Codebook(centroids=centroids, features_method=method, features_config_hash=fhash,
+                    config=config)
+
+
+def compute_vlad(features: str | Path, output: str | Path, codebook: Codebook,
+                 names: Sequence[str] | None = None, overwrite: bool = False) -> Path:
+    """Write the VLAD global descriptor of every image of ``features`` into ``output``."""
+    with FeatureReader(features) as reader:
+        if reader.config_hash != codebook.features_config_hash:
+            raise InputError(
+                f"the VLAD codebook was learned on {codebook.features_method} features "
+                f"(config {codebook.features_config_hash}) but {features} holds "
+                f"{reader.method} (config {reader.config_hash}); learn a new codebook")
+        names = list(names) if names is not None else reader.names()
+        config = {"method": "vlad", "vlad": config_to_dict(codebook.config),
+                  "codebook": codebook.digest, "features": reader.method,
+                  "features_config_hash": reader.config_hash}
+        chash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+        with GlobalDescriptorWriter(output, "vlad", chash, config,
+                                    overwrite=overwrite) as writer:
+            for name in tqdm([n for n in names if n not in writer], desc="vlad", unit="img"):
+                writer.write(name, vlad(reader.read(name).descriptors, codebook.centroids,
+                                        codebook.config))
+    return Path(output)
+
+
+# ------------------------------------------------------------------------ image methods
+
+def compute_global_descriptors(image_dir: str | Path, output: str | Path,
+                               describe: Callable[[np.ndarray], np.ndarray], method: str,
+                               config: Any, image_names: Sequence[str] | None = None,
+                               overwrite: bool = False) -> Path:
+    """Run an image → global descriptor function over a folder (resumable)."""
+    from ..images import list_images, read_image
+
+    image_dir = Path(image_dir)
+    names = list(image_names) if image_names is not None else list_images(image_dir)
+    chash = config_hash(method, config)
+    with GlobalDescriptorWriter(output, method, chash,
+                                {"method": method, "config": config_to_dict(config)},
+                                overwrite=overwrite) as writer:
+        for name in tqdm([n for n in names if n not in writer], desc=method, unit="img"):
+            writer.write(name, describe(read_image(image_dir / name)))
+    return Path(output)
