@@ -70,7 +70,8 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
                 overwrite: bool = False) -> MatchingReport:
     """Match every pair; names are looked up in ``features`` then ``reference_features``.
 
-    Pairs already stored with the same matcher and features config are skipped.
+    Pairs already stored with the same matcher and features config are skipped; results
+    are made durable every ``checkpoint_every`` pairs (and at least every 20 s).
     """
     start = time.perf_counter()
     pairs = unique_pairs(pairs)
@@ -92,7 +93,7 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
         with MatchWriter(output, method=matcher, config_hash=model.config_hash,
                          config={"matcher": matcher, "config": vars(model.config)},
                          features_config_hash=features_identity(readers),
-                         overwrite=overwrite) as writer:
+                         overwrite=overwrite, flush_items=checkpoint_every) as writer:
             todo = [p for p in pairs if p not in writer]
             report.already_done = len(pairs) - len(todo)
             for name0, name1 in tqdm(todo, desc=f"match {matcher}", unit="pair"):
