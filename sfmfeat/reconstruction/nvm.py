@@ -136,13 +136,23 @@ def read_intrinsics(path: str | Path) -> dict[str, pycolmap.Camera]:
 
 
 def reconstruction_from_nvm(nvm_path: str | Path, intrinsics: str | Path
-                            | dict[str, pycolmap.Camera]) -> pycolmap.Reconstruction:
-    """A pose-only Reconstruction (no 3D points): one camera per image, image ids in NVM
-    order starting at 1. Images without intrinsics are skipped with a warning."""
-    model = read_nvm(nvm_path, read_points=False)
+                            | dict[str, pycolmap.Camera],
+                            with_points: bool = False) -> pycolmap.Reconstruction:
+    """A Reconstruction with the NVM poses: one camera per image, image ids in NVM order
+    starting at 1. Images without intrinsics are skipped with a warning.
+
+    with_points: also add the NVM points and their observations (e.g. for covisibility
+    pairs); each image's points2D are its NVM measurements in measurement order.
+    """
+    model = read_nvm(nvm_path, read_points=with_points)
     cameras = intrinsics if isinstance(intrinsics, dict) else read_intrinsics(intrinsics)
     reconstruction = pycolmap.Reconstruction()
     missing = []
+    observations: dict[int, list[tuple[int, float, float]]] = {}  # camera index -> rows
+    for point_index, rows in enumerate(model.measurements if with_points else []):
+        for image_index, _, x, y in rows:
+            observations.setdefault(int(image_index), []).append((point_index, x, y))
+    tracks: dict[int, list[tuple[int, int]]] = {}  # point -> [(image id, point2D idx)]
     for index, entry in enumerate(model.cameras):
         camera = cameras.get(entry.name)
         if camera is None:
@@ -153,14 +163,27 @@ def reconstruction_from_nvm(nvm_path: str | Path, intrinsics: str | Path
                                  camera_id=index + 1)
         camera.has_prior_focal_length = True
         reconstruction.add_camera_with_trivial_rig(camera)
+        points2D = []
+        for k, (point_index, x, y) in enumerate(observations.get(index, [])):
+            points2D.append(pycolmap.Point2D(np.array([x + camera.principal_point_x,
+                                                       y + camera.principal_point_y])))
+            tracks.setdefault(point_index, []).append((index + 1, k))
         image = pycolmap.Image(name=entry.name, camera_id=camera.camera_id,
-                               image_id=index + 1)
+                               image_id=index + 1, points2D=points2D)
         reconstruction.add_image_with_trivial_frame(image, entry.cam_from_world)
     if missing:
         logger.warning("%d of %d NVM images have no intrinsics and are skipped (e.g. %s)",
                        len(missing), len(model.cameras), ", ".join(missing[:3]))
     if reconstruction.num_images() == 0:
         raise InputError(f"no image of {nvm_path} has intrinsics in the intrinsics file")
+    for point_index, elements in tracks.items():
+        if len(elements) < 2:
+            continue
+        track = pycolmap.Track()
+        for image_id, point2D_idx in elements:
+            track.add_element(image_id, point2D_idx)
+        reconstruction.add_point3D(model.points[point_index], track,
+                                   model.colors[point_index])
     return reconstruction
 
 

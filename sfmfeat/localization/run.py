@@ -1,0 +1,263 @@
+"""Localize query photos end to end: query features, pairs, matching, 2D–3D + PnP, files.
+
+This is the Python API behind ``sfmfeat localize`` and the pipelines. Per-query timings:
+``2d3d`` and ``pnp`` are measured per query; ``features``, ``retrieval`` and ``matching``
+are batch steps, reported per query as their batch time divided by the number of queries
+(keys suffixed ``_amortized``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pycolmap
+
+from ..errors import ConfigError, InputError
+from ..extract import extract_features
+from ..extractors import create_extractor
+from ..match import match_pairs
+from ..pairs import Pair, exhaustive, read_pairs, write_pairs
+from ..store import FeatureReader
+from .queries import QueryList
+from .results import (DEFAULT_THRESHOLDS, evaluate, format_recall, read_poses, write_json,
+                      write_poses, write_query_log)
+from .sfm import LocalizationConfig, LocalizationReport, ModelIndex, localize, \
+    retrieval_from_pairs
+
+logger = logging.getLogger(__name__)
+
+# pairs: "exhaustive" (every registered db image), a pairs-file path, a list of pairs, or a
+# function query names -> pairs (e.g. retrieval)
+PairsSource = str | Path | Sequence[Pair] | Callable[[list[str]], list[Pair]]
+
+
+@dataclass
+class LocalizationRun:
+    report: LocalizationReport
+    poses_path: Path
+    log_path: Path
+    evaluation: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def load_model(model: str | Path | pycolmap.Reconstruction) -> tuple[pycolmap.Reconstruction,
+                                                                     str]:
+    if isinstance(model, pycolmap.Reconstruction):
+        return model, "the model"
+    from ..reconstruction.triangulation import read_model
+
+    path = Path(model)
+    if path.is_dir() and not (path / "images.bin").exists() and (path / "sfm").is_dir():
+        path = path / "sfm"  # the output folder of `sfmfeat reconstruct`
+    return read_model(path), f"model {path}"
+
+
+def extractor_overrides_like(reader: FeatureReader) -> dict[str, Any]:
+    """Overrides that make ``create_extractor(reader.method, ...)`` reproduce the config
+    the database features were made with (so query and database features match)."""
+    try:
+        extractor = create_extractor(reader.method)
+    except ConfigError as err:
+        raise InputError(f"{reader.path} was made by {reader.method!r}, which this sfmfeat "
+                         f"cannot create: {err}") from None
+    if extractor.config_hash == reader.config_hash:
+        return {}
+    stored = reader.config.get("config")
+    if not isinstance(stored, dict) or not dataclasses.is_dataclass(extractor.config):
+        raise InputError(f"cannot recreate the extractor config of {reader.path}; pass the "
+                         "same --features/--conf as for the database")
+    overrides = {}
+    for f in dataclasses.fields(extractor.config):
+        if f.name in stored and stored[f.name] != getattr(extractor.config, f.name):
+            value = stored[f.name]
+            overrides[f.name] = tuple(value) if isinstance(value, list) else value
+    return overrides
+
+
+def resolve_pairs(source: PairsSource, query_names: list[str], db_names: list[str]
+                  ) -> list[Pair]:
+    if callable(source):
+        return list(source(query_names))
+    if isinstance(source, (str, Path)):
+        if str(source) == "exhaustive":
+            return exhaustive(query_names, db_names)
+        path = Path(source)
+        pairs = read_pairs(path)
+        if not pairs:
+            raise InputError(f"pairs file {path} is empty: it names no image pair")
+        return pairs
+    return list(source)
+
+
+def run_localization(model: str | Path | pycolmap.Reconstruction,
+                     db_features: str | Path, query_dir: str | Path,
+                     queries: QueryList, output_dir: str | Path,
+                     pairs: PairsSource = "exhaustive", features: str | None = None,
+                     feature_overrides: Mapping[str, Any] | None = None,
+                     matcher: str = "mnn-ratio",
+                     matcher_overrides: Mapping[str, Any] | None = None,
+                     config: LocalizationConfig | None = None,
+                     ground_truth: str | Path | Mapping[str, pycolmap.Rigid3d] | None = None,
+                     poses_name: str = "poses.txt", prepend_camera_name: bool = False,
+                     thresholds: Sequence[tuple[float, float]] = DEFAULT_THRESHOLDS,
+                     device: str | None = None) -> LocalizationRun:
+    """Localize ``queries`` (images in ``query_dir``) against ``model``.
+
+    db_features: the features.h5 the model's keypoints come from (keypoint indices must
+    match the model's points2D). Query features are extracted with the same extractor and
+    config unless ``features`` is given. Writes ``output_dir/{query_features.h5,
+    query_pairs.txt, query_matches.h5, <poses_name>, <stem>_log.json}`` and, with
+    ``ground_truth``, ``<stem>_eval.json``. Every query gets a log entry; queries that fail
+    (missing image, bad intrinsics line, no pairs, too few inliers) get no pose.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    reconstruction, source = load_model(model)
+    index = ModelIndex(reconstruction, source)
+    seconds["load_model"] = time.perf_counter() - start
+    db_features = Path(db_features)
+    with FeatureReader(db_features) as reader:
+        db_names = [n for n in index.names if n in reader]
+        if not db_names:
+            raise InputError(f"no registered image of {source} has features in {db_features}")
+        if features is None:
+            features = reader.method
+            feature_overrides = {**extractor_overrides_like(reader),
+                                 **dict(feature_overrides or {})}
+    errors: dict[str, str] = {}
+    for where, message in queries.errors.items():
+        errors[where] = message
+    query_dir = Path(query_dir)
+    names = []
+    for name in queries.names:
+        if not (query_dir / name).is_file():
+            errors[name] = (f"query image {query_dir / name} does not exist"
+                            f" (listed at {queries.sources.get(name, '?')})")
+        else:
+            names.append(name)
+    timings: dict[str, float] = {}
+    query_features = output_dir / "query_features.h5"
+    if names:
+        start = time.perf_counter()
+        extraction = extract_features(query_dir, query_features, features, image_names=names,
+                                      overrides=dict(feature_overrides or {}), device=device)
+        timings["features_amortized"] = (time.perf_counter() - start) / len(names)
+        for name, reason in extraction.rejected.items():
+            errors[name] = f"query image rejected: {reason}"
+        names = [n for n in names if n not in extraction.rejected]
+    start = time.perf_counter()
+    pair_list = resolve_pairs(pairs, names, db_names) if names else []
+    retrieval = retrieval_from_pairs(pair_list, names)
+    query_pairs = [(q, d) for q, dbs in retrieval.items() for d in dbs]
+    write_pairs(output_dir / "query_pairs.txt", query_pairs)
+    if names:
+        timings["retrieval_amortized"] = (time.perf_counter() - start) / len(names)
+    for name in names:
+        if name not in retrieval:
+            errors[name] = f"query {name!r} has no database image in the pairs"
+    names = [n for n in names if n in retrieval]
+    matches_path = output_dir / "query_matches.h5"
+    if query_pairs:
+        start = time.perf_counter()
+        match_pairs(query_pairs, query_features, matches_path, matcher,
+                    overrides=dict(matcher_overrides or {}), reference_features=db_features,
+                    device=device)
+        timings["matching_amortized"] = (time.perf_counter() - start) / max(len(names), 1)
+    start = time.perf_counter()
+    if names:
+        report = localize(index, {n: queries.cameras[n] for n in names}, retrieval,
+                          query_features, matches_path, config, shared_timings=timings)
+    else:
+        report = LocalizationReport()
+    seconds["localize"] = time.perf_counter() - start
+    from .sfm import QueryResult
+
+    for key, message in errors.items():
+        report.results[key] = QueryResult(name=key, status="error", reason=message)
+        logger.error("%s", message)
+    stem = Path(poses_name).stem
+    poses_path = write_poses(output_dir / poses_name, report.poses, prepend_camera_name)
+    summary = report.summary()
+    evaluation = None
+    if ground_truth is not None:
+        references = (read_reference_poses(ground_truth)
+                      if not isinstance(ground_truth, Mapping) else dict(ground_truth))
+        references = {n: p for n, p in references.items()
+                      if n in queries.cameras or n in errors}
+        if not references:
+            raise InputError(f"the ground truth {ground_truth} names none of the queries")
+        evaluation = evaluate(report.poses, references, thresholds)
+        write_json(output_dir / f"{stem}_eval.json", evaluation)
+        logger.info("%s", format_recall(evaluation))
+        summary["evaluation"] = {k: v for k, v in evaluation.items() if k != "per_query"}
+    log_path = write_query_log(output_dir / f"{stem}_log.json", report.log(), summary)
+    logger.info("localized %d of %d queries -> %s", len(report.poses), len(report.results),
+                poses_path)
+    return LocalizationRun(report, poses_path, log_path, evaluation, seconds)
+
+
+def read_reference_poses(source: str | Path) -> dict[str, pycolmap.Rigid3d]:
+    """Reference poses from a pose file or a COLMAP model folder (registered images)."""
+    path = Path(source)
+    if path.is_dir():
+        from ..reconstruction.triangulation import read_model
+
+        model = read_model(path)
+        return {im.name: im.cam_from_world() for im in model.images.values() if im.has_pose}
+    return read_poses(path)
+
+
+def vlad_retrieval(db_features: str | Path, work_dir: str | Path, num_neighbors: int,
+                   db_names: Sequence[str] | None = None,
+                   query_features: str | Path | None = None
+                   ) -> Callable[[list[str]], list[Pair]]:
+    """A pairs function for :func:`run_localization`: VLAD over the local features (the
+    codebook is learned on the database images; no downloaded weights), top
+    ``num_neighbors`` database images per query, in bounded memory."""
+    work_dir = Path(work_dir)
+    query_features = Path(query_features or work_dir / "query_features.h5")
+
+    def pairs_for(query_names: list[str]) -> list[Pair]:
+        from . import retrieval
+
+        names = list(db_names) if db_names is not None else None
+        if names is None:
+            with FeatureReader(db_features) as reader:
+                names = reader.names()
+        codebook = retrieval.train_vlad_codebook(db_features, names)
+        db_vlad = retrieval.compute_vlad(db_features, work_dir / "db_vlad.h5", codebook, names,
+                                         overwrite=True)
+        query_vlad = retrieval.compute_vlad(query_features, work_dir / "query_vlad.h5",
+                                            codebook, query_names, overwrite=True)
+        return retrieval.pairs_from_store(query_vlad, num_neighbors, query_names=query_names,
+                                          db_descriptors=db_vlad, db_names=names)
+
+    return pairs_for
+
+
+def netvlad_retrieval(image_dir: str | Path, db_names: Sequence[str], work_dir: str | Path,
+                      num_neighbors: int, device: str | None = None
+                      ) -> Callable[[list[str]], list[Pair]]:
+    """A pairs function: NetVLAD (official weights) top ``num_neighbors`` per query."""
+    work_dir = Path(work_dir)
+
+    def pairs_for(query_names: list[str]) -> list[Pair]:
+        from . import retrieval
+        from .netvlad import compute_netvlad
+
+        db_desc = compute_netvlad(image_dir, work_dir / "db_netvlad.h5",
+                                  image_names=list(db_names), device=device)
+        query_desc = compute_netvlad(image_dir, work_dir / "query_netvlad.h5",
+                                     image_names=query_names, device=device)
+        return retrieval.pairs_from_store(query_desc, num_neighbors, query_names=query_names,
+                                          db_descriptors=db_desc, db_names=list(db_names))
+
+    return pairs_for
