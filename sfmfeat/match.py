@@ -67,7 +67,7 @@ def features_identity(readers: list[FeatureReader]) -> str:
 def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
                 matcher: str = "mnn-ratio", overrides: dict[str, Any] | None = None,
                 reference_features: str | Path | None = None, device: str | None = None,
-                overwrite: bool = False) -> MatchingReport:
+                overwrite: bool = False, checkpoint_every: int = 64) -> MatchingReport:
     """Match every pair; names are looked up in ``features`` then ``reference_features``.
 
     Pairs already stored with the same matcher and features config are skipped; results
