@@ -19,7 +19,7 @@ from sfmfeat.extractors import create_extractor
 from sfmfeat.extractors import d2net as D
 from sfmfeat.images import read_image
 
-from .conftest import require_shared
+from conftest import require_shared
 
 # the official layout, written out independently of the module under test
 OFFICIAL_SHAPES = {
@@ -201,15 +201,19 @@ class FixedMaps(nn.Module):
 
 
 def test_newton_step_of_half_a_cell_drops_the_detection():
-    fmap = torch.zeros(1, 12, 12)
-    fmap[0] = blob(12, 12, 5.0, 6.0)
-    fmap[0, 5, 5] = fmap[0, 5, 6]            # a 2-cell plateau: both cells are local maxima
-    fmap[0, 4, 5], fmap[0, 6, 5] = fmap[0, 4, 6], fmap[0, 6, 6]
+    # a paraboloid peaking half-way between two cells (exact in float32): both cells are
+    # local maxima, each with a Newton step of exactly 0.5, and both are dropped
+    ii, jj = torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij")
+    fmap = (100.0 - (ii - 5.0) ** 2 - (jj - 5.5) ** 2)[None]
     c, i, j, patch = D.hard_detection(fmap)
+    assert {(int(a), int(b)) for a, b in zip(i, j)} == {(5, 5), (5, 6)}
     step_i, step_j = D.soft_localization(patch)
-    assert len(c) and (step_j.abs() >= 0.5).all()
+    assert step_j.abs().tolist() == [0.5, 0.5] and step_i.tolist() == [0.0, 0.0]
     ext = D.D2Net(network=FixedMaps({48: fmap}))
     assert len(ext.extract(np.zeros((48, 48, 3), np.uint8))) == 0
+    fmap = (100.0 - (ii - 5.0) ** 2 - (jj - 5.25) ** 2)[None]  # step 0.25: kept
+    assert len(D.D2Net(network=FixedMaps({48: fmap})).extract(np.zeros((48, 48, 3),
+                                                                       np.uint8))) == 1
 
 
 def test_feature_map_positions_map_to_image_pixels():
@@ -246,33 +250,33 @@ def test_keypoint_lands_on_the_blob_centre_in_image_pixels():
     yy, xx = np.mgrid[:height, :width]
     image = 200.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 5.0**2))
     image = np.repeat(np.round(image).astype(np.uint8)[:, :, None], 3, axis=2)
-    features = D.D2Net(network=identity_trunk()).extract(image)
-    assert len(features) == 1
+    features = D.D2Net(network=identity_trunk()).extract(image).top_k(1)
     assert np.abs(features.keypoints[0] - [x0, y0]).max() < 1e-3
     assert features.scales[0] == 4.0
     assert np.linalg.norm(features.descriptors[0]) == pytest.approx(1.0)
 
 
 def test_multiscale_bans_positions_taken_at_a_coarser_scale():
-    # level images: scale .5 -> 20 px, scale 1 -> 40 px; maps are (h/4 - 1) cells
-    coarse = torch.zeros(2, 4, 4)
-    coarse[0] = blob(4, 4, 1, 1, si=0.8, sj=0.8)
-    fine = torch.zeros(2, 9, 9)
-    fine[1] = blob(9, 9, 2, 2, si=1.0, sj=1.0, height=50.0)  # same place as the coarse one
-    fine[1] += blob(9, 9, 6, 6, si=1.0, sj=1.0, height=50.0)  # a new place
-    trunk = FixedMaps({20: coarse, 40: fine})
+    # level images: scale .5 -> 40 px, scale 1 -> 80 px; maps of (h/4 - 1) cells: 9 and 19.
+    # The banned mask is resized with nearest (floor(dst * 9/19)): coarse cell 3 covers
+    # fine cells 7 and 8, and coarse cell 3 maps to 15.5 * 79/39 = 31.4 px, fine 7 to 31.5 px.
+    coarse = torch.zeros(2, 9, 9)
+    coarse[0] = blob(9, 9, 3, 3, si=0.8, sj=0.8)
+    fine = torch.zeros(2, 19, 19)
+    fine[1] = blob(19, 19, 7, 7, height=50.0)    # where the coarse level already detected
+    fine[1] += blob(19, 19, 14, 14, height=50.0)  # a new place
+    trunk = FixedMaps({40: coarse, 80: fine})
     ext = D.D2Net(D.D2NetConfig(scales=(0.5, 1.0)), network=trunk)
-    features = ext.extract(np.zeros((40, 40, 3), np.uint8))
-    assert trunk.seen == [(20, 20), (40, 40)]
-    levels = np.round(features.scales).astype(int).tolist()
-    assert levels == [8, 4]  # one coarse keypoint, one fine: the fine (2, 2) cell is banned
-    fine_kp = features.keypoints[1]
-    assert np.abs(fine_kp - (4 * 6 + 3.5)).max() < 0.5
-    # scores: activation / (level index + 1), on the accumulated map
-    assert features.scores[1] == pytest.approx(float(fine[1, 6, 6] + coarse[0, 3, 3] * 0) / 2,
-                                               rel=0.05)
-    # without the coarse level, the (2, 2) cell is detected at scale 1
-    alone = D.D2Net(network=FixedMaps({40: fine})).extract(np.zeros((40, 40, 3), np.uint8))
+    features = ext.extract(np.zeros((80, 80, 3), np.uint8))
+    assert trunk.seen == [(40, 40), (80, 80)]
+    assert features.scales.tolist() == [8.0, 4.0]  # one coarse and one fine keypoint
+    np.testing.assert_allclose(features.keypoints[0], 15.5 * 79 / 39, atol=1e-3)
+    np.testing.assert_allclose(features.keypoints[1], 4 * 14 + 3.5, atol=1e-3)
+    # score = activation of the accumulated map / (level index + 1)
+    assert features.scores.tolist() == pytest.approx([float(coarse[0, 3, 3]),
+                                                      float(fine[1, 14, 14]) / 2], rel=1e-4)
+    # without the coarse level, the (7, 7) cell is detected at scale 1
+    alone = D.D2Net(network=FixedMaps({80: fine})).extract(np.zeros((80, 80, 3), np.uint8))
     assert len(alone) == 2
 
 
@@ -287,8 +291,10 @@ def test_official_resize_rules():
 
 
 def test_images_smaller_than_the_stride_give_no_keypoints():
-    ext = D.D2Net(D.D2NetConfig(scales=(0.5, 1.0, 2.0)), network=D.D2NetNetwork())
-    for shape in ((3, 3, 3), (7, 9, 3), (1, 1, 3)):
+    single = D.D2Net(network=D.D2NetNetwork())
+    multi = D.D2Net(D.D2NetConfig(scales=(0.5, 1.0, 2.0)), network=D.D2NetNetwork())
+    for ext, shape in ((single, (7, 7, 3)), (single, (1, 1, 3)), (multi, (3, 3, 3)),
+                       (multi, (2, 9, 3))):
         features = ext.extract(np.full(shape, 128, np.uint8))
         assert len(features) == 0 and features.descriptors.shape == (0, 512)
 
