@@ -100,7 +100,26 @@ class GlobalDescriptorReader:
         """len(names)×D float32."""
         if not len(names):
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([self.read(n) for n in names]).astype(np.float32, copy=False)
+        dim = self.dim
+        out = np.empty((len(names), dim), np.float32)
+        handle_id = self._handle.id
+        for row, name in enumerate(names):
+            # low-level read straight into the output row: ~10x faster than h5py's
+            # high-level path lookups, which matters for 100k database images
+            path = f"{_item_path(KIND, (name,))}/{DATASET}".encode()
+            try:
+                dataset = h5py.h5d.open(handle_id, path)
+            except KeyError:
+                raise StoreError(f"{self.path} has no global descriptor for image "
+                                 f"{name!r}") from None
+            if dataset.shape != (dim,):
+                raise StoreError(f"{self.path}: descriptor of {name!r} has shape "
+                                 f"{dataset.shape}, the others ({dim},)")
+            if dataset.dtype == np.float32:
+                dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, out[row])
+            else:
+                out[row] = self.read(name)
+        return out
 
     @property
     def dim(self) -> int:
