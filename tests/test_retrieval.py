@@ -239,3 +239,53 @@ def test_netvlad_bad_weight_files_name_the_file(tmp_path):
     # the full network rejects the tiny file with shapes named
     with pytest.raises(WeightsError, match="shape"):
         nv.load_matlab_weights(nv.NetVlad(nv.NetVladConfig()), _write_struct(tmp_path / "t.mat"))
+
+
+# --------------------------------------------------------------------------------- CLI
+
+def test_cli_retrieval_vlad_and_covisibility(tmp_path, capsys):
+    import pycolmap
+
+    from sfmfeat.cli import main
+    from sfmfeat.extractors.base import Features
+    from sfmfeat.pairs import read_pairs
+    from sfmfeat.store import FeatureWriter
+
+    rng = np.random.default_rng(5)
+    vocab = _unit(rng, 3000, 32)
+    feats = tmp_path / "feats.h5"
+    with FeatureWriter(feats, "toy", "toyhash", {}) as writer:
+        for i in range(8):
+            desc = vocab[rng.choice(3000, 400, replace=False)]
+            for name, d in ((f"db/{i}.jpg", desc),
+                            (f"q/{i}.jpg", desc[:200] + 0.02 * rng.normal(size=(200, 32)))):
+                n = len(d)
+                writer.write(name, Features(rng.uniform(0, 99, (n, 2)), np.ones(n), d),
+                             (100, 100))
+    out = tmp_path / "pairs.txt"
+    assert main(["retrieval", "-o", str(out), "--features", str(feats), "--clusters", "8",
+                 "--query-prefix", "q/", "--db-prefix", "db/", "--num-neighbors", "2"]) == 0
+    pairs = read_pairs(out)
+    assert len(pairs) == 16
+    assert [b for a, b in pairs[::2]] == [f"db/{i}.jpg" for i in range(8)]
+    assert (tmp_path / "global-vlad.h5").is_file()
+    assert (tmp_path / "global-vlad-codebook.h5").is_file()
+    # the same through `sfmfeat pairs retrieval`, reusing codebook and descriptors
+    out2 = tmp_path / "pairs2.txt"
+    assert main(["pairs", "retrieval", "-o", str(out2), "--features", str(feats),
+                 "--clusters", "8", "--query-prefix", "q/", "--db-prefix", "db/",
+                 "--num-neighbors", "2"]) == 0
+    assert read_pairs(out2) == pairs
+    assert main(["retrieval", "-o", str(out), "--method", "vlad"]) == 2
+    assert "needs --features" in capsys.readouterr().err
+    # covisibility from a model on disk
+    pycolmap.set_random_seed(0)
+    rec = pycolmap.synthesize_dataset(pycolmap.SyntheticDatasetOptions(
+        num_rigs=1, num_cameras_per_rig=1, num_frames_per_rig=6, num_points3D=50))
+    model = tmp_path / "model"
+    model.mkdir()
+    rec.write_binary(model)
+    covis = tmp_path / "covis.txt"
+    assert main(["pairs", "covisibility", "--model", str(model), "-o", str(covis),
+                 "--num-neighbors", "2"]) == 0
+    assert len(read_pairs(covis)) >= 6

@@ -81,6 +81,9 @@ def _register_pairs(subparsers) -> None:
                                help="pair every N-th frame with every N-th frame")
         k.add_argument("-o", "--output", type=Path, required=True)
         k.set_defaults(func=_run_pairs)
+    from .retrieval import register_pair_kinds  # the retrieval and covisibility kinds
+
+    register_pair_kinds(kinds)
 
 
 def _run_pairs(args) -> int:
