@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -14,6 +17,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verbs = p.add_subparsers(dest="weights_verb", metavar="VERB", required=True)
     listing = verbs.add_parser("list", help="every registered weight file, licence, status")
     listing.set_defaults(func=_run_list)
+    install = verbs.add_parser("install", help="copy a hand-downloaded official file into "
+                                               "the weights dir (checksum verified)")
+    install.add_argument("file", type=Path, help="the downloaded weight file")
+    install.add_argument("--method", help="method folder, when the file name is ambiguous")
+    install.set_defaults(func=_run_install)
+    download = verbs.add_parser("download", help="download registered files of a method")
+    download.add_argument("method", help="method folder, e.g. d2net")
+    download.set_defaults(func=_run_download)
+    from .weights_convert import add_convert_parser
+
+    add_convert_parser(verbs)
     from .weights_convert import add_convert_parser
 
     add_convert_parser(verbs)   # sfmfeat weights convert contextdesc ARCHIVE_OR_DIR
@@ -42,4 +56,31 @@ def _run_list(args) -> int:
     sys.stdout.write(f"weights dir: {root} (set SFMFEAT_WEIGHTS_DIR to change)\n")
     for row in rows:
         sys.stdout.write("  ".join(row) + "\n")
+    return 0
+
+
+def _run_install(args) -> int:
+    from ..weights import copy_into_cache
+
+    candidates = [e for e in all_weight_files() if e.filename == args.file.name
+                  and (args.method is None or e.method == args.method)]
+    if not args.file.is_file():
+        raise InputError(f"{args.file} does not exist")
+    if len(candidates) != 1:
+        known = ", ".join(sorted({e.relative_path for e in all_weight_files()}))
+        raise InputError(f"{args.file.name} is not a unique registered weight file "
+                         f"(use --method); registered: {known}")
+    target = copy_into_cache(candidates[0], args.file)
+    logger.info("installed %s", target)
+    return 0
+
+
+def _run_download(args) -> int:
+    from ..weights import resolve
+
+    entries = [e for e in all_weight_files() if e.method == args.method]
+    if not entries:
+        raise InputError(f"no registered weights for method {args.method!r}")
+    for entry in entries:
+        logger.info("%s -> %s", entry.relative_path, resolve(entry))
     return 0
