@@ -27,9 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.set_defaults(func=_run_download)
     from .weights_convert import add_convert_parser
 
-    add_convert_parser(verbs)
-    from .weights_convert import add_convert_parser
-
     add_convert_parser(verbs)   # sfmfeat weights convert contextdesc ARCHIVE_OR_DIR
 
 
