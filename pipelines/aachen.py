@@ -99,9 +99,17 @@ def method_name(args) -> str:
     return f"{args.features}+{args.matcher}_{retrieval}"
 
 
+def check_pairs_file(path: Path | None) -> None:
+    """Fail before any heavy step when a given pairs file is missing, malformed or empty."""
+    if path is not None and not read_pairs(path):
+        raise InputError(f"pairs file {path} is empty: it names no image pair")
+
+
 def run_full(args, dataset: Path, outputs: Path) -> dict:
     images = dataset / IMAGES
     layout = LAYOUT[args.version]
+    check_pairs_file(args.query_pairs)
+    check_pairs_file(args.db_pairs)
     reference = load_reference_model(dataset, args.version)
     db_names = sorted(im.name for im in reference.images.values() if im.has_pose)
     logger.info("reference: %d images, %d points", len(db_names), reference.num_points3D())
