@@ -27,6 +27,7 @@ class SiftConfig:
     edge_threshold: float = 10.0
     sigma: float = 1.6
     max_edge: int | None = None          # resize the long side before detection; None = full res
+    keep_largest_scales: bool = False    # cap by scale (as COLMAP) instead of by response
 
 
 class Sift(Extractor):
@@ -57,7 +58,8 @@ class Sift(Extractor):
             return Features.empty(128, with_geometry=True)
         if self.config.upright:
             keypoints = _upright_unique(keypoints)
-        keypoints = _strongest(keypoints, self.config.max_keypoints)
+        keypoints = _strongest(keypoints, self.config.max_keypoints,
+                               by_size=self.config.keep_largest_scales)
         keypoints, descriptors = self._sift.compute(gray, keypoints)
         if descriptors is None or not keypoints:
             return Features.empty(128, with_geometry=True)
@@ -90,8 +92,9 @@ def _upright_unique(keypoints: list) -> list:
     return list(unique.values())
 
 
-def _strongest(keypoints: list, limit: int | None) -> list:
+def _strongest(keypoints: list, limit: int | None, by_size: bool = False) -> list:
     if limit is None or len(keypoints) <= limit:
         return list(keypoints)
-    order = np.argsort([-kp.response for kp in keypoints], kind="stable")[:limit]
+    key = [-(kp.size if by_size else kp.response) for kp in keypoints]
+    order = np.argsort(key, kind="stable")[:limit]
     return [keypoints[i] for i in sorted(order)]
