@@ -1,5 +1,7 @@
 """CAPS: parity with the official code (random-weight fixtures), official quirks, bad input."""
 
+import copy
+import dataclasses
 import lzma
 import shutil
 
@@ -11,11 +13,21 @@ from conftest import require_shared
 from sfmfeat.errors import WeightsError
 from sfmfeat.extractors import create_extractor
 from sfmfeat.extractors.base import Features
-from sfmfeat.extractors.caps import (Caps, CapsConfig, load_network, normalize_coordinates,
-                                     sample_features, skip_connect)
+from sfmfeat.extractors.caps import (Caps, CapsConfig, describe_from_maps, load_network,
+                                     normalize_coordinates, sample_features, skip_connect)
 from sfmfeat.images import read_image
 
 FIXTURE_IMAGES = ["02928139_3448003521", "10265353_3838484249"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """A 20M-parameter network on a shared 2-core machine: one thread is several times faster
+    than two oversubscribed ones (the fixtures' README: 1-thread differences <= 4.2e-5)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +47,33 @@ def caps_env(monkeypatch, caps_weights_dir):
     return caps_weights_dir
 
 
+@pytest.fixture(scope="module")
+def caps_model(caps_weights_dir):
+    """One network for the module (loading costs seconds); tests swap ``config`` on copies."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SFMFEAT_WEIGHTS_DIR", str(caps_weights_dir))
+        return Caps(CapsConfig())
+
+
+def with_config(caps, **changes):
+    clone = copy.copy(caps)
+    clone.config = dataclasses.replace(caps.config, **changes)
+    return clone
+
+
 @pytest.mark.parametrize("name", FIXTURE_IMAGES)
-def test_parity_with_official_code(caps_env, name):
+def test_parity_with_official_code(caps_model, name):
     fixture = np.load(require_shared(f"fixtures/caps/{name}.npz"))
     image = read_image(require_shared(f"data/sacre_coeur/mapping/{name}.jpg"))
-    caps = Caps(CapsConfig(normalize=False, max_edge=None))
     xy = fixture["kpt_xy"]
-    from sfmfeat.extractors.caps import preprocess
-
-    with torch.inference_mode():
-        coarse, fine = caps.net(preprocess(image))
+    # one forward pass (the describer's), then the describer's sampling of the stored keypoints
+    coarse, fine = caps_model.feature_maps(image)
     assert list(coarse.shape) == fixture["coarse_shape"].tolist()
     assert list(fine.shape) == fixture["fine_shape"].tolist()      # padding quirk: 268×196
     np.testing.assert_allclose(coarse[0, :, :8, :8].numpy(), fixture["coarse_crop"], atol=1e-4)
     np.testing.assert_allclose(fine[0, :, :16, :16].numpy(), fixture["fine_crop"], atol=1e-4)
+    desc = describe_from_maps(coarse, fine, xy, image.shape[:2]).numpy()
 
-    # the describer on the stored keypoints (its own forward pass)
-    keypoints = Features(xy, np.zeros(len(xy)), np.zeros((len(xy), 0)))
-    desc = caps.describe(image, keypoints).descriptors
     reference = fixture["descriptors"].astype(np.float32)
     assert desc.shape == reference.shape == (len(xy), 256)
     err32 = np.abs(desc[:256] - fixture["descriptors_f32_first256"]).max()
@@ -66,19 +87,31 @@ def test_parity_with_official_code(caps_env, name):
     assert cosine.min() >= 0.9999
 
 
-def test_registry_combination_and_normalisation(caps_env):
+def test_describe_is_the_maps_sampled_at_keypoints(caps_model, monkeypatch):
+    # describe() = feature_maps + describe_from_maps (+ normalisation), same keypoint order
+    rng = np.random.default_rng(2)
+    image = (rng.uniform(0, 255, (70, 90, 3))).astype(np.uint8)
+    xy = np.array([[10.3, 12.7], [45, 33], [89, 69], [0, 0]], np.float32)
+    coarse, fine = caps_model.feature_maps(image)
+    raw = describe_from_maps(coarse, fine, xy, image.shape[:2]).numpy()
+    kps = Features(xy, np.ones(4), np.zeros((4, 0)))
+    got = with_config(caps_model, normalize=False).describe(image, kps).descriptors
+    np.testing.assert_allclose(got, raw, atol=1e-5)
+    got = caps_model.describe(image, kps).descriptors
+    np.testing.assert_allclose(got, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_registry_builds_caps_on_a_detector(caps_env):
+    extractor = create_extractor("caps+sift-upright")
+    assert type(extractor.describer) is Caps and extractor.detector.config.upright
+    assert type(create_extractor("caps").describer) is Caps      # SIFT by default
     rng = np.random.default_rng(0)
-    image = (rng.uniform(0, 255, (72, 96, 3))).astype(np.uint8)
-    extractor = create_extractor("caps+sift")
-    assert type(extractor.describer) is Caps
-    feats = extractor.describer.describe(image, Features(
-        [[10, 10], [0, 0], [95, 71], [50.5, 30.25]], np.ones(4), np.zeros((4, 0))))
-    assert feats.descriptors.shape == (4, 256)
-    np.testing.assert_allclose(np.linalg.norm(feats.descriptors, axis=1), 1, atol=1e-5)
+    feats = extractor.extract((rng.uniform(0, 255, (64, 64, 3))).astype(np.uint8))
+    assert feats.descriptor_dim == 256
 
 
-def test_bad_keypoints_and_images(caps_env):
-    caps = Caps(CapsConfig())
+def test_bad_keypoints_and_images(caps_model):
+    caps = caps_model
     rng = np.random.default_rng(1)
     image = (rng.uniform(0, 255, (64, 80, 3))).astype(np.uint8)
     # zero keypoints
@@ -96,20 +129,17 @@ def test_bad_keypoints_and_images(caps_env):
     assert len(tiny) == 0 and tiny.descriptor_dim == 256
 
 
-def test_large_image_is_resized_and_keypoints_mapped(caps_env, monkeypatch):
-    caps = Caps(CapsConfig(max_edge=64))
-    seen = {}
-    forward = caps.net.forward
-
-    def spy(x):
-        seen["shape"] = tuple(x.shape)
-        return forward(x)
-
-    monkeypatch.setattr(caps.net, "forward", spy)
-    image = np.zeros((100, 128, 3), np.uint8)
-    out = caps.describe(image, Features([[127, 99]], [1.0], np.zeros((1, 0))))
-    assert seen["shape"] == (1, 3, 50, 64)
-    np.testing.assert_array_equal(out.keypoints, [[127, 99]])
+def test_large_image_is_resized_and_keypoints_mapped(caps_model):
+    rng = np.random.default_rng(3)
+    small = (rng.uniform(0, 255, (50, 64, 3))).astype(np.uint8)
+    large = np.repeat(np.repeat(small, 2, 0), 2, 1)          # 100×128, INTER_AREA gives back small
+    caps = with_config(caps_model, max_edge=64)
+    xy = np.array([[127, 99], [10.5, 20.5], [60, 3]], np.float32)   # large-image pixels
+    got = caps.describe(large, Features(xy, np.ones(3), np.zeros((3, 0))))
+    np.testing.assert_array_equal(got.keypoints, xy)           # keypoints are not moved
+    expected = caps_model.describe(small, Features((xy + 0.5) / 2 - 0.5, np.ones(3),
+                                                   np.zeros((3, 0))))
+    np.testing.assert_allclose(got.descriptors, expected.descriptors, atol=1e-5)
 
 
 def test_skip_connection_pads_skip_and_puts_upsampled_first():

@@ -209,6 +209,15 @@ def preprocess(image: np.ndarray) -> torch.Tensor:
     return x.sub(mean).div(std)[None]
 
 
+def describe_from_maps(coarse: torch.Tensor, fine: torch.Tensor, xy: np.ndarray,
+                       image_shape: tuple[int, int]) -> torch.Tensor:
+    """N×256 unnormalised descriptors (coarse then fine) at pixel positions ``xy`` of the
+    network input image of size ``image_shape`` (H, W), as the official extractor."""
+    normalized = normalize_coordinates(torch.from_numpy(np.asarray(xy, np.float32)).to(
+        coarse.device), *image_shape)
+    return torch.cat([sample_features(coarse, normalized), sample_features(fine, normalized)], 1)
+
+
 class Caps(Describer):
     name = "caps"
     config_class = CapsConfig
@@ -219,6 +228,21 @@ class Caps(Describer):
     def __init__(self, config: CapsConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
         self.net = load_network(resolve(WEIGHTS)).to(self.device)
+
+    def _resize(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        height, width = image.shape[:2]
+        if not self.config.max_edge or max(height, width) <= self.config.max_edge:
+            return image, 1.0
+        import cv2
+
+        scale = self.config.max_edge / max(height, width)
+        return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
+
+    @torch.inference_mode()
+    def feature_maps(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coarse (1×128×h/16×w/16) and fine (1×128×h/4×w/4) maps of an RGB uint8 image
+        (no resizing)."""
+        return self.net(preprocess(image).to(self.device))
 
     @torch.inference_mode()
     def describe(self, image: np.ndarray, keypoints: Features) -> Features:
@@ -233,18 +257,13 @@ class Caps(Describer):
             logger.warning("caps: image %dx%d is smaller than the %d px stride; no features",
                            width, height, MIN_SIDE)
             return Features.empty(256, with_geometry=keypoints.scales is not None)
-        scale = 1.0
-        if self.config.max_edge and max(height, width) > self.config.max_edge:
-            import cv2
-
-            scale = self.config.max_edge / max(height, width)
-            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        coarse, fine = self.net(preprocess(image).to(self.device))
-        # keypoints into the network image's pixels (pixel centres at integers)
-        xy_net = torch.from_numpy((xy + 0.5) * scale - 0.5).to(self.device)
-        normalized = normalize_coordinates(xy_net, *image.shape[:2])
-        desc = torch.cat([sample_features(coarse, normalized),
-                          sample_features(fine, normalized)], 1)
+        image, scale = self._resize(image)
+        coarse, fine = self.feature_maps(image)
+        if scale != 1.0:  # keypoints into the network image's pixels (centres at integers)
+            xy_net = (xy.astype(np.float64) + 0.5) * scale - 0.5
+        else:
+            xy_net = xy
+        desc = describe_from_maps(coarse, fine, xy_net, image.shape[:2])
         if self.config.normalize:
             desc = F.normalize(desc, dim=1)
         return Features(xy, keypoints.scores, desc.float().cpu().numpy(), keypoints.scales,
