@@ -32,8 +32,8 @@ from ..weights import WeightFile, resolve
 
 logger = logging.getLogger(__name__)
 
-_LICENCE = ("MIT (NetVLAD code and models, R. Arandjelović; MATLAB-struct export by the "
-            "hloc authors)")
+_LICENCE = ("MIT (Relja/netvlad LICENCE; the models come from the NetVLAD project page "
+            "with no separate licence; MATLAB-struct export by the hloc authors)")
 WEIGHT_FILES = {
     "pitts30k": WeightFile(
         method="netvlad", filename="Pitts30K_struct.mat",

@@ -123,13 +123,18 @@ class GlobalDescriptorReader:
 
     @property
     def dim(self) -> int:
-        for key in self._handle.get("images", {}):
-            return int(self._handle["images"][key][DATASET].shape[0])
-        raise StoreError(f"{self.path} holds no descriptor")
+        if getattr(self, "_dim", None) is None:
+            for key in self._handle.get("images", {}):
+                self._dim = int(self._handle["images"][key][DATASET].shape[0])
+                break
+            else:
+                raise StoreError(f"{self.path} holds no descriptor")
+        return self._dim
 
     def source(self, names: Sequence[str]) -> "StoredDescriptors":
         """A lazy, sliceable view of the descriptors of ``names`` (read chunk by chunk)."""
-        absent = [n for n in names if n not in self]
+        known = set(self.names())          # one listing instead of a lookup per name
+        absent = [n for n in names if n not in known]
         if absent:
             raise InputError(f"{len(absent)} image(s) have no global descriptor in "
                              f"{self.path}: {', '.join(absent[:5])}"
@@ -184,14 +189,15 @@ def _blocks(total: int, size: int) -> Iterable[tuple[int, int]]:
         yield start, min(start + size, total)
 
 
-def _merge_topk(best_s: np.ndarray, best_i: np.ndarray, new_s: np.ndarray,
-                new_i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.concatenate([best_s, new_s], axis=1)
-    indices = np.concatenate([best_i, new_i], axis=1)
+def _merge_topk(best_s: "torch.Tensor", best_i: "torch.Tensor", new_s: "torch.Tensor",
+                new_i: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    import torch
+
+    scores = torch.cat([best_s, new_s], dim=1)
+    indices = torch.cat([best_i, new_i], dim=1)
     if scores.shape[1] > k:
-        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        scores = np.take_along_axis(scores, keep, 1)
-        indices = np.take_along_axis(indices, keep, 1)
+        scores, keep = torch.topk(scores, k, dim=1, sorted=False)
+        indices = torch.gather(indices, 1, keep)
     return scores, indices
 
 
@@ -204,7 +210,7 @@ def retrieval_topk(queries: DescriptorSource, database: DescriptorSource, k: int
         query ``q`` (itself, in self-retrieval), -1 for none.
     min_score: neighbours scoring below it are dropped (index -1).
     memory_mb: bound on the working arrays (query block, database chunk, similarities).
-    Ties are broken by the lower database index, so results are deterministic.
+    Equal scores are listed by increasing database index.
     """
     num_q, dim = int(queries.shape[0]), int(queries.shape[1]) if len(queries.shape) > 1 else 0
     num_db = int(database.shape[0])
@@ -223,38 +229,37 @@ def retrieval_topk(queries: DescriptorSource, database: DescriptorSource, k: int
     # a third of the budget each for the query block, the database chunk and similarities
     query_block = int(max(256, budget / 3 // row_bytes))
     db_chunk = int(max(256, min(budget / 3 // row_bytes, 65536)))
-    sim_rows = int(max(16, budget / 3 // (4 * 3 * db_chunk)))  # sim + argpartition temps
+    sim_rows = int(max(16, budget / 3 // (4 * db_chunk)))
     if exclude is not None:
         exclude = np.asarray(exclude, np.int64).reshape(-1)
         if len(exclude) != num_q:
             raise InputError(f"exclude has {len(exclude)} entries for {num_q} queries")
+    import torch  # matrix products and top-k (much faster than numpy's argpartition)
+
+    best_s_t, best_i_t = torch.from_numpy(best_s), torch.from_numpy(best_i)
     blocks = list(_blocks(num_q, query_block))
     bar = tqdm(total=len(blocks) * -(-num_db // db_chunk), desc="retrieval", unit="chunk",
                disable=not progress)
     for q0, q1 in blocks:
-        qblock = np.ascontiguousarray(queries[q0:q1], dtype=np.float32)
+        qblock = torch.from_numpy(np.ascontiguousarray(queries[q0:q1], dtype=np.float32))
         for d0, d1 in _blocks(num_db, db_chunk):
-            dchunk = np.ascontiguousarray(database[d0:d1], dtype=np.float32)
+            dchunk = torch.from_numpy(np.ascontiguousarray(database[d0:d1], dtype=np.float32))
             kk = min(k_eff, d1 - d0)
             for r0, r1 in _blocks(q1 - q0, sim_rows):
                 sim = qblock[r0:r1] @ dchunk.T
                 if exclude is not None:
-                    rows = np.arange(r1 - r0)
-                    cols = exclude[q0 + r0:q0 + r1] - d0
+                    cols = torch.from_numpy(exclude[q0 + r0:q0 + r1] - d0)
                     inside = (cols >= 0) & (cols < d1 - d0)
-                    sim[rows[inside], cols[inside]] = -np.inf
-                if kk < sim.shape[1]:
-                    part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-                else:
-                    part = np.broadcast_to(np.arange(sim.shape[1]), sim.shape).copy()
-                scores = np.take_along_axis(sim, part, 1)
-                sl = slice(q0 + r0, q0 + r1)
-                best_s[sl], best_i[sl] = _merge_topk(best_s[sl], best_i[sl], scores,
-                                                     part.astype(np.int64) + d0, k_eff)
+                    sim[torch.nonzero(inside)[:, 0], cols[inside]] = -np.inf
+                scores, part = torch.topk(sim, kk, dim=1, sorted=False)
+                rows = slice(q0 + r0, q0 + r1)
+                best_s_t[rows], best_i_t[rows] = _merge_topk(
+                    best_s_t[rows], best_i_t[rows], scores, part.to(torch.int64) + d0, k_eff)
                 del sim
             bar.update(1)
             del dchunk
     bar.close()
+    best_s, best_i = best_s_t.numpy(), best_i_t.numpy()
     if min_score is not None:
         best_s[best_s < min_score] = -np.inf
     return _finish(best_s, best_i, k)
