@@ -1,0 +1,293 @@
+"""DeepDesc (Simo-Serra, Trulls, Ferraz, Kokkinos, Fua, Moreno-Noguer, ICCV 2015).
+
+A descriptor-only method: 64×64 grayscale patches around a detector's keypoints (SIFT by
+default), cut at the keypoint's scale and orientation, go through the Siamese-trained
+CNN3 network and give 128-d descriptors compared with the L2 distance (not normalised,
+as released).
+
+CNN3, a port of the released Torch7 ``nn.Sequential`` (layer by layer)::
+
+    x = (patch - mean) / std                            per-pixel 64×64 maps from the .t7
+    conv 7×7 1→32, tanh, LP-pool (p=2, 2×2/2), subtractive norm   -> 32×29×29
+    conv 6×6 32→64, tanh, LP-pool (p=2, 3×3/3), subtractive norm  -> 64×8×8
+    conv 5×5 64→128, tanh, LP-pool (p=2, 4×4/4)                   -> 128
+
+Torch's ``SpatialLPPooling`` with p=2 is Square → SpatialAveragePooling → MulConstant(k²)
+→ Sqrt, i.e. the L2 norm of each window. ``SpatialSubtractiveNormalization`` subtracts a
+local mean shared by all channels: the zero-padded correlation of every channel with the
+5×5 Gaussian kernel (stored divided by sum·nInputPlane), summed over channels, divided by
+the same filter applied to an all-ones input (the border ``coef`` map, 1 inside, < 1 within
+two pixels of the border).
+
+Patches (see ``patches.py`` for the exact geometry): the square support region has side
+``support_factor × size`` (``size`` = OpenCV keypoint diameter) and is turned so that the
+keypoint orientation points right, like the MVS/Brown patches the models were trained on.
+The default factor was chosen by validation on sacre_coeur pairs (see
+``benchmarks/deepdesc_matching.py``). The image is pre-smoothed per keypoint scale
+(``antialias``) so that large support regions do not alias.
+
+Bad input: zero keypoints give zero descriptors (Features with N=0); keypoints at or
+beyond the border use replicated border pixels; keypoints without scale use
+``fallback_size``; a scale of 0 gives a constant patch (a valid but uninformative
+descriptor); huge scales give a shrunken, border-replicated image. Non-finite keypoint
+geometry raises an InputError.
+
+Weights: the four ``models/CNN3_p8_n8_split*.t7`` of etrulls/deepdesc-release,
+CC BY-NC-SA 4.0 (non-commercial). ``split4`` (a subset of Liberty, Yosemite and Notre
+Dame) is the README's default.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, InputError, WeightsError
+from ..weights import WeightFile, resolve
+from .base import Describer, Features
+from .patches import extract_patches
+
+logger = logging.getLogger(__name__)
+
+_REPO = "https://github.com/etrulls/deepdesc-release/raw/master/models/"
+_LICENCE = "CC BY-NC-SA 4.0"
+_SPLITS = {
+    "split1": ("CNN3_p8_n8_split1_072000.t7",
+               "e2e7d1b9b274510e4cd86ab0ce70228703c002f2142b26939c7d6335a2876267",
+               "trained on Liberty and Yosemite"),
+    "split2": ("CNN3_p8_n8_split2_104000.t7",
+               "bdf83f8d6bc05455eceb0d64036da8e9727826deb3fd2e444513e7d9e9f84017",
+               "trained on Liberty and Notre Dame"),
+    "split3": ("CNN3_p8_n8_split3_067000.t7",
+               "e34f186da5bb29563b11372b4eccf48d0d25595b45641a5e7a5fc9f39a245fd3",
+               "trained on Yosemite and Notre Dame"),
+    "split4": ("CNN3_p8_n8_split4_073000.t7",
+               "e89b84c2fe5c86e342684a0e67653f2dfafac00b92182ede4ef86e9279dfd36b",
+               "trained on a subset of Liberty, Yosemite and Notre Dame (README default)"),
+}
+WEIGHT_FILES = {
+    split: WeightFile(method="deepdesc", filename=filename, url=_REPO + filename,
+                      licence=_LICENCE, sha256=sha, non_commercial=True, note=note)
+    for split, (filename, sha, note) in _SPLITS.items()
+}
+PATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class DeepDescConfig:
+    model: str = "split4"            # split1..split4 (the four released models)
+    support_factor: float = 5.0      # side of the support square / OpenCV keypoint size
+    oriented: bool = True            # turn patches to the keypoint orientation
+    antialias: bool = True           # Gaussian pre-smoothing per keypoint scale
+    fallback_size: float = 12.0      # keypoint size (px) when the detector gives none
+    batch_size: int = 2048           # patches per network forward
+    normalize: bool = False          # L2-normalise (the release does not)
+
+
+# ---------------------------------------------------------------- Torch7 layers
+
+
+def lp_pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Torch ``SpatialLPPooling(p=2, k, k, k, k)``: sqrt(k² · avgpool(x²)), no padding."""
+    return torch.sqrt(F.avg_pool2d(x * x, kernel, kernel) * (kernel * kernel))
+
+
+def subtractive_normalization(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Torch ``SpatialSubtractiveNormalization`` with a 2-D ``kernel`` already divided by
+    (its sum × number of channels), as stored in the model file.
+
+    mean = Σ_c (x_c ⋆ kernel) with zero padding, divided by the same sum over an all-ones
+    input (``coef``: exactly 1 away from the border), and subtracted from every channel.
+    The correlation is linear, so Σ_c (x_c ⋆ k) is computed as (Σ_c x_c) ⋆ k.
+    """
+    channels = x.shape[1]
+    kh, kw = kernel.shape
+    pad = (kw // 2, kw // 2, kh // 2, kh // 2)
+    weight = kernel.to(x.dtype)[None, None]
+    local_sum = F.conv2d(F.pad(x.sum(1, keepdim=True), pad), weight)
+    ones = torch.full((1, 1) + x.shape[2:], float(channels), dtype=x.dtype, device=x.device)
+    coef = F.conv2d(F.pad(ones, pad), weight)
+    return x - local_sum / coef
+
+
+class CNN3(nn.Module):
+    """The released DeepDesc network (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 7)
+        self.conv2 = nn.Conv2d(32, 64, 6)
+        self.conv3 = nn.Conv2d(64, 128, 5)
+        self.register_buffer("ssn1", torch.zeros(5, 5))
+        self.register_buffer("ssn2", torch.zeros(5, 5))
+        self.register_buffer("mean", torch.zeros(1, PATCH_SIZE, PATCH_SIZE))
+        self.register_buffer("std", torch.ones(1, PATCH_SIZE, PATCH_SIZE))
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """N×1×64×64 patches in 0..255 -> N×128 descriptors."""
+        x = (patches - self.mean) / self.std
+        x = subtractive_normalization(lp_pool(torch.tanh(self.conv1(x)), 2), self.ssn1)
+        x = subtractive_normalization(lp_pool(torch.tanh(self.conv2(x)), 3), self.ssn2)
+        x = lp_pool(torch.tanh(self.conv3(x)), 4)
+        return x.flatten(1)
+
+
+# ---------------------------------------------------------------- .t7 loading
+
+_LAYOUT = (
+    "nn.SpatialConvolution", "nn.Tanh", "nn.SpatialLPPooling",
+    "nn.SpatialSubtractiveNormalization", "nn.SpatialConvolution", "nn.Tanh",
+    "nn.SpatialLPPooling", "nn.SpatialSubtractiveNormalization", "nn.SpatialConvolution",
+    "nn.Tanh", "nn.SpatialLPPooling", "nn.Reshape",
+)
+
+
+def _field(obj, name: str):
+    import torchfile
+
+    key = name.encode()
+    table = obj._obj if isinstance(obj, torchfile.TorchObject) else obj
+    if not isinstance(table, dict) or key not in table:
+        raise KeyError(name)
+    return table[key]
+
+
+def load_t7(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of ``CNN3`` read from a released .t7 file (``torchfile``), with the
+    layout checked; anything else raises a WeightsError naming the file."""
+    import torchfile
+
+    try:
+        data = torchfile.load(str(path))
+    except Exception as err:  # torchfile raises many types on foreign bytes
+        raise WeightsError(f"{path}: not a readable Torch7 file ({type(err).__name__}: "
+                           f"{err}); expected a DeepDesc CNN3_*.t7 model") from err
+    try:
+        desc = _field(data, "desc")
+        modules = _field(desc, "modules")
+        names = tuple(m.torch_typename().decode() for m in modules)
+        if names != _LAYOUT:
+            raise WeightsError(f"{path}: layer sequence {names} is not DeepDesc CNN3 "
+                               f"{_LAYOUT}; wrong file?")
+        for index, kernel in ((2, 2), (6, 3), (10, 4)):
+            m = modules[index]
+            if (_field(m, "kW"), _field(m, "kH"), _field(m, "dW"), _field(m, "dH")) != (
+                    kernel,) * 4:
+                raise WeightsError(f"{path}: LP pooling {index} is not {kernel}×{kernel}/"
+                                   f"{kernel}; wrong file?")
+            subs = [s.torch_typename().decode() for s in _field(m, "modules")]
+            if subs != ["nn.Square", "nn.SpatialAveragePooling", "nn.MulConstant", "nn.Sqrt"]:
+                raise WeightsError(f"{path}: LP pooling {index} is {subs}, not p=2; wrong file?")
+        state = {
+            "conv1.weight": _field(modules[0], "weight"), "conv1.bias": _field(modules[0], "bias"),
+            "conv2.weight": _field(modules[4], "weight"), "conv2.bias": _field(modules[4], "bias"),
+            "conv3.weight": _field(modules[8], "weight"), "conv3.bias": _field(modules[8], "bias"),
+            "ssn1": _field(modules[3], "kernel"), "ssn2": _field(modules[7], "kernel"),
+            "mean": _field(data, "mean"), "std": _field(data, "std"),
+        }
+    except (KeyError, AttributeError, TypeError, IndexError) as err:
+        raise WeightsError(f"{path}: missing field {err} of a DeepDesc CNN3 model; "
+                           "wrong file?") from err
+    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+            for k, v in state.items()}
+
+
+def load_network(path: Path) -> CNN3:
+    from ..weights import load_state_dict_strict
+
+    net = CNN3()
+    load_state_dict_strict(net, load_t7(path), path)
+    if not torch.all(net.std > 0):
+        raise WeightsError(f"{path}: std map has non-positive entries; corrupt file?")
+    return net.eval()
+
+
+# ---------------------------------------------------------------- the describer
+
+
+def grayscale(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 -> float32 luma in 0..255 (Torch ``image.rgb2y`` weights, unrounded)."""
+    return image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+class DeepDesc(Describer):
+    name = "deepdesc"
+    config_class = DeepDescConfig
+    presets = {"deepdesc": DeepDescConfig()}
+    weight_files = tuple(WEIGHT_FILES.values())
+    default_detector = "sift"
+
+    def __init__(self, config: DeepDescConfig | None = None, device: str | None = None) -> None:
+        super().__init__(config, device)
+        if self.config.model not in WEIGHT_FILES:
+            raise ConfigError(f"deepdesc model {self.config.model!r} unknown; choose one of "
+                              + ", ".join(WEIGHT_FILES))
+        if not self.config.support_factor > 0:
+            raise ConfigError(f"deepdesc support_factor must be > 0, got "
+                              f"{self.config.support_factor}")
+        self.net = load_network(resolve(WEIGHT_FILES[self.config.model])).to(self.device)
+
+    def patches(self, image: np.ndarray, keypoints: Features) -> torch.Tensor:
+        """The N×1×64×64 network input (0..255) for ``keypoints`` of ``image``."""
+        n = len(keypoints)
+        sizes = (keypoints.scales if keypoints.scales is not None
+                 else np.full(n, self.config.fallback_size, np.float32))
+        angles = (keypoints.orientations if keypoints.orientations is not None
+                  and self.config.oriented else np.zeros(n, np.float32))
+        geometry = np.concatenate([keypoints.keypoints.reshape(-1, 2), sizes[:, None],
+                                   angles[:, None]], 1)
+        if not np.isfinite(geometry).all():
+            raise InputError("deepdesc: keypoints with non-finite position, scale or angle")
+        radii = np.abs(sizes.astype(np.float64)) * self.config.support_factor / 2
+        gray = torch.from_numpy(grayscale(image)).to(self.device)
+        if not self.config.antialias:
+            return extract_patches(gray[None], keypoints.keypoints, radii, angles, PATCH_SIZE)
+        return antialiased_patches(gray, keypoints.keypoints, radii, angles, PATCH_SIZE)
+
+    @torch.inference_mode()
+    def describe(self, image: np.ndarray, keypoints: Features) -> Features:
+        if len(keypoints) == 0:
+            return Features(keypoints.keypoints, keypoints.scores, np.zeros((0, 128), np.float32),
+                            keypoints.scales, keypoints.orientations)
+        patches = self.patches(image, keypoints)
+        out = [self.net(patches[i:i + self.config.batch_size])
+               for i in range(0, len(patches), self.config.batch_size)]
+        desc = torch.cat(out)
+        if self.config.normalize:
+            desc = F.normalize(desc, dim=1)
+        return Features(keypoints.keypoints, keypoints.scores, desc.cpu().numpy(),
+                        keypoints.scales, keypoints.orientations)
+
+
+def antialiased_patches(gray: torch.Tensor, centers, radii, angles, patch_size: int
+                        ) -> torch.Tensor:
+    """Patches sampled from a pyramid: each keypoint reads the finest octave whose pixel is
+    not smaller than half a patch pixel, so bilinear sampling does not alias. Octave k is
+    the image blurred and halved k times (``cv2.pyrDown``, whose pixel i is centred on
+    pixel 2i of the finer octave, so x_k = x / 2^k)."""
+    import cv2
+
+    ratio = 2 * np.asarray(radii, np.float64) / patch_size          # image px per patch px
+    levels = np.clip(np.floor(np.log2(np.maximum(ratio, 1e-12))), 0, None).astype(int)
+    image = gray.cpu().numpy()
+    max_level = int(min(levels.max(), np.floor(np.log2(min(image.shape)))))
+    levels = np.minimum(levels, max_level)
+    out = gray.new_empty((len(ratio), 1, patch_size, patch_size))
+    centers = np.asarray(centers, np.float64).reshape(-1, 2)
+    for level in range(max_level + 1):
+        if level:
+            image = cv2.pyrDown(image)
+        sel = np.flatnonzero(levels == level)
+        if len(sel) == 0:
+            continue
+        f = 2.0 ** level
+        out[sel] = extract_patches(torch.from_numpy(image).to(gray.device)[None],
+                                   centers[sel] / f, np.asarray(radii)[sel] / f,
+                                   np.asarray(angles)[sel], patch_size)
+    return out
