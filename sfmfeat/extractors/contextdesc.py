@@ -96,12 +96,14 @@ class ContextDesc(Extractor):
         self._torch = torch
         self.net = ContextDescNet(c.inverse_distance)
         _load(self.net, WEIGHT_FILES[c.variant])
-        self.net.to(self.device).eval()
+        self.net.to(self.device).eval().requires_grad_(False)
+        self.net.local.fold_bn()
         self.regional = None
         if c.context:
             self.regional = RegionalResNet50()
             _load(self.regional, WEIGHT_FILES[REGIONAL_NAME])
-            self.regional.to(self.device).eval()
+            self.regional.to(self.device).eval().requires_grad_(False)
+            self.regional.fold_bn()
         self._sift = cv2.SIFT_create(0, c.n_octave_layers, c.contrast_threshold,
                                      c.edge_threshold, c.sigma)
         self.timings: dict[str, float] = {}
@@ -143,6 +145,12 @@ class ContextDesc(Extractor):
         with torch.inference_mode():
             out = self.regional(x.permute(2, 0, 1)[None].to(self.device))
         return out[0].permute(1, 2, 0).cpu().numpy()
+
+    def global_descriptor(self, image: np.ndarray) -> np.ndarray:
+        """A 2048-d unit global descriptor of the image (max-pooled res5c), for retrieval."""
+        if self.regional is None:
+            raise ConfigError("global_descriptor needs the regional model (context=True)")
+        return regional_global_descriptor(self.regional_map(image))
 
     def augment(self, local_feat: np.ndarray, kpt_m: np.ndarray, kpt_xy: np.ndarray,
                 regional: np.ndarray) -> np.ndarray:
@@ -203,9 +211,11 @@ def _load(module, entry: WeightFile) -> None:
     try:
         path = resolve(entry, download=False)
     except WeightsError as err:
-        raise WeightsError(f"{err}. ContextDesc ships TensorFlow archives: download "
-                           f"{entry.url}, then run `sfmfeat weights convert contextdesc "
-                           "ARCHIVE_OR_DIR`") from err
+        raise WeightsError(
+            f"ContextDesc weights {entry.relative_path} not found in the weights dir (set "
+            f"SFMFEAT_WEIGHTS_DIR to change it): download the official TensorFlow archive from "
+            f"{entry.url}, then run `sfmfeat weights convert contextdesc ARCHIVE_OR_DIR`"
+        ) from err
     state = load_torch_checkpoint(path)
     load_state_dict_strict(module, state, path)
 

@@ -58,10 +58,30 @@ class Conv(nn.Module):
         self.bn = BatchNorm(cout) if bn else None
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
+        self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def fold_bn(self) -> None:
+        """Fold the (inference) BN into the conv weights: one op instead of two, for speed.
+        Call again after loading new weights."""
+        if self.bn is None or self.bn.weight is not None:
+            return
+        with torch.no_grad():
+            scale = torch.rsqrt(self.bn.running_var + BN_EPS)
+            bias = self.bias if self.bias is not None else torch.zeros_like(scale)
+            self._folded = (self.weight * scale[:, None, None, None],
+                            (bias - self.bn.running_mean) * scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = 0
         if self.padding == "SAME":
-            x = _same_pad(x, self.kernel, self.stride)
-        x = F.conv2d(x, self.weight, self.bias, self.stride)
+            total = self.kernel - 1
+            if self.stride == 1 and total % 2 == 0:
+                padding = total // 2            # symmetric: let the conv pad
+            else:
+                x = _same_pad(x, self.kernel, self.stride)
+        if self._folded is not None:
+            return F.conv2d(x, *self._folded, self.stride, padding)
+        x = F.conv2d(x, self.weight, self.bias, self.stride, padding)
         return self.bn(x) if self.bn is not None else x
 
 
@@ -126,8 +146,14 @@ class LocalModel(nn.Module):
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = standardize(patches)
         for i in range(6):
-            x = F.relu(getattr(self, f"conv{i}")(x))
+            x = F.relu(getattr(self, f"conv{i}")(x), inplace=True)
         return self.conv6(x).flatten(1), self.kpt_m(x)
+
+    def fold_bn(self) -> "LocalModel":
+        for module in self.modules():
+            if isinstance(module, Conv):
+                module.fold_bn()
+        return self
 
 
 class RegionalResNet50(nn.Module):
@@ -159,14 +185,37 @@ class RegionalResNet50(nn.Module):
         self.add_module(f"res{name}", Conv(cin, cout, kernel, stride))
         self.add_module(f"bn{name}", BatchNorm(cout, affine=True))
 
+    def fold_bn(self) -> "RegionalResNet50":
+        """Fold every BN into the conv before it, for speed; call again after loading."""
+        with torch.no_grad():
+            for name, (conv, bn) in self._pairs().items():
+                scale = bn.weight * torch.rsqrt(bn.running_var + BN_EPS)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+                conv._folded = (conv.weight * scale[:, None, None, None],
+                                (bias - bn.running_mean) * scale + bn.bias)
+        self._bn_folded = True
+        return self
+
+    def _pairs(self) -> dict[str, tuple[Conv, BatchNorm]]:
+        pairs = {"conv1": (self.conv1, self.bn_conv1)}
+        for name, _, first in self.blocks:
+            for branch in (["branch1"] if first else []) + ["branch2a", "branch2b", "branch2c"]:
+                key = f"{name}_{branch}"
+                pairs[key] = (getattr(self, f"res{key}"), getattr(self, f"bn{key}"))
+        return pairs
+
     def _branch(self, name: str, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        x = getattr(self, f"bn{name}")(getattr(self, f"res{name}")(x))
-        return F.relu(x) if relu else x
+        x = getattr(self, f"res{name}")(x)
+        if not getattr(self, "_bn_folded", False):
+            x = getattr(self, f"bn{name}")(x)
+        return F.relu(x, inplace=True) if relu else x
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``B×3×H×W`` mean-subtracted RGB (0–255 scale) -> ``B×2048×h×w`` res5c."""
-        x = F.relu(self.bn_conv1(self.conv1(F.pad(image, (3, 3, 3, 3)))))
-        x = F.max_pool2d(_same_pad(x, 3, 2, value=-math.inf), 3, 2)
+        x = self.conv1(F.pad(image, (3, 3, 3, 3)))
+        if not getattr(self, "_bn_folded", False):
+            x = self.bn_conv1(x)
+        x = F.max_pool2d(_same_pad(F.relu(x, inplace=True), 3, 2, value=-math.inf), 3, 2)
         out = x
         for name, _, first in self.blocks:
             if name != "2a":
@@ -209,8 +258,9 @@ def interpolate_3nn(query: torch.Tensor, points: torch.Tensor, values: torch.Ten
         inv = 1.0 / torch.full_like(dist, 1e-10)
     weight = inv / inv.sum(-1, keepdim=True)
     batch, n, _ = index.shape
-    gathered = torch.gather(values, 1, index.reshape(batch, n * k, 1).expand(-1, -1,
-                            values.shape[-1])).reshape(batch, n, k, -1)
+    channels = values.shape[-1]
+    gathered = torch.gather(values, 1, index.reshape(batch, n * k, 1).expand(-1, -1, channels))
+    gathered = gathered.reshape(batch, n, k, channels)
     return (weight[..., None] * gathered).sum(-2)
 
 

@@ -1,0 +1,304 @@
+"""ContextDesc extraction speed on CPU (1024×768, 8k keypoints), against the official code.
+
+    python benchmarks/extract_contextdesc.py [--official /tmp/official_contextdesc]
+        [--official-python /tmp/venv_contextdesc/bin/python] [--weights DIR] [--parity]
+
+Ours: seconds per image, best of ``--repeats``, split into SIFT, patches, local model,
+regional model and augmentation (``ContextDesc.timings``). Weights: a converted weights
+dir (``--weights``, holding ``contextdesc/contextdesc++.pth`` and
+``contextdesc/retrieval_model.pth``), else seeded random weights in the converted format
+(speed does not depend on the values).
+
+Reference, in the same run: the official code imported from ``--official`` (a checkout of
+lzx551402/contextdesc outside this repository). Its SIFT + patch stage needs only OpenCV and
+runs in this interpreter; its networks need TensorFlow and run in ``--official-python``
+(a venv with tensorflow-cpu), from the fixture's frozen ``loc.pb``/``aug.pb`` and a
+random-initialised regional ResNet50. Missing pieces are reported and skipped.
+
+``--parity`` also prints the parity figures on the shared fixtures (all 2000 keypoints of
+both images): patches, local features, matchability, augmented descriptors and uint8 codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SFMFEAT_SHARED_DIR", REPO.parent / "shared"))
+IMAGE = SHARED / "data/sacre_coeur/mapping/02928139_3448003521.jpg"
+FIXTURES = SHARED / "fixtures/contextdesc"
+STAGES = ("sift", "patches", "local", "regional", "augmentation")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official", default="/tmp/official_contextdesc")
+    parser.add_argument("--official-python", default="/tmp/venv_contextdesc/bin/python")
+    parser.add_argument("--weights", default=None, help="converted weights dir")
+    parser.add_argument("--size", default="1024x768")
+    parser.add_argument("--keypoints", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--parity", action="store_true")
+    parser.add_argument("--child", nargs=3, metavar=("IMAGE", "N", "THRESHOLD"),
+                        help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def random_weights(root: Path) -> None:
+    from sfmfeat.commands.weights_convert import state_dict_from_tf
+    from sfmfeat.extractors.contextdesc_nets import (ContextDescNet, RegionalResNet50,
+                                                     tf_variable_names)
+
+    (root / "contextdesc").mkdir(parents=True, exist_ok=True)
+    for name, module, seed in (("contextdesc++", ContextDescNet(), 0),
+                               ("retrieval_model", RegionalResNet50(), 1)):
+        rng = np.random.default_rng(seed)
+        own = module.state_dict()
+        tensors = {}
+        for key, (tf_name, layout) in tf_variable_names(module).items():
+            shape = tuple(own[key].shape)
+            if layout == "conv":
+                o, i, h, w = shape
+                tensors[tf_name] = rng.normal(0, np.sqrt(2 / (i * h * w)), (h, w, i, o))
+            elif tf_name.endswith("variance"):
+                tensors[tf_name] = rng.uniform(0.5, 1.5, shape[::-1])
+            else:
+                tensors[tf_name] = rng.uniform(-0.2, 0.2, shape[::-1])
+        torch.save(state_dict_from_tf(module, tensors, name), root / "contextdesc" / f"{name}.pth")
+
+
+def test_image(size: str) -> np.ndarray:
+    width, height = map(int, size.split("x"))
+    bgr = cv2.resize(cv2.imread(str(IMAGE)), (width, height), interpolation=cv2.INTER_AREA)
+    return bgr
+
+
+def threshold_for(gray: np.ndarray, n: int) -> float:
+    """The official 0.0067 contrast threshold, lowered until SIFT finds >= n keypoints."""
+    threshold = 0.0067
+    while threshold > 1e-4:
+        count = len(cv2.SIFT_create(0, 3, threshold, 10, 1.6).detect(gray, None))
+        if count >= n:
+            return threshold
+        threshold /= 1.5
+    return threshold
+
+
+def run_ours(bgr: np.ndarray, n: int, threshold: float, repeats: int) -> dict:
+    from sfmfeat.extractors import create_extractor
+
+    extractor = create_extractor("contextdesc++", {"max_keypoints": n,
+                                                   "contrast_threshold": threshold})
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    extractor.extract(rgb[:256, :256])                     # warm-up
+    best = None
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        feats = extractor.extract(rgb)
+        total = time.perf_counter() - tic
+        if best is None or total < best["total"]:
+            best = {"total": total, **extractor.timings, "keypoints": len(feats)}
+    return best
+
+
+def _official_shims(checkout: Path) -> None:
+    """Let the official SiftWrapper run on OpenCV >= 4.4 (SIFT moved to the main module)."""
+    if not hasattr(cv2, "xfeatures2d"):
+        cv2.xfeatures2d = types.SimpleNamespace(SIFT_create=cv2.SIFT_create)
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+
+
+def run_official_sift_patches(checkout: Path, gray: np.ndarray, n: int, threshold: float,
+                              repeats: int) -> dict | None:
+    if not (checkout / "utils" / "opencvhelper.py").is_file():
+        return None
+    _official_shims(checkout)
+    from utils.opencvhelper import SiftWrapper  # noqa: E402  (official code, from /tmp)
+
+    wrapper = SiftWrapper(n_feature=n, n_sample=0, peak_thld=threshold, edge_thld=10)
+    wrapper.pyr_off = True
+    wrapper.create()
+    best = None
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        _, cv_kpts = wrapper.detect(gray)
+        mid = time.perf_counter()
+        wrapper.build_pyramid(gray)
+        wrapper.get_patches(cv_kpts)
+        end = time.perf_counter()
+        if best is None or end - tic < best["sift"] + best["patches"]:
+            best = {"sift": mid - tic, "patches": end - mid, "keypoints": len(cv_kpts)}
+    return best
+
+
+CHILD = r'''
+import collections, collections.abc, json, os, sys, time, types
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import cv2, numpy as np
+import tensorflow as tf2
+tf = tf2.compat.v1
+tf.disable_v2_behavior()
+tf.contrib = types.SimpleNamespace(layers=types.SimpleNamespace(
+    l2_regularizer=lambda s: (lambda w: s * tf.nn.l2_loss(w))))
+sys.modules["tensorflow"] = tf
+collections.Mapping = collections.abc.Mapping
+cv2.xfeatures2d = types.SimpleNamespace(SIFT_create=cv2.SIFT_create)
+checkout, image, n, thr, loc_pb, aug_pb = sys.argv[1:7]
+sys.path.insert(0, checkout)
+from models import get_model
+bgr = cv2.imread(image)
+gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[..., None]
+rgb = bgr[..., ::-1]
+out = {}
+loc = get_model("loc_model")(loc_pb, n_feature=int(n), n_sample=0, peak_thld=float(thr))
+loc.run_test_data(gray[:256, :256])
+tic = time.perf_counter(); loc_feat, kpt_mb, xy, kpts, _ = loc.run_test_data(gray)
+out["sift+patches+local"] = time.perf_counter() - tic
+reg = get_model("reg_model")(None, max_dim=1024)
+graph = tf.Graph()
+with graph.as_default():
+    reg._construct_network()
+    sess = tf.Session(graph=graph)
+    sess.run(tf.global_variables_initializer())
+data = rgb
+if max(data.shape[:2]) > 1024:
+    r = 1024 / max(data.shape[:2]); data = cv2.resize(data, (0, 0), fx=r, fy=r)
+sess.run("res5c:0", feed_dict={"input:0": data[None, :256, :256]})
+tic = time.perf_counter(); reg_feat = sess.run("res5c:0", feed_dict={"input:0": data[None]})[0]
+out["regional"] = time.perf_counter() - tic
+aug = get_model("aug_model")(aug_pb, quantz=False)
+raw = np.stack([np.array((k.pt[0], k.pt[1], k.size, k.angle, k.response)) for k in kpts])
+info = np.concatenate((raw, xy, loc_feat, kpt_mb), axis=-1)
+aug.run_test_data([reg_feat, info[:64]])
+tic = time.perf_counter(); aug.run_test_data([reg_feat, info])
+out["augmentation"] = time.perf_counter() - tic
+out["keypoints"] = len(kpts)
+print("RESULT " + json.dumps(out))
+'''
+
+
+def run_official_networks(args, image_path: Path, n: int, threshold: float) -> dict | str:
+    python = Path(args.official_python)
+    if not python.is_file():
+        return f"no TensorFlow interpreter at {python}"
+    with tempfile.TemporaryDirectory() as tmp:
+        pbs = []
+        for name in ("loc.pb", "aug.pb"):
+            path = Path(tmp) / name
+            path.write_bytes(lzma.decompress((FIXTURES / f"{name}.xz").read_bytes()))
+            pbs.append(str(path))
+        proc = subprocess.run([str(python), "-c", CHILD, args.official, str(image_path),
+                               str(n), repr(threshold), *pbs],
+                              capture_output=True, text=True, cwd=args.official)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return "official TensorFlow run failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def parity() -> None:
+    from sfmfeat.commands.weights_convert import state_dict_from_tf
+    from sfmfeat.extractors.contextdesc import (sample_patches_cv2, sample_patches_torch,
+                                                standardize_patches)
+    from sfmfeat.extractors.contextdesc_nets import ContextDescNet
+    from sfmfeat.extractors.tf_reader import read_graphdef_constants
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tensors = {}
+        for name in ("loc.pb", "aug.pb"):
+            path = Path(tmp) / name
+            path.write_bytes(lzma.decompress((FIXTURES / f"{name}.xz").read_bytes()))
+            tensors |= read_graphdef_constants(path)
+    net = ContextDescNet()
+    net.load_state_dict(state_dict_from_tf(net, tensors, "fixture"))
+    net.eval().local.fold_bn()
+    for npz in sorted(FIXTURES.glob("*.npz")):
+        d = np.load(npz)
+        gray = cv2.cvtColor(cv2.imread(str(SHARED / "data/sacre_coeur/mapping" /
+                                           f"{npz.stem}.jpg")), cv2.COLOR_BGR2GRAY)
+        xy = np.stack([d["kpt_x"], d["kpt_y"]], 1).astype(np.float64)
+        p_cv = sample_patches_cv2(gray, xy, d["kpt_size"], d["kpt_angle"])
+        p_t = sample_patches_torch(gray, xy, d["kpt_size"], d["kpt_angle"])
+        fed = torch.from_numpy(standardize_patches(d["patches_raw"])[:, None])
+        with torch.no_grad():
+            f, m = zip(*(net.local(fed[i:i + 512]) for i in range(0, len(fed), 512)))
+            aug = net.aug(torch.from_numpy(d["loc_feat"])[None],
+                          torch.from_numpy(d["regional_feat"].astype(np.float32))
+                          .permute(2, 0, 1)[None], torch.from_numpy(d["kpt_mb"])[None],
+                          torch.from_numpy(d["kpt_xy"].astype(np.float32))[None])[0].numpy()
+        codes = (aug * 128 + 128).astype(np.uint8)
+        ref = d["aug_feat"]
+        print(f"parity {npz.stem} (N={len(xy)}): patches opencv max|err| "
+              f"{np.abs(p_cv - d['patches_raw']).max():.3g}, shared grid_sample max|err| "
+              f"{np.abs(p_t - d['patches_raw']).max():.3g} (mean "
+              f"{np.abs(p_t - d['patches_raw']).mean():.3g}); local max|err| "
+              f"{np.abs(torch.cat(f).numpy() - d['loc_feat']).max():.2e}; matchability "
+              f"{np.abs(torch.cat(m).numpy() - d['kpt_mb']).max():.2e}; aug min cos "
+              f"{(aug * ref).sum(1).min():.8f}, max|err| {np.abs(aug - ref).max():.2e}; "
+              f"uint8 differing {(codes != d['aug_feat_uint8']).sum()} of {codes.size}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_grad_enabled(False)
+    bgr = test_image(args.size)
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    threshold = threshold_for(gray, args.keypoints)
+    print(f"image {IMAGE.name} resized to {args.size}; SIFT contrast threshold "
+          f"{threshold:.5f} for >= {args.keypoints} keypoints; torch threads "
+          f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.weights:
+            os.environ["SFMFEAT_WEIGHTS_DIR"] = args.weights
+        else:
+            random_weights(Path(tmp))
+            os.environ["SFMFEAT_WEIGHTS_DIR"] = tmp
+            print("weights: seeded random, converted format")
+        ours = run_ours(bgr, args.keypoints, threshold, args.repeats)
+        image_path = Path(tmp) / "image.png"
+        cv2.imwrite(str(image_path), bgr)
+        official = run_official_sift_patches(Path(args.official), gray, args.keypoints,
+                                             threshold, args.repeats)
+        networks = run_official_networks(args, image_path, args.keypoints, threshold) \
+            if official is not None else f"no official checkout at {args.official}"
+    print(f"ours: {ours['total']:.2f} s/image, {ours['keypoints']} keypoints")
+    for stage in STAGES:
+        print(f"  {stage:<13}{ours.get(stage, float('nan')):8.3f} s")
+    if official is None:
+        print(f"official: not available ({args.official} missing); our figures only")
+    else:
+        print(f"official SIFT + patches ({official['keypoints']} keypoints): "
+              f"sift {official['sift']:.3f} s (ratio ours/official "
+              f"{ours['sift'] / official['sift']:.2f}), patches {official['patches']:.3f} s "
+              f"(ratio {ours['patches'] / official['patches']:.2f})")
+    if isinstance(networks, dict):
+        local = networks["sift+patches+local"]
+        print(f"official TF: sift+patches+local {local:.2f} s (ours "
+              f"{ours['sift'] + ours['patches'] + ours['local']:.2f} s, ratio "
+              f"{(ours['sift'] + ours['patches'] + ours['local']) / local:.2f}); regional "
+              f"{networks['regional']:.2f} s (ratio {ours['regional'] / networks['regional']:.2f});"
+              f" augmentation {networks['augmentation']:.2f} s (ratio "
+              f"{ours['augmentation'] / networks['augmentation']:.2f})")
+    else:
+        print(f"official networks: not measured ({networks})")
+    if args.parity:
+        parity()
+
+
+if __name__ == "__main__":
+    main()
