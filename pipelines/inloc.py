@@ -112,8 +112,7 @@ def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = Non
     if pairs is not None:
         pairs_name = Path(pairs).stem
         retrieval_map = retrieval_from_file(Path(pairs))
-        needed = sorted({q for q in retrieval_map} | {c for v in retrieval_map.values()
-                                                     for c in v})
+        needed = sorted(set(retrieval_map) | {c for v in retrieval_map.values() for c in v})
     else:
         pairs_name = f"{retrieval}{num_neighbors}"
         needed = queries + cutouts

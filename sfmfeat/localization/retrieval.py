@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h5py
 import numpy as np
@@ -38,6 +38,9 @@ from ..errors import ConfigError, InputError, StoreError
 from ..pairs import Pair, unique_pairs
 from ..store import (SCHEMA_VERSION, FeatureReader, StoreInfo, _item_keys, _item_path,
                      _open_h5, _ShardedWriter)
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +192,8 @@ def _blocks(total: int, size: int) -> Iterable[tuple[int, int]]:
         yield start, min(start + size, total)
 
 
-def _merge_topk(best_s: "torch.Tensor", best_i: "torch.Tensor", new_s: "torch.Tensor",
-                new_i: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+def _merge_topk(best_s: torch.Tensor, best_i: torch.Tensor, new_s: torch.Tensor,
+                new_i: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     scores = torch.cat([best_s, new_s], dim=1)
