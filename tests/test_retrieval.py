@@ -289,3 +289,35 @@ def test_cli_retrieval_vlad_and_covisibility(tmp_path, capsys):
     assert main(["pairs", "covisibility", "--model", str(model), "-o", str(covis),
                  "--num-neighbors", "2"]) == 0
     assert len(read_pairs(covis)) >= 6
+
+
+def test_netvlad_descriptors_into_the_store_and_pairs(tmp_path, monkeypatch):
+    import functools
+
+    import cv2
+
+    from sfmfeat import weights
+    from sfmfeat.localization.retrieval import compute_global_descriptors
+
+    path = _write_struct(tmp_path / "tiny_struct.mat")
+    describer = nv.NetVladDescriber(_TINY, device="cpu", weights_path=path)
+    rng = np.random.default_rng(6)
+    images = tmp_path / "images"
+    images.mkdir()
+    base = [rng.integers(0, 256, (48, 64, 3)).astype(np.uint8) for _ in range(3)]
+    for i, im in enumerate(base):
+        cv2.imwrite(str(images / f"db{i}.png"), im[:, :, ::-1])   # RGB -> BGR file
+        cv2.imwrite(str(images / f"q{i}.png"), im[:, :, ::-1])    # random net: same image
+    out = compute_global_descriptors(images, tmp_path / "g.h5", describer, "netvlad-tiny",
+                                     _TINY)
+    with GlobalDescriptorReader(out) as reader:
+        assert reader.method == "netvlad-tiny" and reader.dim == 8
+        np.testing.assert_allclose(reader.read("db1.png"), describer(base[1]), atol=1e-5)
+    pairs = pairs_from_store(out, 1, query_names=["q0.png", "q1.png", "q2.png"],
+                             db_names=["db0.png", "db1.png", "db2.png"])
+    assert pairs == [("q0.png", "db0.png"), ("q1.png", "db1.png"), ("q2.png", "db2.png")]
+    # a missing official file: WeightsError naming the file and where to get it
+    monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(tmp_path / "no_weights"))
+    monkeypatch.setattr(nv, "resolve", functools.partial(weights.resolve, download=False))
+    with pytest.raises(WeightsError, match=r"Pitts30K_struct\.mat not found.*cvg-data"):
+        nv.NetVladDescriber(nv.PRESETS["netvlad"])
