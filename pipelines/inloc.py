@@ -77,10 +77,12 @@ def retrieve(dataset: Path, outputs: Path, method: str, queries: list[str],
             with FeatureReader(features_path) as reader:
                 if codebook.features_config_hash != reader.config_hash:
                     codebook = None
-        if codebook is None:
+        retrained = codebook is None
+        if retrained:
             codebook = ret.train_vlad_codebook(features_path, cutouts)
             codebook.save(codebook_path)
-        ret.compute_vlad(features_path, descriptors, codebook, queries + cutouts)
+        ret.compute_vlad(features_path, descriptors, codebook, queries + cutouts,
+                         overwrite=retrained)   # descriptors of an old codebook are void
     elif method.startswith("netvlad"):
         from sfmfeat.localization.netvlad import compute_netvlad
 
@@ -88,8 +90,11 @@ def retrieve(dataset: Path, outputs: Path, method: str, queries: list[str],
                         device=device)
     else:
         raise InputError(f"unknown retrieval method {method!r}; choose vlad or netvlad")
-    pairs = ret.pairs_from_store(descriptors, num_neighbors, query_names=queries,
-                                 db_names=cutouts)
+    with ret.GlobalDescriptorReader(descriptors) as reader:   # unreadable images dropped
+        stored = set(reader.names())
+    pairs = ret.pairs_from_store(descriptors, num_neighbors,
+                                 query_names=[q for q in queries if q in stored],
+                                 db_names=[c for c in cutouts if c in stored])
     result: dict[str, list[str]] = {}
     for query, cutout in pairs:
         result.setdefault(query, []).append(cutout)
@@ -108,14 +113,25 @@ def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = Non
     queries, cutouts = list_dataset(dataset)
     features_path = outputs / f"feats-{features}.h5"
 
-    start = time.perf_counter()
+    retrieval_map: dict[str, list[str]] | None = None
     if pairs is not None:
         pairs_name = Path(pairs).stem
         retrieval_map = retrieval_from_file(Path(pairs))
-        needed = sorted(set(retrieval_map) | {c for v in retrieval_map.values() for c in v})
     else:
         pairs_name = f"{retrieval}{num_neighbors}"
+        if retrieval != "vlad":   # NetVLAD works on the images: retrieve before extracting
+            start = time.perf_counter()
+            retrieval_map = retrieve(dataset, outputs, retrieval, queries, cutouts,
+                                     features_path, num_neighbors, device)
+            write_pairs(outputs / f"pairs-query-{pairs_name}.txt",
+                        [(q, c) for q, cs in retrieval_map.items() for c in cs])
+            timings["retrieval"] = time.perf_counter() - start
+    if retrieval_map is not None:   # local features only for the images in the pairs
+        needed = sorted(set(retrieval_map) | {c for v in retrieval_map.values() for c in v})
+    else:
         needed = queries + cutouts
+
+    start = time.perf_counter()
     existing = [n for n in needed if (dataset / n).is_file()]
     for name in sorted(set(needed) - set(existing)):
         logger.warning("%s is named in the pairs but does not exist", dataset / name)
@@ -124,7 +140,7 @@ def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = Non
     timings["extraction"] = time.perf_counter() - start
     with_features = set(extraction.valid_names)
 
-    if pairs is None:
+    if retrieval_map is None:   # VLAD over the local features of every image
         start = time.perf_counter()
         retrieval_map = retrieve(dataset, outputs, retrieval,
                                  [q for q in queries if q in with_features],

@@ -108,13 +108,16 @@ def run_retrieval(args) -> int:
                 raise InputError(f"codebook {codebook_path} was learned on other features "
                                  "or with another number of clusters")
             codebook = None
-        if codebook is None:
+        retrained = codebook is None
+        if retrained:
             codebook = ret.train_vlad_codebook(args.features, db,
                                                ret.VladConfig(num_clusters=args.clusters))
             codebook.save(codebook_path)
             logger.info("VLAD codebook -> %s", codebook_path)
+        # descriptors made with an older codebook are void
         ret.compute_vlad(args.features, descriptors, codebook,
-                         list(dict.fromkeys(queries + db)), overwrite=args.overwrite)
+                         list(dict.fromkeys(queries + db)),
+                         overwrite=args.overwrite or retrained)
     else:
         if not args.images:
             raise InputError(f"--method {args.method} needs --images (an image folder)")

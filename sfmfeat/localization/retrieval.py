@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import config_hash, config_to_dict
-from ..errors import ConfigError, InputError, StoreError
+from ..errors import ConfigError, ImageReadError, InputError, StoreError
 from ..pairs import Pair, unique_pairs
 from ..store import (SCHEMA_VERSION, FeatureReader, StoreInfo, _item_keys, _item_path,
                      _open_h5, _ShardedWriter)
@@ -552,5 +552,10 @@ def compute_global_descriptors(image_dir: str | Path, output: str | Path,
                                 {"method": method, "config": config_to_dict(config)},
                                 overwrite=overwrite) as writer:
         for name in tqdm([n for n in names if n not in writer], desc=method, unit="img"):
-            writer.write(name, describe(read_image(image_dir / name)))
+            try:
+                image = read_image(image_dir / name)
+            except ImageReadError as err:   # reported; the other images still run
+                logger.warning("no global descriptor for %s: %s", name, err)
+                continue
+            writer.write(name, describe(image))
     return Path(output)
