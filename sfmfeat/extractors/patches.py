@@ -31,7 +31,7 @@ Bad input
 ---------
 - no keypoints: an empty ``(0, C, P, P)`` tensor;
 - centres at or beyond the border: the parts outside are border-replicated (no crash, any
-  distance: coordinates are clamped to the image before sampling);
+  distance: normalised coordinates are clamped before sampling);
 - radius 0: every sample hits the centre, so the patch is constant (the bilinear value at
   the centre); huge radii sample a shrunken, border-replicated image;
 - non-finite centres, radii or angles, or negative radii: ``ValueError``.
@@ -44,13 +44,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-#: keypoints per ``grid_sample`` call; bounds memory to about chunk·P²·(C + 2)·4 bytes
-DEFAULT_CHUNK = 4096
+#: keypoints per ``grid_sample`` call; bounds the temporaries to about chunk·P²·(C + 2)·4
+#: bytes (small chunks stay in the allocator's reused heap instead of fresh pages)
+DEFAULT_CHUNK = 256
 
 
 def patch_grid(centers: torch.Tensor, radii: torch.Tensor, angles_deg: torch.Tensor,
                patch_size: int) -> torch.Tensor:
-    """Image coordinates (x, y) of every patch pixel: an ``N×P×P×2`` tensor (see module doc)."""
+    """Image coordinates (x, y) of every patch pixel: an ``N×P×P×2`` tensor (see module doc).
+    A direct, slow transcription of the geometry, for tests and documentation;
+    ``extract_patches`` composes the same map into one affine per keypoint."""
     steps = (2 * torch.arange(patch_size, dtype=centers.dtype, device=centers.device) + 1
              ) / patch_size - 1
     v, u = torch.meshgrid(steps, steps, indexing="ij")              # P×P, v = rows, u = cols
@@ -96,25 +99,39 @@ def extract_patches(image: torch.Tensor, centers, radii, angles_deg=None, patch_
     if (radii < 0).any():
         raise ValueError("keypoint radii must be >= 0")
 
+    theta = _normalized_affine(centers, radii, angles_deg, height, width).to(dtype)
+    # the cell centres u (columns) = v (rows) of the module docstring
+    base = (2 * torch.arange(patch_size, dtype=dtype, device=device) + 1) / patch_size - 1
+    along_u = theta[:, None, :, 0] * base[None, :, None]                      # N×P×2
+    along_v = theta[:, None, :, 1] * base[None, :, None] + theta[:, None, :, 2]  # N×P×2
     batch = image[None]
-    out = []
-    for start in range(0, n, max(1, chunk_size)):
-        stop = min(n, start + max(1, chunk_size))
-        # geometry in float64 so that large coordinates keep sub-pixel precision
-        grid = patch_grid(centers[start:stop], radii[start:stop], angles_deg[start:stop],
-                          patch_size)
-        # clamping to the pixel-centre extent is exactly border replication, and keeps
-        # far-away keypoints from producing inf/NaN normalised coordinates
-        gx = grid[..., 0].clamp(0, width - 1)
-        gy = grid[..., 1].clamp(0, height - 1)
-        # align_corners=False: pixel k spans normalised [(2k)/W - 1, (2k+2)/W - 1]
-        norm = torch.stack([(2 * gx + 1) / width - 1, (2 * gy + 1) / height - 1], dim=-1)
-        m = stop - start
-        norm = norm.to(dtype).reshape(1, m * patch_size, patch_size, 2)
-        sampled = F.grid_sample(batch, norm, mode="bilinear", padding_mode="border",
+    out = image.new_empty((n, channels, patch_size, patch_size))
+    step = max(1, chunk_size)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        # grid[k, i, j] = theta_k · (u_j, v_i, 1): separable, one broadcast add
+        grid = torch.add(along_u[start:stop, None], along_v[start:stop, :, None])
+        # anything beyond [-1, 1] reads the border anyway; clamping keeps it finite
+        grid = grid.clamp_(-2.0, 2.0).reshape(1, (stop - start) * patch_size, patch_size, 2)
+        sampled = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border",
                                 align_corners=False)                 # 1×C×(m·P)×P
-        out.append(sampled.reshape(channels, m, patch_size, patch_size).transpose(0, 1))
-    return torch.cat(out, 0).contiguous()
+        out[start:stop] = sampled.reshape(channels, stop - start, patch_size,
+                                          patch_size).transpose(0, 1)
+    return out
+
+
+def _normalized_affine(centers, radii, angles_deg, height: int, width: int) -> torch.Tensor:
+    """N×2×3 maps from patch (u, v, 1) to grid_sample's normalised image coordinates
+    (align_corners=False: pixel k spans [2k/W - 1, (2k+2)/W - 1]), in float64."""
+    theta = torch.deg2rad(angles_deg)
+    cos, sin = torch.cos(theta) * radii, torch.sin(theta) * radii
+    affine = torch.stack([
+        torch.stack([2 * cos / width, -2 * sin / width, (2 * centers[:, 0] + 1) / width - 1], 1),
+        torch.stack([2 * sin / height, 2 * cos / height, (2 * centers[:, 1] + 1) / height - 1], 1),
+    ], 1)
+    # absurd (but finite) geometry must not overflow float32 into inf/NaN: any entry this
+    # large already puts every sample far outside the image
+    return affine.clamp(-1e30, 1e30)
 
 
 def support_radius(sizes, factor: float) -> torch.Tensor:
