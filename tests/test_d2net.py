@@ -403,3 +403,31 @@ def test_parity_multiscale(fixture_weights, monkeypatch):
     assert report["matched"] >= 0.995 * n and abs(report["n_ours"] - n) <= 0.005 * n, report
     assert report["score_rel"] < 1e-5, report
     assert report["cos_min"] >= 0.9999 and report["cos_min_first64"] >= 0.9999, report
+
+
+# -------------------------------------------------------------------------- end to end
+
+def test_reconstruct_cli_with_d2net(fixture_weights, monkeypatch, sacre_coeur_dir, tmp_path):
+    """``sfmfeat reconstruct --features d2net-ss`` on the Sacre-Coeur images with the random
+    fixture checkpoint. The network input is capped at 480 px (``--conf max_edge=480``) to fit
+    the CI budget; matching is D2-Net's own protocol, mutual nearest neighbours without a
+    ratio test (``--matcher mnn``). Random weights: this checks that the pipeline runs and
+    writes its outputs, not how many images register."""
+    import h5py
+
+    from sfmfeat.cli import main
+
+    monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(fixture_weights))
+    out = tmp_path / "out"
+    code = main(["-q", "reconstruct", str(sacre_coeur_dir), str(out), "--features", "d2net-ss",
+                 "--conf", "max_edge=480", "--matcher", "mnn", "--seed", "0"])
+    assert code == 0
+    for name in ("features.h5", "matches.h5", "pairs.txt", "database.db", "summary.json",
+                 "sfm/images.bin", "sfm/points3D.bin"):
+        assert (out / name).is_file(), name
+    with h5py.File(out / "features.h5", "r") as f:
+        names = []
+        f.visititems(lambda name, obj: names.append(name) if name.endswith("descriptors")
+                     else None)
+        assert len(names) == 10
+        assert all(f[n].shape[1] == 512 and f[n].shape[0] > 0 for n in names)

@@ -337,7 +337,7 @@ class D2Net(Extractor):
     def detect_level(self, dense: torch.Tensor, banned: torch.Tensor | None):
         """Hard detection, refinement and sampling on one level's (accumulated) map.
         Returns (fmap positions N×2 (i, j), scores N, descriptors N×C, detected cells h×w)."""
-        fmap = dense[0]
+        fmap = dense[0].contiguous()  # C×h×w (a copy when the trunk ran channels-last)
         c, i, j, patch = hard_detection(fmap, self.config.edge_threshold, banned)
         detected = torch.zeros(fmap.shape[1:], dtype=torch.bool, device=fmap.device)
         detected[i, j] = True
