@@ -121,6 +121,8 @@ def test_sparse_descriptor_head_equals_dense_output(net):
         y = torch.tensor([0, 63, 7, 33, 0, 63])   # corners exercise the zero padding
         desc = net.describe(trunk, x, y)
     torch.testing.assert_close(heat, dense_heat)
+    none = torch.zeros(0, dtype=torch.long)
+    assert net.describe(trunk, none, none).shape == (0, 128)
     torch.testing.assert_close(desc, dense_desc[0][:, y, x].t(), atol=2e-5, rtol=1e-5)
 
 
@@ -216,6 +218,9 @@ def test_no_resize_when_small_enough(disk_weights, real_image):
 def test_tiny_image_gives_no_keypoints(small_disk):
     f = small_disk.extract(np.full((10, 40, 3), 128, np.uint8))
     assert len(f) == 0 and f.descriptors.shape == (0, 128)
+    f = Disk(DiskConfig(weights=small_disk.config.weights, score_threshold=1e9)).extract(
+        np.full((64, 64, 3), 128, np.uint8))                      # no detection at all
+    assert len(f) == 0 and f.descriptors.shape == (0, 128)
     f = small_disk.extract(np.full((16, 16, 3), 128, np.uint8))   # 1×1 at the bottom
     assert len(f) == 0 and f.descriptors.shape == (0, 128)
     f = small_disk.extract(np.random.default_rng(0).integers(0, 255, (16, 32, 3), np.uint8))
@@ -242,3 +247,21 @@ def test_grayscale_and_16bit_files(tmp_path, small_disk, real_image):
     assert len(f8) > 0
     np.testing.assert_array_equal(f8.keypoints, f16.keypoints)
     np.testing.assert_array_equal(f8.descriptors, f16.descriptors)
+
+
+# --- end to end --------------------------------------------------------------------------
+
+def test_reconstruct_sacre_coeur_with_disk(sacre_coeur_dir, weights_env, tmp_path):
+    import json
+
+    from sfmfeat.cli import main
+
+    out = tmp_path / "out"
+    assert main(["-q", "reconstruct", str(sacre_coeur_dir), str(out), "--features", "disk",
+                 "--seed", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    # measured: 10/10, 3161 points, track length 4.40, reprojection error 0.517 px
+    assert summary["num_registered"] == summary["num_images"] == 10
+    assert summary["num_points3D"] > 2000
+    assert summary["mean_track_length"] > 3.5
+    assert summary["mean_reprojection_error"] < 1.0

@@ -213,6 +213,12 @@ def test_tiny_image_gives_no_keypoints(small_r2d2):
         assert len(f) == 0 and f.descriptors.shape == (0, 128) and f.scales is not None
 
 
+def test_no_detection_gives_empty_features(r2d2_weights):
+    r2d2 = R2D2(R2D2Config(weights=str(r2d2_weights), reliability_threshold=1.01))
+    f = r2d2.extract(np.full((256, 256, 3), 100, np.uint8))
+    assert len(f) == 0 and f.descriptors.shape == (0, 128) and len(f.scales) == 0
+
+
 def test_huge_image_follows_the_size_rules(r2d2_weights):
     rng = np.random.default_rng(1)
     image = cv2.resize(rng.integers(0, 255, (60, 80, 3), np.uint8), (4000, 3000),

@@ -150,7 +150,7 @@ class DiskNet(nn.Module):
         size = 2 * radius + 1
         patches = torch.stack([padded[:, y + dy, x + dx]                # 25 × C × N
                                for dy in range(size) for dx in range(size)])
-        patches = patches.permute(2, 1, 0).reshape(len(x), -1)          # N × (C·5·5)
+        patches = patches.permute(2, 1, 0).reshape(len(x), trunk.shape[1] * size * size)
         weight = conv.weight[:DESCRIPTOR_DIM].reshape(DESCRIPTOR_DIM, -1)
         return torch.addmm(conv.bias[:DESCRIPTOR_DIM], patches, weight.t())
 
