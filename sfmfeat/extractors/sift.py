@@ -28,6 +28,8 @@ class SiftConfig:
     sigma: float = 1.6
     max_edge: int | None = None          # resize the long side before detection; None = full res
     keep_largest_scales: bool = False    # cap by scale (as COLMAP) instead of by response
+    max_octave: int | None = None        # drop detections above this octave (first is -1)
+    max_orientations: int | None = None  # orientations kept per location (COLMAP: 2)
 
 
 class Sift(Extractor):
@@ -56,8 +58,12 @@ class Sift(Extractor):
         keypoints = self._sift.detect(gray, None)
         if not keypoints:
             return Features.empty(128, with_geometry=True)
+        if self.config.max_octave is not None:
+            keypoints = [kp for kp in keypoints if _octave(kp) <= self.config.max_octave]
         if self.config.upright:
             keypoints = _upright_unique(keypoints)
+        elif self.config.max_orientations is not None:
+            keypoints = _limit_orientations(keypoints, self.config.max_orientations)
         keypoints = _strongest(keypoints, self.config.max_keypoints,
                                by_size=self.config.keep_largest_scales)
         keypoints, descriptors = self._sift.compute(gray, keypoints)
@@ -79,6 +85,25 @@ class Sift(Extractor):
             scales=np.array([kp.size for kp in keypoints], np.float32) / scale,
             orientations=np.array([kp.angle % 360.0 for kp in keypoints], np.float32),
         )
+
+
+def _octave(keypoint) -> int:
+    """OpenCV packs the octave in the low byte of ``KeyPoint.octave`` (255 = octave -1)."""
+    octave = keypoint.octave & 255
+    return octave - 256 if octave >= 128 else octave
+
+
+def _limit_orientations(keypoints: list, limit: int) -> list:
+    """Keep at most ``limit`` orientations per (position, size), in detection order (OpenCV
+    lists the dominant orientation first)."""
+    count: dict[tuple, int] = {}
+    kept = []
+    for kp in keypoints:
+        key = (round(kp.pt[0], 3), round(kp.pt[1], 3), round(kp.size, 3))
+        if count.get(key, 0) < limit:
+            count[key] = count.get(key, 0) + 1
+            kept.append(kp)
+    return kept
 
 
 def _upright_unique(keypoints: list) -> list:

@@ -22,7 +22,8 @@ MAPPERS = ("incremental", "global")
 @dataclass(frozen=True)
 class MappingConfig:
     mapper: str = "incremental"
-    min_model_size: int = 3
+    min_model_size: int = 10     # COLMAP's default, lowered to the image count for small sets
+    attempts: int = 3            # remap with another seed while images stay unregistered
     num_threads: int = -1
     random_seed: int = -1
     extract_colors: bool = True
@@ -51,12 +52,45 @@ def run_mapping(database_path: str | Path, image_dir: str | Path, output_dir: st
     output_dir = Path(output_dir)
     with pycolmap.Database.open(database_path) as db:
         num_images = db.num_images()
-    scratch = Path(tempfile.mkdtemp(prefix="models-", dir=output_dir.parent))
+    best = None
+    for attempt in range(max(1, config.attempts)):
+        seed = config.random_seed + attempt if config.random_seed >= 0 else -1
+        model = _map_once(database_path, image_dir, output_dir.parent, config, num_images, seed)
+        if model is not None and (best is None or _size(model) > _size(best)):
+            best = model
+        if best is not None and best.num_reg_images() == num_images:
+            break
+        logger.warning("mapping attempt %d registered %d of %d images%s", attempt + 1,
+                       0 if best is None else best.num_reg_images(), num_images,
+                       "; retrying with another seed" if attempt + 1 < config.attempts else "")
+    if best is None:
+        raise ReconstructionError(
+            f"{config.mapper} mapping reconstructed no model from {num_images} images: too "
+            "few verified matches; try more features, another matcher or exhaustive pairs")
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True)
+    best.write_binary(str(output_dir))
+    best.export_PLY(str(output_dir / "points3D.ply"))
+    return best
+
+
+def _size(model: pycolmap.Reconstruction) -> tuple[int, int]:
+    return model.num_reg_images(), model.num_points3D()
+
+
+def _map_once(database_path: str | Path, image_dir: str | Path, scratch_parent: Path,
+              config: MappingConfig, num_images: int,
+              seed: int) -> pycolmap.Reconstruction | None:
+    """One mapping run; the largest model, or None when nothing was reconstructed."""
+    scratch_parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="models-", dir=scratch_parent))
+    min_model_size = max(2, min(config.min_model_size, num_images))
     try:
         if config.mapper == "incremental":
             options = pycolmap.IncrementalPipelineOptions(
-                min_model_size=config.min_model_size, num_threads=config.num_threads,
-                random_seed=config.random_seed, extract_colors=config.extract_colors)
+                min_model_size=min_model_size, num_threads=config.num_threads,
+                random_seed=seed, extract_colors=config.extract_colors)
             with tqdm(total=num_images, desc="incremental mapping", unit="img") as bar:
                 models = pycolmap.incremental_mapping(
                     database_path, image_dir, scratch, options,
@@ -65,27 +99,17 @@ def run_mapping(database_path: str | Path, image_dir: str | Path, output_dir: st
         else:
             options = pycolmap.GlobalPipelineOptions()
             options.num_threads = config.num_threads
-            options.random_seed = config.random_seed
-            options.min_model_size = config.min_model_size
+            options.random_seed = seed
+            options.min_model_size = min_model_size
             logger.info("global mapping of %d images", num_images)
             models = pycolmap.global_mapping(database_path, image_dir, scratch, options)
-        if not models:
-            raise ReconstructionError(
-                f"{config.mapper} mapping reconstructed no model from {num_images} images: too "
-                "few verified matches; try more features, another matcher or exhaustive pairs")
-        largest = max(models.values(), key=lambda rec: (rec.num_reg_images(),
-                                                         rec.num_points3D()))
-        if len(models) > 1:
-            logger.warning("mapping produced %d models; keeping the largest (%d images)",
-                           len(models), largest.num_reg_images())
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        output_dir.mkdir(parents=True)
-        largest.write_binary(str(output_dir))
-        largest.export_PLY(str(output_dir / "points3D.ply"))
-        return largest
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if not models:
+        return None
+    if len(models) > 1:
+        logger.info("mapping produced %d models; keeping the largest", len(models))
+    return max(models.values(), key=_size)
 
 
 def _advance(bar: tqdm, count: int) -> None:
