@@ -1,0 +1,66 @@
+"""``python -m pipelines.localize``: own query photos against a model from
+``sfmfeat reconstruct`` (synthetic scene: the model's gauge is aligned to the known poses
+through the database camera centres, then the query poses are compared)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pycolmap
+
+from pipelines import localize as localize_pipeline
+from sfmfeat import cli
+from sfmfeat.localization.queries import write_queries
+from sfmfeat.localization.results import read_poses
+from sfmfeat.synthetic import SceneConfig, SyntheticScene
+
+QUERIES = (2, 5)
+
+
+def test_own_photos_against_a_reconstruct_model(tmp_path, capsys):
+    scene = SyntheticScene(SceneConfig(num_views=9, width=480, height=360, supersample=1,
+                                       camera_model="SIMPLE_RADIAL", seed=1))
+    database, queries = tmp_path / "database", tmp_path / "queries"
+    for view, name in enumerate(scene.names):
+        folder = queries if view in QUERIES else database
+        folder.mkdir(exist_ok=True)
+        rgb, _ = scene.render(view)
+        import cv2
+
+        cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    recon = tmp_path / "recon"
+    assert cli.main(["-q", "reconstruct", str(database), str(recon), "--features", "sift",
+                     "--conf", "max_keypoints=2048", "--seed", "0"]) == 0
+    model = pycolmap.Reconstruction(recon / "sfm")
+    assert model.num_reg_images() >= 6
+    write_queries(tmp_path / "queries.txt",
+                  {scene.names[v]: scene.cameras for v in QUERIES})
+    out = tmp_path / "out"
+    status = localize_pipeline.main(["--model", str(recon), "--queries", str(queries),
+                                     "--outputs", str(out), "--query-list",
+                                     str(tmp_path / "queries.txt"), "--seed", "0"])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert f"localized {len(QUERIES)} of {len(QUERIES)} queries" in printed
+    # align the model's arbitrary gauge to the known poses with the database cameras
+    index = {n: i for i, n in enumerate(scene.names)}
+    registered = [im for im in model.images.values() if im.has_pose]
+    src = np.array([im.projection_center() for im in registered])
+    tgt = np.array([scene.projection_center(index[im.name]) for im in registered])
+    world_from_model = pycolmap.estimate_sim3d(src, tgt)
+    scale = world_from_model.scale
+    rotation = np.asarray(world_from_model.rotation.matrix())
+    poses = read_poses(out / "poses.txt")
+    for view in QUERIES:
+        pose = poses[scene.names[view]]
+        center = np.asarray(world_from_model * pose.inverse().translation[None])[0]
+        assert np.linalg.norm(center - scene.projection_center(view)) < 0.05
+        r_world = np.asarray(pose.rotation.matrix()) @ rotation.T
+        r_true, _ = scene.rotation_translation(view)
+        cos = (np.trace(r_world @ r_true.T) - 1) / 2
+        assert np.degrees(np.arccos(np.clip(cos, -1, 1))) < 0.5
+    log = json.loads((out / "poses_log.json").read_text())
+    assert log["summary"]["num_localized"] == len(QUERIES)
+    assert all(q["num_inliers"] >= 30 for q in log["queries"].values())
+    assert scale > 0
