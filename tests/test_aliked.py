@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from sfmfeat.errors import ConfigError, WeightsError
 from sfmfeat.extractors import available_presets, create_extractor
 from sfmfeat.extractors.aliked import (SDDH, Aliked, AlikedConfig, deform_conv3x3,
-                                       refine_peaks, select_peaks, simple_nms)
+                                       dense_features, refine_peaks, select_peaks,
+                                       simple_nms)
 from sfmfeat.images import read_image
 
 from conftest import require_shared
@@ -117,7 +118,8 @@ def test_refine_peaks_is_the_soft_argmax_of_the_window():
         window = scores.numpy()[y - 2:y + 3, x - 2:x + 3]
         weights = np.exp((window - window.max()) / 0.1)
         dy, dx = np.mgrid[-2:3, -2:3]
-        expected = (x + (weights * dx).sum() / weights.sum(), y + (weights * dy).sum() / weights.sum())
+        total = weights.sum()
+        expected = (x + (weights * dx).sum() / total, y + (weights * dy).sum() / total)
         np.testing.assert_allclose(got, expected, atol=1e-12)
     # a symmetric window gives the integer peak
     flat = torch.zeros(9, 9)
@@ -134,7 +136,7 @@ def test_sddh_batched_equals_per_keypoint_definition():
     kps = torch.tensor([[0.2, 0.4], [7.6, 5.5], [14.0, 11.0], [13.3, 10.9], [3.0, 2.0]],
                        dtype=torch.float64)
     with torch.no_grad():
-        got = head(fmap, kps)
+        got = head(dense_features(fmap), 12, 15, kps)
     for kp, desc in zip(kps, got.detach()):
         cx = int(min(max(int(kp[0]) - 1, 0), 15 - 4))
         cy = int(min(max(int(kp[1]) - 1, 0), 12 - 4))
@@ -274,6 +276,22 @@ def test_regression_against_official_figures(regression_features):
     top = np.argsort(-f.scores, kind="stable")[:5]
     got = np.column_stack([f.keypoints[top], f.scores[top], f.descriptors[top] @ v])
     np.testing.assert_allclose(got, np.array(OFFICIAL_TOP5), atol=2e-3)
+
+
+def test_sparse_maps_equal_the_official_dense_formulation(n16, regression_image):
+    image = torch.from_numpy(np.ascontiguousarray(regression_image[:200, :300]))
+    image = image.permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        fmap, score_map = n16.net.dense(image)
+        scores, features_at = n16.net.sparse(image)
+        torch.testing.assert_close(scores, score_map[0, 0], atol=1e-5, rtol=0)
+        pixels = torch.randint(0, 200 * 300, (2000,))
+        torch.testing.assert_close(features_at(pixels), dense_features(fmap[0])(pixels),
+                                   atol=2e-5, rtol=0)
+        kps = torch.rand(100, 2) * torch.tensor([299.0, 199.0])
+        a = n16.net.desc_head(features_at, 200, 300, kps)
+        b = n16.net.desc_head(dense_features(fmap[0]), 200, 300, kps)
+    assert (a * b).sum(1).min() > 0.99999
 
 
 def test_output_shapes_norms_and_determinism(n16, regression_image, regression_features):

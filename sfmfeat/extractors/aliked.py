@@ -19,7 +19,8 @@ Preprocessing follows hloc's ``aliked-n16`` configuration: RGB scaled to [0, 1],
 side reduced to ``resize_max`` (1024) with area interpolation, keypoints mapped back by
 ``(x + 0.5) · s - 0.5`` per axis. The network pads the image to a multiple of 32 by
 border replication, as the official code does. Detection defaults (threshold 0.2, at most
-5000 keypoints) are those of the official ``ALIKED`` class and demo.
+5000 keypoints) are those of the official ``ALIKED`` class and demo (hloc, through
+LightGlue, caps at 20000 instead; ``max_keypoints`` sets it).
 
 Coordinates: the official code returns keypoints in [-1, 1] with -1/+1 at the centres of
 the first/last pixel (``align_corners=True``), i.e. ``x_pix = (x_n + 1) / 2 · (W - 1)``.
@@ -27,11 +28,20 @@ That is sfmfeat's convention (pixel centre at integer coordinates) once converte
 conversion to and from [-1, 1] is kept in the official float order, because the SDDH patch
 position is the *truncated* pixel coordinate and must land on the same pixel.
 
-Deformable convolution and SDDH sampling are written with ``grid_sample`` (torchvision's
-``deform_conv2d`` is not needed): bilinear sampling with zeros outside the map, exactly the
-semantics of ``deform_conv2d``. The SDDH 3×3 patch follows the official CPU path (the
-``get_patches`` fallback LightGlue and hloc use): the patch starts one pixel up-left of the
-truncated keypoint and is clamped to lie inside the map.
+Deformable convolution is written with ``grid_sample`` (torchvision's ``deform_conv2d`` is
+not needed): bilinear sampling with zeros outside the map, exactly its semantics. The SDDH
+3×3 patch follows the official CPU path (the ``get_patches`` fallback LightGlue and hloc
+use): the patch starts one pixel up-left of the truncated keypoint and is clamped to lie
+inside the map. Its samples are bilinear between pixel centres, zero outside the map.
+
+Speed: the official code builds the full-resolution D-channel feature map; here the score
+head's first 1×1 conv runs on each level before upsampling (the two commute) and the
+feature map is evaluated only at the pixels the descriptor head reads
+(``AlikedNet.sparse``; ``AlikedNet.dense`` is the official formulation, kept for tests).
+
+Weights: the four official files are told apart by checksum, so a file of another variant
+(even n16rot for n16, which has the same shapes) gives a WeightsError naming it; any other
+file must still match the network strictly.
 """
 
 from __future__ import annotations
@@ -165,7 +175,11 @@ class ResBlock(nn.Module):
 
 
 class SDDH(nn.Module):
-    """Sparse deformable descriptor head, batched over keypoints."""
+    """Sparse deformable descriptor head, batched over keypoints.
+
+    The feature map enters as ``features_at(flat) -> K×C``: the L2-normalised features at
+    row-major pixel indices of the H×W map, so that only the pixels used are computed.
+    """
 
     def __init__(self, dim: int, n_pos: int) -> None:
         super().__init__()
@@ -175,34 +189,43 @@ class SDDH(nn.Module):
         self.sf_conv = nn.Conv2d(dim, dim, 1, bias=False)
         self.agg_weights = nn.Parameter(torch.zeros(n_pos, dim, dim))
 
-    def forward(self, fmap: torch.Tensor, kp_wh: torch.Tensor) -> torch.Tensor:
-        """fmap: C×H×W (L2-normalised features); kp_wh: N×2 float (x, y) pixels -> N×C."""
-        c, h, w = fmap.shape
-        n = len(kp_wh)
+    def forward(self, features_at, h: int, w: int, kp_wh: torch.Tensor) -> torch.Tensor:
+        """kp_wh: N×2 float (x, y) pixels -> N×D L2-normalised descriptors."""
+        n, c = len(kp_wh), self.sf_conv.weight.shape[0]
         # 3×3 patch whose top-left corner is one pixel up-left of the truncated keypoint,
         # clamped inside the map (the official CPU path)
         corner = (kp_wh.long() - 1).clamp(min=0)
         cx = corner[:, 0].clamp(max=w - 4)
         cy = corner[:, 1].clamp(max=h - 4)
-        steps = torch.arange(3, device=fmap.device)
+        steps = torch.arange(3, device=kp_wh.device)
         flat = (cy[:, None, None] + steps[None, :, None]) * w + cx[:, None, None] + steps
-        patch = fmap.reshape(c, h * w)[:, flat.reshape(-1)].view(c, n, 9).transpose(0, 1)
+        patch = features_at(flat.reshape(-1)).view(n, 9, c).transpose(1, 2)  # N×C×9
         conv0, conv1 = self.offset_conv[0], self.offset_conv[2]
         hidden = F.selu(F.linear(patch.reshape(n, c * 9), conv0.weight.view(-1, c * 9),
                                  conv0.bias))
         max_offset = max(h, w) / 4.0
         offset = F.linear(hidden, conv1.weight.flatten(1), conv1.bias)
         offset = offset.clamp(-max_offset, max_offset).view(n, 2, self.n_pos).transpose(1, 2)
-        # sample the features at keypoint + offset (bilinear, zeros outside)
-        wh = torch.tensor([[w - 1, h - 1]], device=fmap.device)
-        pos = 2.0 * (kp_wh[:, None, :] + offset) / wh[None] - 1
-        samples = F.grid_sample(fmap[None], pos.reshape(1, n * self.n_pos, 1, 2),
-                                mode="bilinear", align_corners=True)  # 1×C×(N·M)×1
-        samples = samples.view(c, n * self.n_pos)
-        samples = F.selu(self.sf_conv.weight.view(c, c) @ samples)  # C×(N·M)
-        samples = samples.view(c, n, self.n_pos).permute(1, 2, 0).reshape(n, self.n_pos * c)
-        descriptors = samples @ self.agg_weights.reshape(self.n_pos * c, -1)
+        # features at keypoint + offset: bilinear between pixel centres, zero outside
+        pos = (kp_wh[:, None, :] + offset).reshape(-1, 2)  # (N·M)×2
+        base = pos.floor()
+        frac = (pos - base)[None]  # 1×(N·M)×2
+        step = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=pos.device)[:, None]
+        corners = base.long()[None] + step  # 4×(N·M)×2: the four neighbouring pixels
+        weights = torch.where(step == 1, frac, 1 - frac).prod(dim=-1)
+        inside = ((corners >= 0) & (corners < torch.tensor([w, h], device=pos.device))).all(-1)
+        index = corners[..., 1].clamp(0, h - 1) * w + corners[..., 0].clamp(0, w - 1)
+        samples = features_at(index.reshape(-1)).view(4, n * self.n_pos, c)
+        samples = (samples * (weights * inside)[..., None]).sum(dim=0)
+        samples = F.selu(samples @ self.sf_conv.weight.view(c, c).t())  # (N·M)×C
+        descriptors = samples.view(n, self.n_pos * c) @ self.agg_weights.reshape(self.n_pos * c, -1)
         return F.normalize(descriptors, p=2.0, dim=1)
+
+
+def dense_features(fmap: torch.Tensor):
+    """``features_at`` over a dense C×H×W feature map."""
+    flat_map = fmap.reshape(fmap.shape[0], -1)
+    return lambda flat: flat_map[:, flat].t()
 
 
 class AlikedNet(nn.Module):
@@ -224,8 +247,9 @@ class AlikedNet(nn.Module):
             _conv3x3(4, 4), nn.SELU(), _conv3x3(4, 1))
         self.desc_head = SDDH(dim, n_pos)
 
-    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image 1×3×H×W in [0, 1] -> (feature map 1×D×H×W, score map 1×1×H×W)."""
+    def encode(self, image: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """image 1×3×H×W in [0, 1], padded to a multiple of 32 by border replication ->
+        the four aggregated levels (1×D/4 at strides 1, 2, 8, 32) and the (top, left) pad."""
         h, w = image.shape[-2:]
         pad_h, pad_w = (-h) % STRIDE, (-w) % STRIDE
         top, left = pad_h // 2, pad_w // 2
@@ -234,15 +258,53 @@ class AlikedNet(nn.Module):
         x2 = self.block2(F.avg_pool2d(x1, 2))
         x3 = self.block3(F.avg_pool2d(x2, 4))
         x4 = self.block4(F.avg_pool2d(x3, 4))
-        size = x1.shape[-2:]
-        levels = [F.selu(self.conv1(x1))] + [
-            F.interpolate(F.selu(conv(level)), size=size, mode="bilinear", align_corners=True)
-            for conv, level in ((self.conv2, x2), (self.conv3, x3), (self.conv4, x4))]
-        features = torch.cat(levels, dim=1)
+        levels = [F.selu(conv(level)) for conv, level in
+                  ((self.conv1, x1), (self.conv2, x2), (self.conv3, x3), (self.conv4, x4))]
+        return levels, (top, left)
+
+    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official formulation: (feature map 1×D×H×W, score map 1×1×H×W), both made
+        at full resolution from the upsampled, concatenated levels."""
+        h, w = image.shape[-2:]
+        levels, (top, left) = self.encode(image)
+        size = levels[0].shape[-2:]
+        features = torch.cat([levels[0]] + [
+            F.interpolate(level, size=size, mode="bilinear", align_corners=True)
+            for level in levels[1:]], dim=1)
         scores = torch.sigmoid(self.score_head(features))
         features = F.normalize(features, p=2, dim=1)
         crop = (..., slice(top, top + h), slice(left, left + w))
         return features[crop], scores[crop]
+
+    def sparse(self, image: torch.Tensor):
+        """The same maps, computed faster: (score map H×W, ``features_at``).
+
+        Upsampling and 1×1 convolution commute, so the score head's first layer runs on
+        each level at its own resolution and only 8 channels are upsampled; the feature
+        map is evaluated only at the pixels the descriptor head reads.
+        """
+        h, w = image.shape[-2:]
+        levels, (top, left) = self.encode(image)
+        size = levels[0].shape[-2:]
+        first = self.score_head[0].weight.flatten(1).split(levels[0].shape[1], dim=1)
+        hidden = F.conv2d(levels[0], first[0][:, :, None, None])
+        for level, weight in zip(levels[1:], first[1:]):
+            hidden = hidden + F.interpolate(F.conv2d(level, weight[:, :, None, None]),
+                                            size=size, mode="bilinear", align_corners=True)
+        scores = torch.sigmoid(self.score_head[1:](hidden))[0, 0, top:top + h, left:left + w]
+
+        padded_h, padded_w = size
+
+        def features_at(flat: torch.Tensor) -> torch.Tensor:
+            y, x = flat // w + top, flat % w + left
+            parts = [levels[0][0][:, y, x]]
+            grid = torch.stack((2 * x / (padded_w - 1) - 1, 2 * y / (padded_h - 1) - 1), -1)
+            for level in levels[1:]:  # align_corners=True upsampling at those pixels
+                parts.append(F.grid_sample(level, grid.view(1, 1, -1, 2).to(level.dtype),
+                                           mode="bilinear", align_corners=True)[0, :, 0])
+            return F.normalize(torch.cat(parts), p=2, dim=0).t()
+
+        return scores, features_at
 
 
 # ---------------------------------------------------------------- detection (DKD)
@@ -349,8 +411,7 @@ class Aliked(Extractor):
 
     def _forward(self, image: torch.Tensor):
         cfg = self.config
-        features, score_map = self.net.dense(image)
-        score_map = score_map[0, 0]
+        score_map, features_at = self.net.sparse(image)
         h, w = score_map.shape
         indices = select_peaks(score_map, cfg.nms_radius, cfg.detection_threshold,
                                cfg.max_keypoints, cfg.top_k)
@@ -363,7 +424,7 @@ class Aliked(Extractor):
         normalized = xy / wh * 2 - 1
         scores = F.grid_sample(score_map[None, None], normalized.view(1, 1, -1, 2),
                                mode="bilinear", align_corners=True)[0, 0, 0]
-        descriptors = self.net.desc_head(features[0], (normalized / 2 + 0.5) * wh)
+        descriptors = self.net.desc_head(features_at, h, w, (normalized / 2 + 0.5) * wh)
         keypoints = wh * (normalized + 1) / 2
         return keypoints, scores, descriptors
 
