@@ -111,14 +111,16 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=["disk", "r2d2"],
                         choices=["disk", "r2d2"])
     parser.add_argument("--images", type=Path, default=SHARED / "data/sacre_coeur/mapping")
-    parser.add_argument("--limit", type=int, default=0, help="first N images only")
+    parser.add_argument("--start", type=int, default=0, help="skip the first images")
+    parser.add_argument("--limit", type=int, default=0, help="N images only")
     args = parser.parse_args(argv)
     os.environ.setdefault("SFMFEAT_WEIGHTS_DIR", str(SHARED / "weights"))
 
     from sfmfeat.extractors import create_extractor
     from sfmfeat.images import list_images, read_image
 
-    names = list_images(args.images)[: args.limit or None]
+    names = list_images(args.images)[args.start:]
+    names = names[: args.limit or None]
     with tempfile.TemporaryDirectory() as tmp:
         pngs, rgbs = [], []
         for i, name in enumerate(names):
