@@ -160,6 +160,7 @@ def section_speed(work: Path, args) -> None:
         print(f"{names[q]}: {r.num_inliers:5d}/{r.num_correspondences:<5d} inliers, "
               + ", ".join(f"{k} {v:.3f}s" for k, v in r.timings.items())
               + f", error {dt:.4f} / {dr:.3f}°")
+    print(f"one-off model loading and 2D–3D index: {run.seconds['load_model']:.3f} s")
     ours = np.array(ours)
     per_query = ours.sum(1)
     print(f"ours: 2D–3D {ours[:, 0].mean():.4f} s + PnP {ours[:, 1].mean():.4f} s = "

@@ -275,3 +275,25 @@ def test_model_without_points_is_a_clear_error():
     model.delete_all_points2D_and_points3D()
     with pytest.raises(InputError, match="no 3D points"):
         ModelIndex(model, "model /x/y")
+
+
+def test_cli_model_without_points_and_empty_pairs_are_one_line_errors(tmp_path, capsys):
+    from sfmfeat import cli
+
+    model = _synthetic_model()
+    model.delete_all_points2D_and_points3D()
+    (tmp_path / "model").mkdir()
+    model.write(tmp_path / "model")
+    (tmp_path / "queries").mkdir()
+    write_queries(tmp_path / "q.txt", {"a.jpg": _camera()})
+    status = cli.main(["localize", str(tmp_path / "model"), str(tmp_path / "queries"),
+                       str(tmp_path / "out"), "--db-features", str(tmp_path / "f.h5"),
+                       "--query-list", str(tmp_path / "q.txt")])
+    err = capsys.readouterr().err
+    assert status == 2 and f"model {tmp_path / 'model'} has no 3D points" in err
+    (tmp_path / "pairs.txt").write_text("")
+    status = cli.main(["triangulate", str(tmp_path / "model"), str(tmp_path / "tri"),
+                       "--features", str(tmp_path / "f.h5"), "--matches", str(tmp_path / "m.h5"),
+                       "--pairs", str(tmp_path / "pairs.txt")])
+    err = capsys.readouterr().err
+    assert status == 2 and f"pairs file {tmp_path / 'pairs.txt'} is empty" in err
