@@ -103,7 +103,7 @@ def run_ours(bgr: np.ndarray, n: int, threshold: float, repeats: int) -> dict:
     extractor = create_extractor("contextdesc++", {"max_keypoints": n,
                                                    "contrast_threshold": threshold})
     rgb = np.ascontiguousarray(bgr[..., ::-1])
-    extractor.extract(rgb[:256, :256])                     # warm-up
+    extractor.extract(rgb[256:512, 384:640])               # warm-up
     best = None
     for _ in range(repeats):
         tic = time.perf_counter()
@@ -166,7 +166,7 @@ gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[..., None]
 rgb = bgr[..., ::-1]
 out = {}
 loc = get_model("loc_model")(loc_pb, n_feature=int(n), n_sample=0, peak_thld=float(thr))
-loc.run_test_data(gray[:256, :256])
+loc.run_test_data(gray[256:512, 384:640])  # warm-up (the official code fails on 0 keypoints)
 tic = time.perf_counter(); loc_feat, kpt_mb, xy, kpts, _ = loc.run_test_data(gray)
 out["sift+patches+local"] = time.perf_counter() - tic
 reg = get_model("reg_model")(None, max_dim=1024)
@@ -190,6 +190,75 @@ out["augmentation"] = time.perf_counter() - tic
 out["keypoints"] = len(kpts)
 print("RESULT " + json.dumps(out))
 '''
+
+
+REGIONAL_CHILD = r'''
+import collections, collections.abc, os, sys, types
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import cv2, numpy as np
+import tensorflow as tf2
+tf = tf2.compat.v1
+tf.disable_v2_behavior()
+tf.contrib = types.SimpleNamespace(layers=types.SimpleNamespace(
+    l2_regularizer=lambda s: (lambda w: s * tf.nn.l2_loss(w))))
+sys.modules["tensorflow"] = tf
+collections.Mapping = collections.abc.Mapping
+checkout, image, out_path = sys.argv[1:4]
+sys.path.insert(0, checkout)
+from models import get_model
+reg = get_model("reg_model")(None, max_dim=1024)
+graph = tf.Graph()
+with graph.as_default():
+    reg._construct_network()
+    sess = tf.Session(graph=graph)
+    sess.run(tf.global_variables_initializer())
+    rng = np.random.default_rng(0)   # BN statistics are 0/1 after init: randomise them
+    for v in tf.global_variables():
+        shape = v.shape.as_list()
+        if "moving_variance" in v.name:
+            sess.run(v.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32)))
+        elif "moving_mean" in v.name or "beta" in v.name:
+            sess.run(v.assign(rng.uniform(-0.2, 0.2, shape).astype(np.float32)))
+        elif "gamma" in v.name:
+            sess.run(v.assign(rng.uniform(0.25, 0.75, shape).astype(np.float32)))
+    values = {v.name[:-2]: sess.run(v) for v in tf.global_variables()}
+    reg.sess = sess
+res5c = reg.run_test_data(cv2.imread(image)[..., ::-1])
+np.savez(out_path, res5c=res5c, **{"var/" + k: v for k, v in values.items()})
+'''
+
+
+def regional_parity(args) -> None:
+    """Our ResNet50 vs the official RegModel graph (random init) on a sacre_coeur image."""
+    from sfmfeat.commands.weights_convert import state_dict_from_tf
+    from sfmfeat.extractors.contextdesc import REGIONAL_MEAN_RGB, resize_for_regional
+    from sfmfeat.extractors.contextdesc_nets import RegionalResNet50
+
+    python = Path(args.official_python)
+    if not python.is_file() or not Path(args.official).is_dir():
+        print(f"regional parity: not measured (needs {python} and {args.official})")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "reg.npz"
+        proc = subprocess.run([str(python), "-c", REGIONAL_CHILD, args.official, str(IMAGE),
+                               str(out)], capture_output=True, text=True, cwd=args.official)
+        if not out.is_file():
+            print("regional parity: official run failed: "
+                  + (proc.stderr.strip().splitlines() or ["?"])[-1])
+            return
+        d = np.load(out)
+        tensors = {k[4:]: d[k] for k in d.files if k.startswith("var/")}
+        ref = d["res5c"]
+    model = RegionalResNet50().eval()
+    model.load_state_dict(state_dict_from_tf(model, tensors, "official random init"))
+    model.fold_bn()
+    rgb = cv2.imread(str(IMAGE))[..., ::-1]
+    x = resize_for_regional(rgb, 1024).astype(np.float32) - np.float32(REGIONAL_MEAN_RGB)
+    ours = model(torch.from_numpy(x).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    print(f"regional parity (official RegModel graph, random init, {IMAGE.name}): shape "
+          f"{ours.shape} vs {ref.shape}, max|err| {np.abs(ours - ref).max():.2e} "
+          f"(max|ref| {np.abs(ref).max():.3g})")
 
 
 def run_official_networks(args, image_path: Path, n: int, threshold: float) -> dict | str:
@@ -298,6 +367,7 @@ def main(argv=None) -> None:
         print(f"official networks: not measured ({networks})")
     if args.parity:
         parity()
+        regional_parity(args)
 
 
 if __name__ == "__main__":

@@ -84,30 +84,40 @@ def _random_tf_tensors(module: torch.nn.Module, seed: int) -> dict[str, np.ndarr
 def _matchable_tf_tensors(seed: int) -> dict[str, np.ndarray]:
     """Seeded random ContextDesc++ weights whose descriptors can match across views.
 
-    Fully random weights give descriptors too weak for geometric verification, so the trunk
-    is set to carry the patch: conv0 splits it into its positive and negative parts, conv1–5
-    box-filter (and subsample) them, conv6 is a seeded random projection of the resulting
-    8×8×2 map; the context branches stay random but are scaled by 0.01.
+    Fully random weights give descriptors too weak for geometric verification, so the local
+    trunk is set to a SIFT-like histogram of gradients: conv0 = rectified derivatives along
+    8 directions, conv1–5 pass them on (box-filtering where they subsample), conv6 sums
+    them over 4×4 cells (128 = 4·4·8). The matchability head and both context branches
+    stay seeded random, the context scaled by 0.001 so that it does not drown the local part.
     """
     tensors = _random_tf_tensors(ContextDescNet(), seed)
-    rng = np.random.default_rng(seed + 100)
+    dx = np.array([[0, 0, 0], [-0.5, 0, 0.5], [0, 0, 0]], np.float32)
     kernel = np.zeros((3, 3, 1, 32), np.float32)
-    kernel[1, 1, 0, 0], kernel[1, 1, 0, 1] = 1.0, -1.0
+    for o in range(8):
+        kernel[:, :, 0, o] = np.cos(o * np.pi / 4) * dx + np.sin(o * np.pi / 4) * dx.T
     tensors["conv0/kernel"] = kernel
-    for i, (cin, cout) in enumerate([(32, 32), (32, 64), (64, 64), (64, 128), (128, 128)], 1):
+    for i, (cin, cout, stride) in enumerate([(32, 32, 1), (32, 64, 2), (64, 64, 1),
+                                             (64, 128, 2), (128, 128, 1)], 1):
         kernel = np.zeros((3, 3, cin, cout), np.float32)
-        kernel[:, :, 0, 0] = kernel[:, :, 1, 1] = 1 / 9
+        for o in range(8):
+            if stride == 2:
+                kernel[:, :, o, o] = 1 / 9
+            else:
+                kernel[1, 1, o, o] = 1
         tensors[f"conv{i}/kernel"] = kernel
     for i in range(6):
         n = len(tensors[f"conv{i}/bn/moving_mean"])
         tensors[f"conv{i}/bn/moving_mean"] = np.zeros(n, np.float32)
         tensors[f"conv{i}/bn/moving_variance"] = np.full(n, 1 - 1e-5, np.float32)
     kernel = np.zeros((8, 8, 128, 128), np.float32)
-    kernel[:, :, :2] = rng.normal(0, 1 / np.sqrt(128), (8, 8, 2, 128))
+    for o in range(8):
+        for cy in range(4):
+            for cx in range(4):
+                kernel[2 * cy:2 * cy + 2, 2 * cx:2 * cx + 2, o, o * 16 + cy * 4 + cx] = 1
     tensors["conv6/kernel"] = kernel
     for name in ("vis_context/fuse_photo_context_2/kernel", "geo_context/context_trans/kernel",
                  "geo_context/context_trans/bias"):
-        tensors[name] = tensors[name] * np.float32(0.01)
+        tensors[name] = tensors[name] * np.float32(0.001)
     return tensors
 
 
@@ -405,12 +415,12 @@ def test_reconstruct_end_to_end_with_random_weights(random_env, sacre_coeur_dir,
     from sfmfeat.cli import main
 
     out = tmp_path / "out"
-    names = tmp_path / "images.txt"      # 6 of the 10 images and a smaller regional input:
-    names.write_text("\n".join(sorted(p.name for p in sacre_coeur_dir.glob("*.jpg"))[:6]))
-    status = main(["reconstruct", str(sacre_coeur_dir), str(out), "--features", "contextdesc++",
-                   "--image-list", str(names), "--conf", "max_keypoints=2048",
-                   "--conf", "regional_max_dim=512", "--seed", "0"])   # CI time
+    # CI time: 2048 keypoints and a 384-px regional input; mutual NN as the D2-Net e2e test
+    status = main(["-q", "reconstruct", str(sacre_coeur_dir), str(out), "--features",
+                   "contextdesc++", "--conf", "max_keypoints=2048", "--conf",
+                   "regional_max_dim=384", "--matcher", "mnn", "--seed", "0"])
     assert status == 0
+    assert (out / "sfm" / "images.bin").is_file()
     found = sorted(out.rglob("features*.h5"))
     assert found, "no features file written"
     with h5py.File(found[0], "r") as f:
