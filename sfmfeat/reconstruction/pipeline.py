@@ -24,6 +24,7 @@ from .. import __version__
 from ..config import config_hash, config_to_dict
 from ..errors import InputError, ReconstructionError
 from ..extract import extract_features
+from ..images import list_images
 from ..match import match_pairs
 from ..pairs import exhaustive, read_pairs, sequential, write_pairs
 from ..store import FeatureReader, MatchReader
@@ -79,8 +80,8 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 image_names: list[str] | None = None,
                 device: str | None = None) -> ReconstructionResult:
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    if not image_dir.is_dir():
-        raise InputError(f"image folder {image_dir} does not exist")
+    if image_names is None:
+        image_names = list_images(image_dir)  # fails early on a missing or empty folder
     output_dir.mkdir(parents=True, exist_ok=True)
     timer = _Timer()
     features_path = output_dir / "features.h5"
@@ -93,8 +94,7 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
                                       image_names=image_names,
                                       overrides=dict(config.feature_options),
                                       device=device, strict=config.strict)
-    names = [n for n in (image_names or _stored_order(features_path))
-             if n not in extraction.rejected]
+    names = [n for n in image_names if n not in extraction.rejected]
     if len(names) < 2:
         raise InputError(f"need at least two readable images in {image_dir}, found "
                          f"{len(names)}")
@@ -136,11 +136,6 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 summary["num_registered"], summary["num_images"], summary["num_points3D"],
                 summary["mean_track_length"], summary["mean_reprojection_error"])
     return ReconstructionResult(output_dir, reconstruction, summary, extraction.rejected)
-
-
-def _stored_order(features_path: Path) -> list[str]:
-    with FeatureReader(features_path) as features:
-        return sorted(features.names())
 
 
 def _make_pairs(config: ReconstructionConfig, names: list[str]) -> list[tuple[str, str]]:
