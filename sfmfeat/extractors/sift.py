@@ -30,6 +30,7 @@ class SiftConfig:
     keep_largest_scales: bool = False    # cap by scale (as COLMAP) instead of by response
     max_octave: int | None = None        # drop detections above this octave (first is -1)
     max_orientations: int | None = None  # orientations kept per location (COLMAP: 2)
+    precise_upscale: bool = True         # OpenCV's unbiased 2x upsampling of octave -1
 
 
 class Sift(Extractor):
@@ -47,6 +48,7 @@ class Sift(Extractor):
             nfeatures=0, nOctaveLayers=self.config.n_octave_layers,
             contrastThreshold=self.config.contrast_threshold,
             edgeThreshold=self.config.edge_threshold, sigma=self.config.sigma,
+            enable_precise_upscale=self.config.precise_upscale,
         )
 
     def extract(self, image: np.ndarray) -> Features:

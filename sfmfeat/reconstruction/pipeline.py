@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from ..images import list_images
 from ..match import match_pairs
 from ..pairs import exhaustive, read_pairs, sequential, write_pairs
 from ..store import FeatureReader, MatchReader
+from ..timing import StageTimer
 from .database import CameraMode, verify_matches, write_database, write_matches
 from .mapping import (MappingConfig, model_statistics, run_mapping, set_focal_priors,
                       verified_pair_statistics)
@@ -60,21 +59,6 @@ class ReconstructionResult:
     rejected: dict[str, str] = field(default_factory=dict)
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        logger.info("== %s", name)
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - start, 3)
-            logger.info("%s took %.2f s", name, self.seconds[name])
-
-
 def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 config: ReconstructionConfig = ReconstructionConfig(),
                 image_names: list[str] | None = None,
@@ -83,7 +67,7 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
     if image_names is None:
         image_names = list_images(image_dir)  # fails early on a missing or empty folder
     output_dir.mkdir(parents=True, exist_ok=True)
-    timer = _Timer()
+    timer = StageTimer(logger)
     features_path = output_dir / "features.h5"
     matches_path = output_dir / "matches.h5"
     pairs_path = output_dir / "pairs.txt"
