@@ -99,6 +99,7 @@ def section_night(work: Path, args) -> None:
     model = triangulate_model(reference, work / "night_model", features, matches, pairs,
                               config=TriangulationConfig(extract_colors=False)).reconstruction
     queries = queries_from_exif(QUERY, ["night.jpg"])
+    poses = {}
     for matcher in ("mnn", "mnn-ratio"):
         out = Path(tempfile.mkdtemp(prefix=f"night-{matcher}-", dir=work))
         run = run_localization(model, features, QUERY, queries, out,
@@ -109,6 +110,12 @@ def section_night(work: Path, args) -> None:
               f"{matcher}: {r.status}, {r.num_inliers} PnP inliers of "
               f"{r.num_correspondences} correspondences, model {model.num_points3D()} points"
               f" [acceptance >= 30 inliers]")
+        poses[matcher] = r.cam_from_world
+    if all(p is not None for p in poses.values()):
+        dt, dr = pose_errors(poses["mnn"], poses["mnn-ratio"])
+        print(f"agreement of the two night poses (independent matches): {dt:.4f} "
+              f"({100 * dt / median_scene_distance(reference):.2f}% of the scene distance), "
+              f"{dr:.3f}°")
 
 
 def _synthetic_model(work: Path):
