@@ -69,8 +69,10 @@ def read_nvm(path: str | Path, read_points: bool = True) -> NvmModel:
         raise InputError(f"NVM file {path} is empty") from None
     if not fields[0].startswith("NVM_V3"):
         raise InputError(f"{path}:{number}: expected the NVM_V3 header, got {fields[0]!r}")
-    if "FixedK" in fields[1:] or any(f.startswith("NVM_V3_R9T") for f in fields):
-        raise InputError(f"{path}:{number}: only plain NVM_V3 (quaternion) files are read")
+    if fields[0].startswith("NVM_V3_R9T"):
+        raise InputError(f"{path}:{number}: NVM_V3_R9T (rotation-matrix) files are not "
+                         "supported; export NVM_V3 (quaternions)")
+    # "NVM_V3 FixedK fx cx fy cy r" keeps the quaternion layout: the intrinsics file wins
 
     def count(what: str) -> int:
         try:
