@@ -183,3 +183,59 @@ def test_registry_presets(weights_env):
         == "split1"
     assert all(w.non_commercial and w.sha256 for w in DeepDesc.weight_files)
     assert isinstance(ex.describer.net, CNN3)
+
+
+# ---------------------------------------------------------------- real images
+
+
+def _verified(kp0, kp1, matches):
+    import cv2
+
+    if len(matches) < 8:
+        return 0
+    cv2.setRNGSeed(0)
+    _, mask = cv2.findFundamentalMat(kp0[matches[:, 0]], kp1[matches[:, 1]], cv2.USAC_MAGSAC,
+                                     1.0, 0.9999, 10000)
+    return 0 if mask is None else int(mask.sum())
+
+
+def test_on_par_with_sift_on_a_sacre_coeur_pair(deepdesc):
+    """A wrong port (patch geometry, normalisation, layers) loses most matches here; the
+    full figures come from benchmarks/deepdesc_matching.py."""
+    from conftest import require_shared
+    from sfmfeat.images import read_image
+    from sfmfeat.matchers import create_matcher
+
+    sift = create_extractor("sift", {"max_keypoints": 1024})
+    matcher = create_matcher("mnn")
+    feats, descs = [], []
+    for name in ("10265353_3838484249", "60584745_2207571072"):
+        image = read_image(require_shared(f"data/sacre_coeur/mapping/{name}.jpg"))
+        f = sift.extract(image)
+        feats.append(f)
+        descs.append(deepdesc.describe(image, f).descriptors)
+    kp0, kp1 = feats[0].keypoints, feats[1].keypoints
+    sift_inliers = _verified(kp0, kp1, matcher.match(feats[0].descriptors,
+                                                     feats[1].descriptors)[0])
+    deep_matches = matcher.match(descs[0], descs[1])[0]
+    deep_inliers = _verified(kp0, kp1, deep_matches)
+    print(f"verified mutual-NN matches: SIFT {sift_inliers}, DeepDesc {deep_inliers} "
+          f"of {len(deep_matches)}")
+    assert sift_inliers > 100
+    assert deep_inliers >= 0.9 * sift_inliers
+    assert deep_inliers >= 0.4 * len(deep_matches)
+
+
+def test_reconstruct_sacre_coeur_registers_all(weights_env, sacre_coeur_dir, tmp_path):
+    import json
+
+    from sfmfeat.cli import main
+
+    out = tmp_path / "out"
+    status = main(["-q", "reconstruct", str(sacre_coeur_dir), str(out), "--features",
+                   "deepdesc", "--conf", "detector.max_keypoints=1024", "--seed", "0"])
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    print({k: summary[k] for k in ("num_registered", "num_points3D", "mean_track_length",
+                                   "mean_reprojection_error")})
+    assert summary["num_images"] == 10 and summary["num_registered"] == 10
