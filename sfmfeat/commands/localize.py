@@ -31,8 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="features.h5 of the model's images (default: MODEL/features.h5 or "
                         "MODEL/../features.h5)")
     p.add_argument("--pairs", default="exhaustive",
-                   help="'exhaustive' (every model image), a pairs file, or "
-                        "'retrieval:vlad:K' (VLAD over the local features, top K)")
+                   help="'exhaustive' (every model image), a pairs file, "
+                        "'retrieval:vlad:K' (VLAD over the local features, top K) or "
+                        "'retrieval:netvlad:K' (official NetVLAD weights; needs --db-images)")
+    p.add_argument("--db-images", type=Path,
+                   help="folder of the model's images (for retrieval:netvlad)")
     p.add_argument("--features", help="extractor preset for the queries (default: the one "
                                       "of --db-features)")
     p.add_argument("--conf", action="append", metavar="KEY=VALUE",
@@ -104,10 +107,19 @@ def run(args) -> int:
 
 
 def _retrieval(spec: str, db_features: Path, args):
-    """``retrieval:vlad:K``: VLAD over the local features (codebook from the database)."""
-    from ..localization.run import vlad_retrieval
+    """``retrieval:vlad:K`` (codebook learned on the database features, no weights) or
+    ``retrieval:netvlad:K`` (official weights; database images in --db-images)."""
+    from ..localization.run import netvlad_retrieval, vlad_retrieval
+    from ..store import FeatureReader
 
     parts = spec.split(":")
-    if len(parts) != 3 or parts[1] != "vlad" or not parts[2].isdigit():
-        raise InputError(f"--pairs {spec!r}: expected retrieval:vlad:K")
-    return vlad_retrieval(db_features, args.output, int(parts[2]))
+    if len(parts) != 3 or parts[1] not in ("vlad", "netvlad") or not parts[2].isdigit():
+        raise InputError(f"--pairs {spec!r}: expected retrieval:vlad:K or retrieval:netvlad:K")
+    if parts[1] == "vlad":
+        return vlad_retrieval(db_features, args.output, int(parts[2]))
+    if args.db_images is None:
+        raise InputError("--pairs retrieval:netvlad:K needs --db-images (the model's images)")
+    with FeatureReader(db_features) as reader:
+        db_names = reader.names()
+    return netvlad_retrieval(args.db_images, db_names, args.output, int(parts[2]),
+                             args.device, query_image_dir=args.queries)

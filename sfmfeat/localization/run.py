@@ -77,6 +77,16 @@ def extractor_overrides_like(reader: FeatureReader) -> dict[str, Any]:
         if f.name in stored and stored[f.name] != getattr(extractor.config, f.name):
             value = stored[f.name]
             overrides[f.name] = tuple(value) if isinstance(value, list) else value
+    try:
+        rebuilt = create_extractor(reader.method, overrides)
+    except ConfigError as err:
+        rebuilt, overrides = None, {}
+        logger.debug("cannot rebuild %s: %s", reader.method, err)
+    if rebuilt is None or rebuilt.config_hash != reader.config_hash:
+        raise InputError(
+            f"cannot reproduce the {reader.method} config of {reader.path} (config "
+            f"{reader.config_hash}; made by another sfmfeat version?): query features would "
+            "not match it. Re-extract the database features, or pass --features/--conf")
     return overrides
 
 
@@ -244,10 +254,13 @@ def vlad_retrieval(db_features: str | Path, work_dir: str | Path, num_neighbors:
 
 
 def netvlad_retrieval(image_dir: str | Path, db_names: Sequence[str], work_dir: str | Path,
-                      num_neighbors: int, device: str | None = None
+                      num_neighbors: int, device: str | None = None,
+                      query_image_dir: str | Path | None = None
                       ) -> Callable[[list[str]], list[Pair]]:
-    """A pairs function: NetVLAD (official weights) top ``num_neighbors`` per query."""
+    """A pairs function: NetVLAD (official weights) top ``num_neighbors`` per query.
+    Query images are read from ``query_image_dir`` (default: ``image_dir``)."""
     work_dir = Path(work_dir)
+    query_image_dir = query_image_dir or image_dir
 
     def pairs_for(query_names: list[str]) -> list[Pair]:
         from . import retrieval
@@ -255,7 +268,7 @@ def netvlad_retrieval(image_dir: str | Path, db_names: Sequence[str], work_dir: 
 
         db_desc = compute_netvlad(image_dir, work_dir / "db_netvlad.h5",
                                   image_names=list(db_names), device=device)
-        query_desc = compute_netvlad(image_dir, work_dir / "query_netvlad.h5",
+        query_desc = compute_netvlad(query_image_dir, work_dir / "query_netvlad.h5",
                                      image_names=query_names, device=device)
         return retrieval.pairs_from_store(query_desc, num_neighbors, query_names=query_names,
                                           db_descriptors=db_desc, db_names=list(db_names))
