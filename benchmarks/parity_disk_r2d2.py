@@ -64,7 +64,8 @@ def run_official(method: str, images: list[Path], out: Path, extra: list[str] = 
     if pythonpath is None:
         return None
     env = dict(os.environ, PYTHONPATH=pythonpath)
-    cmd = [sys.executable, str(RUNNER), method, *map(str, images),
+    # -P: the benchmarks folder (which has its own extract.py) is not put on sys.path
+    cmd = [sys.executable, "-P", str(RUNNER), method, *map(str, images),
            "--weights", str(weight_file(method)), "--out", str(out), *extra]
     subprocess.run(cmd, check=True, env=env)
     data = np.load(out)
