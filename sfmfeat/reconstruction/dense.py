@@ -1,0 +1,446 @@
+"""Dense reconstruction: undistortion, depth/normal maps, fusion and Poisson meshing.
+
+Workspace layout (``OUT``), COLMAP's own, so every COLMAP tool can read it:
+
+    images/  sparse/  stereo/{depth_maps,normal_maps}/<name>.{photometric,geometric}.bin
+    stereo/{patch-match,fusion}.cfg  fused.ply  meshed-poisson.ply  dense.json
+
+Depth maps come from COLMAP PatchMatch (``pycolmap.patch_match_stereo``) when pycolmap is
+built with CUDA, otherwise from :mod:`sfmfeat.reconstruction.mvs_cpu`. Every stage resumes:
+the undistorted workspace, each depth map already written (written atomically) and the
+fused cloud are reused when the configuration that made them is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from ..config import config_hash, config_to_dict
+from ..errors import ConfigError, InputError, ReconstructionError
+from . import mvs_cpu
+from .mvs_cpu import CpuMvsConfig
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "cpu", "cuda")
+MODEL_FILES = ("cameras", "images", "points3D")
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    max_image_size: int = 1000           # long side of the undistorted images (-1 = keep)
+    backend: str = "auto"                # auto (CUDA when available), cpu or cuda
+    cpu: CpuMvsConfig = CpuMvsConfig()
+    fusion_min_num_pixels: int = 3
+    fusion_max_reproj_error: float = 2.0
+    fusion_max_depth_error: float = 0.01
+    fusion_max_normal_error: float = 20.0
+    mesh: bool = True
+    poisson_depth: int = 10
+    poisson_trim: float = 10.0
+    num_threads: int = -1
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"dense backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.max_image_size == 0 or self.max_image_size < -1:
+            raise ConfigError(f"max_image_size={self.max_image_size}: use a positive size or -1")
+
+
+@dataclass
+class DenseResult:
+    workspace: Path
+    fused_path: Path
+    mesh_path: Path | None
+    backend: str
+    backend_reason: str
+    num_fused_points: int
+    num_depth_maps: int
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped_images: dict[str, str] = field(default_factory=dict)
+
+
+def select_backend(requested: str, has_cuda: bool) -> tuple[str, str]:
+    """(backend, reason): CUDA PatchMatch when available and allowed, else our CPU MVS."""
+    if requested not in BACKENDS:
+        raise ConfigError(f"dense backend {requested!r}: choose one of {', '.join(BACKENDS)}")
+    if requested == "cuda":
+        if not has_cuda:
+            raise ConfigError("dense backend 'cuda' requested but this pycolmap is built without "
+                              "CUDA (pycolmap.has_cuda is False); use --backend cpu or auto")
+        return "cuda", "requested, and pycolmap is built with CUDA"
+    if requested == "cpu":
+        return "cpu", "requested"
+    if has_cuda:
+        return "cuda", "pycolmap.has_cuda is True: COLMAP PatchMatch stereo on the GPU"
+    return "cpu", "pycolmap.has_cuda is False: sfmfeat CPU plane-sweep MVS"
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        logger.info("== dense: %s", name)
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+            logger.info("dense: %s took %.1f s", name, self.seconds[name])
+
+
+# Inputs -------------------------------------------------------------------------------
+
+def find_model_dir(sfm_dir: str | Path) -> Path:
+    """The folder holding cameras/images/points3D (.bin or .txt): SFM_DIR or SFM_DIR/0."""
+    sfm_dir = Path(sfm_dir)
+    if not sfm_dir.is_dir():
+        raise InputError(f"sparse model folder {sfm_dir} does not exist")
+    for candidate in (sfm_dir, sfm_dir / "sfm", sfm_dir / "0"):
+        if all((candidate / f"{n}.bin").is_file() or (candidate / f"{n}.txt").is_file()
+               for n in MODEL_FILES):
+            return candidate
+    raise InputError(f"{sfm_dir} holds no COLMAP model (cameras, images, points3D .bin/.txt); "
+                     "pass the folder written by `sfmfeat reconstruct` (OUT/sfm) or by COLMAP")
+
+
+def check_inputs(rec: pycolmap.Reconstruction, image_dir: Path, model_dir: Path,
+                 min_triangulation_angle: float) -> None:
+    """Clear errors for models that cannot be densified."""
+    registered = rec.reg_image_ids()
+    if len(registered) < 2:
+        raise ReconstructionError(
+            f"the model in {model_dir} has {len(registered)} registered image(s); dense "
+            "reconstruction needs at least two overlapping views")
+    if not image_dir.is_dir():
+        raise InputError(f"image folder {image_dir} does not exist")
+    missing = sorted(rec.images[i].name for i in registered
+                     if not (image_dir / rec.images[i].name).is_file())
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise InputError(
+            f"{len(missing)} of the {len(registered)} images of the model are missing from "
+            f"{image_dir} ({shown}); pass the image folder the model was built from")
+    if rec.num_points3D() == 0:
+        raise ReconstructionError(
+            f"the model in {model_dir} has no 3D points; depth ranges and source views come "
+            "from the sparse points, so triangulate the model first")
+
+
+# Workspace state ----------------------------------------------------------------------
+
+def _read_state(workspace: Path) -> dict[str, Any]:
+    path = workspace / "dense.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            logger.warning("ignoring unreadable %s", path)
+    return {}
+
+
+def _write_state(workspace: Path, state: dict[str, Any]) -> None:
+    tmp = workspace / "dense.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(tmp, workspace / "dense.json")
+
+
+def _atomic_write(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    obj.write(str(tmp))
+    os.replace(tmp, path)
+
+
+def normal_map(normals: np.ndarray) -> pycolmap.NormalMap:
+    """A ``pycolmap.NormalMap`` that COLMAP reads back as ``normals`` (H×W×3).
+
+    pycolmap 4.2.1's ``NormalMap.from_array`` copies the interleaved numpy buffer as is,
+    while COLMAP's ``Mat`` (and so ``stereo_fusion``) reads channel-planar data; without
+    this reordering fusion sees scrambled normals and rejects almost every pixel.
+    """
+    h, w, _ = normals.shape
+    planar = np.ascontiguousarray(normals.transpose(2, 0, 1), dtype=np.float32)
+    return pycolmap.NormalMap.from_array(planar.reshape(h, w, 3))
+
+
+def _read_depth(path: Path) -> np.ndarray:
+    depth = pycolmap.DepthMap()
+    depth.read(str(path))
+    return np.asarray(depth.to_array(), np.float32)
+
+
+def _undistort(model_dir: Path, image_dir: Path, workspace: Path, config: DenseConfig,
+               state: dict[str, Any], names: list[str]) -> None:
+    key = {"model_dir": str(model_dir.resolve()), "max_image_size": config.max_image_size}
+    done = (state.get("undistort") == key and (workspace / "sparse").is_dir()
+            and all((workspace / "images" / n).is_file() for n in names))
+    if done:
+        logger.info("undistorted workspace %s already exists; reusing it", workspace)
+        return
+    options = pycolmap.UndistortCameraOptions(max_image_size=config.max_image_size)
+    pycolmap.undistort_images(str(workspace), str(model_dir), str(image_dir),
+                              undistort_options=options, num_threads=config.num_threads)
+    state.clear()                        # everything downstream is stale
+    state["undistort"] = key
+    _write_state(workspace, state)
+
+
+# Depth maps ---------------------------------------------------------------------------
+
+def _depth_paths(workspace: Path, name: str, kind: str) -> tuple[Path, Path]:
+    stereo = workspace / "stereo"
+    return (stereo / "depth_maps" / f"{name}.{kind}.bin",
+            stereo / "normal_maps" / f"{name}.{kind}.bin")
+
+
+def _run_cuda(workspace: Path, config: DenseConfig, names: list[str]) -> list[str]:
+    if all(_depth_paths(workspace, n, "geometric")[0].is_file() for n in names):
+        logger.info("all %d geometric depth maps exist; skipping PatchMatch", len(names))
+        return names
+    options = pycolmap.PatchMatchOptions(max_image_size=config.max_image_size,
+                                         geom_consistency=True)
+    pycolmap.patch_match_stereo(str(workspace), options=options)
+    return [n for n in names if _depth_paths(workspace, n, "geometric")[0].is_file()]
+
+
+def _load_gray(workspace: Path, name: str) -> np.ndarray:
+    path = workspace / "images" / name
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise InputError(f"cannot read the undistorted image {path}; delete {workspace} and rerun")
+    return image.astype(np.float32) / 255.0
+
+
+def _fingerprint(paths: list[Path]) -> list[list]:
+    """(name, size, mtime) of files: changes whenever one is rewritten."""
+    out = []
+    for path in sorted(paths):
+        stat = path.stat()
+        out.append([path.name, stat.st_size, stat.st_mtime_ns])
+    return out
+
+
+def _run_cpu(workspace: Path, config: DenseConfig, skipped: dict[str, str],
+             state: dict[str, Any]) -> list[str]:
+    cfg = config.cpu
+    rec = pycolmap.Reconstruction(str(workspace / "sparse"))
+    views = mvs_cpu.views_from_reconstruction(rec)
+    sources = mvs_cpu.select_source_views(rec, cfg)
+    ranges = mvs_cpu.depth_ranges(rec, cfg)
+    todo = []
+    for image_id, view in sorted(views.items(), key=lambda kv: kv[1].name):
+        if not sources.get(image_id):
+            skipped[view.name] = (f"no image shares >= 10 sparse points with it at a "
+                                  f"triangulation angle >= {cfg.min_triangulation_angle} deg")
+        elif image_id not in ranges:
+            skipped[view.name] = "too few sparse points in front of it for a depth range"
+        else:
+            todo.append(image_id)
+    for name, reason in skipped.items():
+        logger.warning("no depth map for %s: %s", name, reason)
+    if not todo:
+        raise ReconstructionError(
+            "no two views of the model overlap (no pair shares enough sparse points at a "
+            f"triangulation angle >= {cfg.min_triangulation_angle} deg); nothing to densify")
+    for image_id in todo:
+        logger.debug("%s: sources %s, depth range %.3g-%.3g", views[image_id].name,
+                     [views[s].name for s in sources[image_id]], *ranges[image_id])
+
+    # Pass 1: photometric depth maps, one per image, resumable.
+    photometric: dict[int, np.ndarray] = {}
+    gray_cache: dict[int, np.ndarray] = {}
+
+    def gray(image_id: int) -> np.ndarray:
+        if image_id not in gray_cache:
+            if len(gray_cache) > 2 * cfg.num_source_views + 4:
+                gray_cache.pop(next(iter(gray_cache)))
+            gray_cache[image_id] = _load_gray(workspace, views[image_id].name)
+        return gray_cache[image_id]
+
+    reused = 0
+    bar = tqdm(todo, desc="depth maps (cpu)", unit="img")
+    for image_id in bar:
+        view = views[image_id]
+        bar.set_postfix_str(view.name[-24:])
+        depth_path, _ = _depth_paths(workspace, view.name, "photometric")
+        if depth_path.is_file():
+            photometric[image_id] = _read_depth(depth_path)
+            reused += 1
+            continue
+        srcs = [s for s in sources[image_id]]
+        depth, _ = mvs_cpu.estimate_depth(
+            gray(image_id), view, [gray(s) for s in srcs], [views[s] for s in srcs],
+            ranges[image_id], cfg)
+        lo, hi = ranges[image_id]
+        depth_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(pycolmap.DepthMap.from_array(depth, lo, hi), depth_path)
+        photometric[image_id] = depth
+    if reused:
+        logger.info("reused %d photometric depth map(s) already written", reused)
+
+    # Pass 2: geometric consistency and normals (fast), unless already done on these maps.
+    geometric_key = json.loads(json.dumps({
+        "photometric": _fingerprint([_depth_paths(workspace, views[i].name, "photometric")[0]
+                                     for i in todo]),
+        "config": config_to_dict(cfg)}))
+    names = [views[i].name for i in todo]
+    if state.get("geometric") == geometric_key and all(
+            p.is_file() for n in names for p in _depth_paths(workspace, n, "geometric")):
+        logger.info("geometric depth and normal maps are up to date; reusing them")
+        return names
+    geometric = mvs_cpu.geometric_filter(photometric, views, sources, cfg)
+    done = []
+    for image_id in tqdm(todo, desc="consistency + normals", unit="img"):
+        view = views[image_id]
+        depth = geometric[image_id]
+        normals = mvs_cpu.normals_from_depth(depth, view.K, cfg.normal_radius)
+        depth_path, normal_path = _depth_paths(workspace, view.name, "geometric")
+        normal_path.parent.mkdir(parents=True, exist_ok=True)
+        lo, hi = ranges[image_id]
+        _atomic_write(normal_map(normals), normal_path)
+        _atomic_write(pycolmap.DepthMap.from_array(depth, lo, hi), depth_path)
+        kept = float((depth > 0).mean())
+        if kept < 0.01:
+            logger.warning("%s: only %.1f%% of its pixels have a consistent depth",
+                           view.name, 100 * kept)
+        done.append(view.name)
+    state["geometric"] = geometric_key
+    _write_state(workspace, state)
+    return done
+
+
+# Fusion and meshing -------------------------------------------------------------------
+
+def _ply_vertex_count(path: Path) -> int:
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode("ascii", "replace").strip()
+            if line.startswith("element vertex"):
+                return int(line.split()[-1])
+            if line == "end_header":
+                break
+    return 0
+
+
+def _fuse(workspace: Path, config: DenseConfig, names: list[str]) -> Path:
+    (workspace / "stereo" / "fusion.cfg").write_text("".join(f"{n}\n" for n in names))
+    options = pycolmap.StereoFusionOptions(
+        min_num_pixels=config.fusion_min_num_pixels,
+        max_reproj_error=config.fusion_max_reproj_error,
+        max_depth_error=config.fusion_max_depth_error,
+        max_normal_error=config.fusion_max_normal_error,
+        num_threads=config.num_threads)
+    fused = workspace / "fused.ply"
+    tmp = workspace / "fused.tmp.ply"
+    pycolmap.stereo_fusion(str(tmp), str(workspace), input_type="geometric",
+                           options=options, output_type="PLY")
+    os.replace(tmp, fused)
+    return fused
+
+
+def _mesh(fused: Path, config: DenseConfig) -> Path:
+    mesh = fused.with_name("meshed-poisson.ply")
+    tmp = fused.with_name("meshed-poisson.tmp.ply")
+    options = pycolmap.PoissonMeshingOptions(depth=config.poisson_depth, trim=config.poisson_trim,
+                                             num_threads=config.num_threads)
+    pycolmap.poisson_meshing(str(fused), str(tmp), options)
+    if not tmp.is_file():
+        raise ReconstructionError(f"Poisson meshing of {fused} wrote no mesh")
+    os.replace(tmp, mesh)
+    return mesh
+
+
+# Entry point --------------------------------------------------------------------------
+
+def densify(sfm_dir: str | Path, image_dir: str | Path, out_dir: str | Path,
+            config: DenseConfig = DenseConfig()) -> DenseResult:
+    """Dense model of the sparse model in ``sfm_dir`` (images in ``image_dir``) in ``out_dir``."""
+    model_dir = find_model_dir(sfm_dir)
+    image_dir = Path(image_dir)
+    workspace = Path(out_dir)
+    rec = pycolmap.Reconstruction(str(model_dir))
+    check_inputs(rec, image_dir, model_dir, config.cpu.min_triangulation_angle)
+    backend, reason = select_backend(config.backend, bool(getattr(pycolmap, "has_cuda", False)))
+    logger.info("dense: depth maps by %s (%s)", backend.upper(), reason)
+    names = sorted(rec.images[i].name for i in rec.reg_image_ids())
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    state = _read_state(workspace)
+    timer = _Timer()
+    skipped: dict[str, str] = {}
+    with timer.stage("undistortion"):
+        _undistort(model_dir, image_dir, workspace, config, state, names)
+
+    depth_key = json.loads(json.dumps(     # as it reads back from dense.json
+        {"backend": backend, "config": mvs_cpu.photometric_key(config.cpu)
+         if backend == "cpu" else {"max_image_size": config.max_image_size}}))
+    if state.get("depth") != depth_key:
+        stale = list((workspace / "stereo").glob("*_maps/*.bin"))
+        if stale:
+            logger.info("depth maps in %s were made with another configuration; recomputing",
+                        workspace)
+            for path in stale:
+                path.unlink()
+        state["depth"] = depth_key
+        state.pop("fusion", None)
+        _write_state(workspace, state)
+
+    with timer.stage(f"depth maps ({backend})"):
+        if backend == "cuda":
+            done = _run_cuda(workspace, config, names)
+        else:
+            done = _run_cpu(workspace, config, skipped, state)
+    if not done:
+        raise ReconstructionError("no depth map could be computed; see the warnings above")
+
+    fusion_key = json.loads(json.dumps({
+        "maps": _fingerprint([p for n in done for p in _depth_paths(workspace, n, "geometric")]),
+        "hash": config_hash("fusion", config)}))
+    fused = workspace / "fused.ply"
+    with timer.stage("fusion"):
+        if state.get("fusion") == fusion_key and fused.is_file():
+            logger.info("fused cloud %s exists; reusing it", fused)
+        else:
+            _fuse(workspace, config, done)
+            state["fusion"] = fusion_key
+            state.pop("mesh", None)
+            _write_state(workspace, state)
+    num_points = _ply_vertex_count(fused)
+    logger.info("fused cloud: %d points -> %s", num_points, fused)
+    if num_points == 0:
+        raise ReconstructionError(
+            "fusion produced no point: the depth maps do not agree across views; check that "
+            "the images overlap and the sparse model is correct")
+
+    mesh_path = None
+    if config.mesh:
+        mesh_path = workspace / "meshed-poisson.ply"
+        with timer.stage("poisson meshing"):
+            if state.get("mesh") == fusion_key and mesh_path.is_file():
+                logger.info("mesh %s exists; reusing it", mesh_path)
+            else:
+                _mesh(fused, config)
+                state["mesh"] = fusion_key
+                _write_state(workspace, state)
+
+    result = DenseResult(workspace, fused, mesh_path, backend, reason, num_points, len(done),
+                         timer.seconds, skipped)
+    state["result"] = {"backend": backend, "reason": reason, "num_fused_points": num_points,
+                       "num_depth_maps": len(done), "timings": timer.seconds,
+                       "skipped_images": skipped, "config": config_to_dict(config)}
+    _write_state(workspace, state)
+    return result

@@ -1,0 +1,378 @@
+"""Multi-view stereo on the CPU: plane sweep, local refinement, consistency filtering.
+
+For each reference image of an undistorted (pinhole) COLMAP workspace:
+
+1. **Source views** are chosen from the sparse model: the images that share the most 3D
+   points with the reference at a useful triangulation angle.
+2. **Plane sweep** (coarse, at ``sweep_max_size``): fronto-parallel planes sampled
+   uniformly in inverse depth over the range of the sparse points seen by the reference.
+   Each source image is warped onto the reference by the plane's homography; the matching
+   cost of a view is ``1 - NCC`` over a square window, and the costs of the ``best_k`` best
+   views are averaged (robust to occlusion). Winner-takes-all plus a parabola fit.
+3. **Refinement** at full resolution: a local search around the upsampled coarse depth,
+   warping every pixel with its own depth (so the window follows the surface), twice
+   with a shrinking step, then a parabola fit.
+4. **Photometric filter:** keep pixels with enough texture and a high aggregated NCC.
+5. **Geometric filter** (needs the photometric maps of all images): a pixel survives if its
+   3D point, projected into a source view and lifted back with that view's depth, comes
+   back within ``geom_max_reproj_error`` pixels and ``geom_max_depth_error`` relative
+   depth in at least ``geom_min_consistent`` views.
+
+Pixel coordinates follow COLMAP (pixel centres at +0.5); OpenCV calls get the -0.5 shift.
+Normals are estimated from the filtered depth (camera frame, facing the camera).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CpuMvsConfig:
+    num_source_views: int = 4            # per reference image, chosen from the sparse model
+    min_triangulation_angle: float = 2.0  # degrees; shared points below it do not count
+    num_depths: int = 128                # plane-sweep hypotheses (uniform in inverse depth)
+    sweep_max_size: int = 480            # long side of the coarse sweep (pixels)
+    window_radius: int = 3               # NCC window radius at the sweep scale
+    best_k: int = 2                      # average the costs of the best k source views
+    refine_window_radius: int = 4        # NCC window radius of the full-resolution refinement
+    refine_rounds: int = 2               # local search rounds (step halves each round... /4)
+    min_ncc: float = 0.5                 # photometric filter on the aggregated NCC
+    min_texture: float = 0.01            # std of intensity (0..1) in the window
+    geom_max_reproj_error: float = 1.0   # pixels
+    geom_max_depth_error: float = 0.01   # relative
+    geom_min_consistent: int = 1         # source views that must agree
+    depth_percentiles: tuple[float, float] = (1.0, 99.0)
+    depth_margin: float = 0.25           # range = [p_lo * (1 - m), p_hi * (1 + m)]
+    normal_radius: int = 4               # smoothing and difference radius of the normals
+
+
+PHOTOMETRIC_FIELDS = ("num_source_views", "min_triangulation_angle", "num_depths", "sweep_max_size",
+                      "window_radius", "best_k", "refine_window_radius", "refine_rounds", "min_ncc",
+                      "min_texture", "depth_percentiles", "depth_margin")
+
+
+def photometric_key(config: CpuMvsConfig) -> dict:
+    """The fields that change a photometric depth map (the rest act after it)."""
+    return {name: getattr(config, name) for name in PHOTOMETRIC_FIELDS}
+
+
+@dataclass(frozen=True)
+class PinholeView:
+    """A calibrated view: x_cam = R @ x_world + t, pixel = K @ x_cam (COLMAP convention)."""
+
+    name: str
+    K: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+    width: int
+    height: int
+
+    @property
+    def center(self) -> np.ndarray:
+        return -self.R.T @ self.t
+
+    def scaled(self, width: int, height: int) -> PinholeView:
+        s = np.diag([width / self.width, height / self.height, 1.0])
+        return PinholeView(self.name, s @ self.K, self.R, self.t, width, height)
+
+
+_TO_CV = np.array([[1.0, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])   # COLMAP -> OpenCV pixel coords
+
+
+def views_from_reconstruction(rec) -> dict[int, PinholeView]:
+    """PinholeView per registered image (the cameras must be PINHOLE/SIMPLE_PINHOLE)."""
+    views = {}
+    for image_id in rec.reg_image_ids():
+        image = rec.images[image_id]
+        camera = rec.cameras[image.camera_id]
+        pose = image.cam_from_world()
+        views[image_id] = PinholeView(
+            image.name, camera.calibration_matrix(), pose.rotation.matrix(),
+            np.asarray(pose.translation, np.float64), camera.width, camera.height)
+    return views
+
+
+def select_source_views(rec, config: CpuMvsConfig) -> dict[int, list[int]]:
+    """For each registered image, up to ``num_source_views`` images sharing the most points."""
+    centers = {i: rec.images[i].projection_center() for i in rec.reg_image_ids()}
+    min_cos = math.cos(math.radians(config.min_triangulation_angle))
+    shared: dict[int, dict[int, int]] = {i: {} for i in centers}
+    for point in rec.points3D.values():
+        ids = sorted({el.image_id for el in point.track.elements} & centers.keys())
+        if len(ids) < 2:
+            continue
+        rays = {i: point.xyz - centers[i] for i in ids}
+        rays = {i: r / max(np.linalg.norm(r), 1e-12) for i, r in rays.items()}
+        for a in ids:
+            for b in ids:
+                if a != b and float(rays[a] @ rays[b]) <= min_cos:
+                    shared[a][b] = shared[a].get(b, 0) + 1
+    result = {}
+    for image_id, counts in shared.items():
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        result[image_id] = [b for b, n in ranked[: config.num_source_views] if n >= 10]
+    return result
+
+
+def depth_ranges(rec, config: CpuMvsConfig) -> dict[int, tuple[float, float]]:
+    """Per registered image: the depth range of its sparse points, with a margin."""
+    ranges = {}
+    lo_p, hi_p = config.depth_percentiles
+    for image_id in rec.reg_image_ids():
+        image = rec.images[image_id]
+        pose = image.cam_from_world()
+        xyz = np.array([rec.points3D[p.point3D_id].xyz for p in image.points2D
+                        if p.has_point3D()]).reshape(-1, 3)
+        if len(xyz) == 0:
+            continue
+        z = (xyz @ pose.rotation.matrix().T + np.asarray(pose.translation))[:, 2]
+        z = z[z > 0]
+        if len(z) < 3:
+            continue
+        lo, hi = np.percentile(z, [lo_p, hi_p])
+        ranges[image_id] = (float(lo * (1 - config.depth_margin)),
+                            float(hi * (1 + config.depth_margin)))
+    return ranges
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """Float32 intensity in [0, 1]."""
+    if rgb.ndim == 3:
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return rgb.astype(np.float32) / (65535.0 if rgb.dtype == np.uint16 else 255.0)
+
+
+class _Ncc:
+    """NCC of a fixed reference image against warped source images, box windows."""
+
+    def __init__(self, ref: np.ndarray, radius: int, min_texture: float) -> None:
+        self.ksize = (2 * radius + 1, 2 * radius + 1)
+        self.ref = ref
+        self.mu = cv2.blur(ref, self.ksize)
+        var = cv2.blur(ref * ref, self.ksize) - self.mu * self.mu
+        self.std = np.sqrt(np.maximum(var, 0))
+        self.textured = self.std >= min_texture
+        self._inv_std = 1.0 / np.maximum(self.std, 1e-4)
+
+    def cost(self, warped: np.ndarray) -> np.ndarray:
+        """1 - NCC in [0, 2]; 2 where the window leaves the source image (NaN samples)."""
+        invalid = np.isnan(warped)
+        if invalid.any():
+            warped = np.where(invalid, 0.0, warped).astype(np.float32)
+            invalid = cv2.blur(invalid.astype(np.float32), self.ksize) > 0.2
+        mu = cv2.blur(warped, self.ksize)
+        var = cv2.blur(warped * warped, self.ksize)
+        var -= mu * mu
+        cov = cv2.blur(self.ref * warped, self.ksize)
+        cov -= self.mu * mu
+        np.maximum(var, 1e-8, out=var)
+        np.sqrt(var, out=var)
+        cov *= self._inv_std
+        cov /= var
+        cost = 1.0 - np.clip(cov, -1.0, 1.0, out=cov)
+        if invalid.any():
+            cost[invalid] = 2.0
+        return cost
+
+
+def _aggregate(costs: np.ndarray, best_k: int) -> np.ndarray:
+    """Mean of the ``best_k`` smallest costs along axis 0."""
+    k = min(best_k, costs.shape[0])
+    if k == costs.shape[0]:
+        return costs.mean(0)
+    return np.partition(costs, k - 1, axis=0)[:k].mean(0)
+
+
+def _parabola(c_minus: np.ndarray, c0: np.ndarray, c_plus: np.ndarray) -> np.ndarray:
+    """Sub-sample offset in [-0.5, 0.5] of the minimum of a parabola through three costs."""
+    denom = c_minus - 2 * c0 + c_plus
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = 0.5 * (c_minus - c_plus) / denom
+    offset[~(denom > 1e-9)] = 0.0
+    return np.clip(offset, -0.5, 0.5)
+
+
+def _relative(ref: PinholeView, src: PinholeView) -> tuple[np.ndarray, np.ndarray]:
+    r = src.R @ ref.R.T
+    return r, src.t - r @ ref.t
+
+
+def plane_sweep(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView],
+                inv_depths: np.ndarray, config: CpuMvsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Winner-takes-all inverse depth (with parabola refinement) and its cost, at ref size."""
+    ncc = _Ncc(ref_img, config.window_radius, config.min_texture)
+    h, w = ref_img.shape
+    k_inv = np.linalg.inv(ref.K)
+    volume = np.empty((len(inv_depths), h, w), np.float32)
+    for di, inv_d in enumerate(inv_depths):
+        costs = np.empty((len(srcs), h, w), np.float32)
+        for vi, (img, src) in enumerate(zip(src_imgs, srcs)):
+            r, t = _relative(ref, src)
+            hom = _TO_CV @ src.K @ (r + np.outer(t, [0.0, 0.0, inv_d])) @ k_inv @ np.linalg.inv(_TO_CV)
+            warped = cv2.warpPerspective(img, hom, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                         borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+            costs[vi] = ncc.cost(warped)
+        volume[di] = _aggregate(costs, config.best_k)
+    best = np.argmin(volume, axis=0)
+    rows, cols = np.indices((h, w))
+    cost0 = volume[best, rows, cols]
+    lo = np.clip(best - 1, 0, len(inv_depths) - 1)
+    hi = np.clip(best + 1, 0, len(inv_depths) - 1)
+    offset = _parabola(volume[lo, rows, cols], cost0, volume[hi, rows, cols])
+    offset[(best == 0) | (best == len(inv_depths) - 1)] = 0.0
+    step = inv_depths[1] - inv_depths[0] if len(inv_depths) > 1 else 0.0
+    return (inv_depths[best] + offset * step).astype(np.float32), cost0
+
+
+def refine(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView], inv_depth: np.ndarray,
+           step: float, config: CpuMvsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local search around a per-pixel inverse depth: (inverse depth, cost, textured mask)."""
+    ncc = _Ncc(ref_img, config.refine_window_radius, config.min_texture)
+    h, w = ref_img.shape
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float64) + 0.5, np.arange(h, dtype=np.float64) + 0.5)
+    pix = np.stack([xs, ys, np.ones_like(xs)], 0).reshape(3, -1)
+    rays = np.linalg.inv(ref.K) @ pix
+    bases = []
+    for src in srcs:
+        r, t = _relative(ref, src)
+        bases.append(((src.K @ r @ rays).astype(np.float32), (src.K @ t).astype(np.float32)))
+    current = inv_depth.astype(np.float32).copy()
+    cost = None
+    for _ in range(max(1, config.refine_rounds)):
+        offsets = (-1.0, 0.0, 1.0)
+        agg = np.empty((len(offsets), h, w), np.float32)
+        for oi, off in enumerate(offsets):
+            inv_d = (current + off * step).reshape(-1)
+            costs = np.empty((len(srcs), h, w), np.float32)
+            for vi, (img, (q, b)) in enumerate(zip(src_imgs, bases)):
+                z = q[2] + b[2] * inv_d
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    map_x = ((q[0] + b[0] * inv_d) / z - 0.5).reshape(h, w)
+                    map_y = ((q[1] + b[1] * inv_d) / z - 0.5).reshape(h, w)
+                bad = (z <= 0).reshape(h, w)
+                map_x[bad] = -1e4
+                warped = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+                costs[vi] = ncc.cost(warped)
+            agg[oi] = _aggregate(costs, config.best_k)
+        best = np.argmin(agg, axis=0)
+        rows, cols = np.indices((h, w))
+        cost = agg[best, rows, cols]
+        shift = best.astype(np.float32) - 1.0
+        at_centre = best == 1
+        frac = _parabola(agg[0], agg[1], agg[2])
+        current = current + (shift + np.where(at_centre, frac, 0.0)) * step
+        step = step / 3
+    return current.astype(np.float32), cost, ncc.textured
+
+
+def estimate_depth(ref_img: np.ndarray, ref: PinholeView, src_imgs: list[np.ndarray],
+                   srcs: list[PinholeView], depth_range: tuple[float, float],
+                   config: CpuMvsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Photometrically filtered depth (0 = invalid) and aggregated NCC of one reference view."""
+    h, w = ref_img.shape
+    scale = min(1.0, config.sweep_max_size / max(h, w))
+    cw, ch = max(8, round(w * scale)), max(8, round(h * scale))
+    small = lambda img: img if (cw, ch) == (img.shape[1], img.shape[0]) else cv2.resize(  # noqa: E731
+        img, (cw, ch), interpolation=cv2.INTER_AREA)
+    ref_c = ref.scaled(cw, ch)
+    srcs_c = [s.scaled(round(s.width * cw / w), round(s.height * ch / h)) for s in srcs]
+    src_c = [cv2.resize(img, (s.width, s.height), interpolation=cv2.INTER_AREA)
+             if (s.width, s.height) != (img.shape[1], img.shape[0]) else img
+             for img, s in zip(src_imgs, srcs_c)]
+    d_min, d_max = depth_range
+    inv_depths = np.linspace(1.0 / d_max, 1.0 / d_min, config.num_depths)
+    inv_c, _ = plane_sweep(small(ref_img), ref_c, src_c, srcs_c, inv_depths, config)
+    inv_full = inv_c if (cw, ch) == (w, h) else cv2.resize(inv_c, (w, h), interpolation=cv2.INTER_LINEAR)
+    step = float(inv_depths[1] - inv_depths[0]) if len(inv_depths) > 1 else 0.0
+    inv_ref, cost, textured = refine(ref_img, ref, src_imgs, srcs, inv_full, step, config)
+    ncc = 1.0 - cost
+    keep = textured & (ncc >= config.min_ncc) & (inv_ref >= 1.0 / d_max) & (inv_ref <= 1.0 / d_min)
+    depth = np.zeros((h, w), np.float32)
+    depth[keep] = 1.0 / inv_ref[keep]
+    return depth, ncc.astype(np.float32)
+
+
+def geometric_filter(depths: dict[int, np.ndarray], views: dict[int, PinholeView],
+                     sources: dict[int, list[int]], config: CpuMvsConfig) -> dict[int, np.ndarray]:
+    """Keep the pixels whose depth agrees with at least ``geom_min_consistent`` source views."""
+    result = {}
+    for ref_id, depth in depths.items():
+        ref = views[ref_id]
+        h, w = depth.shape
+        rows, cols = np.nonzero(depth > 0)
+        d = depth[rows, cols].astype(np.float64)
+        pix = np.stack([cols + 0.5, rows + 0.5, np.ones_like(d)], 0)
+        cam = (np.linalg.inv(ref.K) @ pix) * d
+        world = ref.R.T @ (cam - ref.t[:, None])
+        consistent = np.zeros(len(d), np.int32)
+        for src_id in sources.get(ref_id, []):
+            if src_id not in depths:
+                continue
+            src, src_depth = views[src_id], depths[src_id]
+            sc = src.R @ world + src.t[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                sp = src.K @ sc
+                sx, sy = sp[0] / sp[2], sp[1] / sp[2]
+            c, r = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
+            inside = (sc[2] > 0) & (c >= 0) & (c < src.width) & (r >= 0) & (r < src.height)
+            ds = np.zeros(len(d))
+            ds[inside] = src_depth[r[inside], c[inside]]
+            ok = inside & (ds > 0)
+            # Lift the source pixel with the source depth and bring it back to the reference.
+            back = (np.linalg.inv(src.K) @ np.stack([sx, sy, np.ones_like(sx)])) * ds
+            back_world = src.R.T @ (back - src.t[:, None])
+            rc = ref.R @ back_world + ref.t[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rp = ref.K @ rc
+                err = np.hypot(rp[0] / rp[2] - pix[0], rp[1] / rp[2] - pix[1])
+                depth_err = np.abs(rc[2] - d) / d
+            ok &= (err <= config.geom_max_reproj_error) & (depth_err <= config.geom_max_depth_error)
+            consistent += ok
+        filtered = np.zeros_like(depth)
+        keep = consistent >= config.geom_min_consistent
+        filtered[rows[keep], cols[keep]] = depth[rows[keep], cols[keep]]
+        result[ref_id] = filtered
+    return result
+
+
+def normals_from_depth(depth: np.ndarray, K: np.ndarray, radius: int = 4) -> np.ndarray:
+    """Unit normals (camera frame, facing the camera) from a depth map; 0 where invalid.
+
+    The back-projected points are first smoothed by a masked (normalised) box filter of
+    radius ``radius``; the normal is the cross product of their central differences at the
+    same radius, so noise in single depths barely tilts it.
+    """
+    h, w = depth.shape
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32) + 0.5, np.arange(h, dtype=np.float32) + 0.5)
+    k_inv = np.linalg.inv(K).astype(np.float32)
+    rays = np.stack([k_inv[0, 0] * xs + k_inv[0, 2], k_inv[1, 1] * ys + k_inv[1, 2],
+                     np.ones_like(xs)], -1)
+    valid = depth > 0
+    r = max(1, radius)
+    ksize = (2 * r + 1, 2 * r + 1)
+    weight = cv2.blur(valid.astype(np.float32), ksize)
+    points = cv2.blur(rays * depth[..., None], ksize) / np.maximum(weight, 1e-6)[..., None]
+    ok = weight > 0.3
+    pad = np.pad(points, ((r, r), (r, r), (0, 0)), mode="edge")
+    okpad = np.pad(ok, r, mode="constant")
+    dx = pad[r:-r, 2 * r:] - pad[r:-r, : -2 * r]
+    dy = pad[2 * r:, r:-r] - pad[: -2 * r, r:-r]
+    good = valid & okpad[r:-r, 2 * r:] & okpad[r:-r, : -2 * r] & okpad[2 * r:, r:-r] & okpad[: -2 * r, r:-r]
+    normals = np.cross(dx, dy)
+    norm = np.linalg.norm(normals, axis=-1, keepdims=True)
+    good &= norm[..., 0] > 0
+    fallback = -rays / np.linalg.norm(rays, axis=-1, keepdims=True)
+    normals = np.where(good[..., None], normals / np.maximum(norm, 1e-20), fallback)
+    flip = np.sum(normals * rays, -1) > 0
+    normals[flip] *= -1
+    normals[~valid] = 0
+    return normals.astype(np.float32)
