@@ -60,7 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, InputError, WeightsError
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
 from .base import Extractor, Features
 
@@ -265,7 +265,7 @@ def fmap_to_image(pos: np.ndarray, level_size: int, input_size: int,
                   original_size: int) -> np.ndarray:
     """Feature-map coordinates (one axis) -> original-image pixels, pixel centres at integers;
     see the module docstring for the derivation."""
-    u = np.asarray(pos, np.float64) * STRIDE + (STRIDE - 1) / 2 + 2.0  # = 4p + 3.5
+    u = np.asarray(pos, np.float64) * STRIDE + 3.5  # receptive-field centre (official: +1.5)
     if level_size != input_size:
         u = u * (input_size - 1) / max(level_size - 1, 1)
     return (u + 0.5) * (original_size / input_size) - 0.5
@@ -316,7 +316,7 @@ class D2Net(Extractor):
 
     def network_input(self, image: np.ndarray) -> torch.Tensor:
         """Resize (official rules, PIL bilinear) and preprocess: 1×3×h×w float32 on the
-        device (a channels-last view of the HWC buffer)."""
+        device (a channels-last view of the H×W×3 buffer)."""
         height, width = image.shape[:2]
         size = network_input_size(height, width, self.config.max_edge,
                                   self.config.max_sum_edges)
@@ -329,15 +329,16 @@ class D2Net(Extractor):
         return x.permute(2, 0, 1)[None].to(self.device)  # an HWC buffer is channels-last
 
     def dense_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The trunk: 1×3×h×w -> 1×512×(h/4-1)×(w/4-1) float32."""
+        """The trunk: 1×3×h×w -> 1×512×(h/4-1)×(w/4-1) float32, C×h×w contiguous (the
+        sparse detection gathers along rows of one channel)."""
         with torch.inference_mode():
             x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
-            return self.network(x).float()
+            return self.network(x).to(torch.float32, memory_format=torch.contiguous_format)
 
     def detect_level(self, dense: torch.Tensor, banned: torch.Tensor | None):
         """Hard detection, refinement and sampling on one level's (accumulated) map.
         Returns (fmap positions N×2 (i, j), scores N, descriptors N×C, detected cells h×w)."""
-        fmap = dense[0].contiguous()  # C×h×w (a copy when the trunk ran channels-last)
+        fmap = dense[0].contiguous()  # C×h×w
         c, i, j, patch = hard_detection(fmap, self.config.edge_threshold, banned)
         detected = torch.zeros(fmap.shape[1:], dtype=torch.bool, device=fmap.device)
         detected[i, j] = True
@@ -354,7 +355,7 @@ class D2Net(Extractor):
     def extract(self, image: np.ndarray) -> Features:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-            raise ConfigError(f"D2-Net expects an H×W×3 RGB image, got shape {image.shape}")
+            raise InputError(f"D2-Net expects an H×W×3 RGB image, got shape {image.shape}")
         height, width = image.shape[:2]
         with torch.inference_mode():
             x = self.network_input(image)
