@@ -1,9 +1,9 @@
 """SIFT and RootSIFT through OpenCV.
 
 Keypoints keep their OpenCV scale (``size``) and orientation (``angle``), so
-descriptor-only methods can describe them. Descriptors are L2-normalised (SIFT) or
-L1-normalised then square-rooted (RootSIFT, Arandjelović & Zisserman 2012), so both are
-unit-norm and match with the same nearest-neighbour code.
+descriptor-only methods can describe them. Descriptors are L1-normalised then
+square-rooted (RootSIFT, Arandjelović & Zisserman 2012; COLMAP's default "L1_ROOT") or
+L2-normalised (Lowe); both are unit-norm and match with the same nearest-neighbour code.
 """
 
 from __future__ import annotations
@@ -14,23 +14,34 @@ import cv2
 import numpy as np
 
 from ..images import to_grayscale
+from ..errors import ConfigError
 from .base import Extractor, Features
 
 
 @dataclass(frozen=True)
 class SiftConfig:
-    max_keypoints: int | None = 8192     # strongest by response; None keeps all
+    """Defaults follow COLMAP's SIFT extraction: peak threshold 0.02/3 per scale layer, edge
+    threshold 10, the largest-scale features kept when capped, RootSIFT (L1-root)
+    normalisation. The cap is higher than COLMAP's 8192 so that ~1-megapixel photos keep
+    every detection; it bounds the matching cost on large images."""
+
+    max_keypoints: int | None = 16384    # None keeps all
+    keep_largest_scales: bool = True     # cap by scale (as COLMAP) instead of by response
+    normalization: str = "l1-root"       # "l1-root" (RootSIFT, COLMAP's default) or "l2"
     upright: bool = False                # orientation fixed to 0, duplicates by angle merged
-    root: bool = False                   # RootSIFT
     n_octave_layers: int = 3
-    contrast_threshold: float = 0.04     # OpenCV's default; divided by n_octave_layers inside
+    contrast_threshold: float = 0.02     # OpenCV divides it by n_octave_layers
     edge_threshold: float = 10.0
     sigma: float = 1.6
-    max_edge: int | None = None          # resize the long side before detection; None = full res
-    keep_largest_scales: bool = False    # cap by scale (as COLMAP) instead of by response
     max_octave: int | None = None        # drop detections above this octave (first is -1)
     max_orientations: int | None = None  # orientations kept per location (COLMAP: 2)
-    precise_upscale: bool = True         # OpenCV's unbiased 2x upsampling of octave -1
+    precise_upscale: bool = False        # OpenCV's alternative 2x upsampling of octave -1
+    max_edge: int | None = None          # resize the long side before detection; None = full res
+
+    def __post_init__(self) -> None:
+        if self.normalization not in ("l1-root", "l2"):
+            raise ConfigError(f"SIFT normalization must be 'l1-root' or 'l2', got "
+                              f"{self.normalization!r}")
 
 
 class Sift(Extractor):
@@ -38,8 +49,11 @@ class Sift(Extractor):
     config_class = SiftConfig
     presets = {
         "sift": SiftConfig(),
-        "rootsift": SiftConfig(root=True),
+        "sift-l2": SiftConfig(normalization="l2"),          # Lowe's L2-normalised descriptor
         "sift-upright": SiftConfig(upright=True),
+        # RootSIFT on OpenCV's default detector settings: the strongest 8192 by response
+        "rootsift": SiftConfig(max_keypoints=8192, keep_largest_scales=False,
+                               contrast_threshold=0.04),
     }
 
     def __init__(self, config: SiftConfig | None = None, device: str | None = None) -> None:
@@ -72,7 +86,7 @@ class Sift(Extractor):
         if descriptors is None or not keypoints:
             return Features.empty(128, with_geometry=True)
         descriptors = descriptors.astype(np.float32)
-        if self.config.root:
+        if self.config.normalization == "l1-root":
             descriptors /= np.maximum(np.abs(descriptors).sum(1, keepdims=True), 1e-8)
             descriptors = np.sqrt(descriptors)
         else:
