@@ -297,3 +297,26 @@ def test_cli_model_without_points_and_empty_pairs_are_one_line_errors(tmp_path, 
                        "--pairs", str(tmp_path / "pairs.txt")])
     err = capsys.readouterr().err
     assert status == 2 and f"pairs file {tmp_path / 'pairs.txt'} is empty" in err
+
+
+def test_query_without_focal_prior_gets_its_focal_estimated(tmp_path):
+    model = _synthetic_model(num_images=5, num_points=300, seed=4)
+    features, matches, pairs = _write_stores(tmp_path, model, [1])
+    query = model.images[1]
+    db_model = copy.copy(model)
+    db_model.deregister_frame(db_model.images[1].frame_id)
+    camera = copy.copy(model.cameras[query.camera_id])
+    camera.params = [900.0, 320.0, 240.0, 0.0]          # EXIF-less guess, true focal 600
+    camera.has_prior_focal_length = False
+    retrieval = retrieval_from_pairs(pairs, [query.name])
+    config = LocalizationConfig(pose=PoseConfig(random_seed=0))
+    report = localize(db_model, {query.name: camera}, retrieval, features, matches, config,
+                      progress=False)
+    dt, dr = pose_errors(report.poses[query.name], query.cam_from_world())
+    assert dt < 1e-3 and dr < 1e-3
+    no_estimate = LocalizationConfig(pose=PoseConfig(random_seed=0),
+                                     estimate_focal_without_prior=False)
+    report = localize(db_model, {query.name: camera}, retrieval, features, matches,
+                      no_estimate, progress=False)
+    if query.name in report.poses:
+        assert pose_errors(report.poses[query.name], query.cam_from_world())[1] > 0.1
