@@ -240,3 +240,24 @@ def test_views_without_overlap(tmp_path):
     rec.write(str(tmp_path / "sfm"))
     with pytest.raises(ReconstructionError, match="no two views of the model overlap"):
         densify(tmp_path / "sfm", images, tmp_path / "mvs", FAST)
+
+
+def test_cli_dense_runs_and_parses_overrides(tmp_path):
+    from argparse import Namespace
+
+    from sfmfeat.commands.dense import build_config
+
+    config = build_config(Namespace(conf=["cpu.num_depths=48", "fusion_min_num_pixels=3"],
+                                    max_image_size=640, backend="cpu", no_mesh=True))
+    assert config.cpu.num_depths == 48 and config.fusion_min_num_pixels == 3
+    assert config.max_image_size == 640 and config.backend == "cpu" and not config.mesh
+    with pytest.raises(ConfigError):
+        build_config(Namespace(conf=["cpu.bogus=1"], max_image_size=None, backend=None,
+                               no_mesh=False))
+    scene = SyntheticScene(SceneConfig(width=96, height=72, num_views=3, texels_per_unit=40))
+    sfm, images = _make_inputs(tmp_path, scene, num_points=300)
+    out = tmp_path / "mvs"
+    assert main(["dense", str(sfm), str(images), str(out), "--conf", "cpu.num_depths=48",
+                 "--conf", "poisson_depth=6"]) == 0
+    assert (out / "fused.ply").is_file() and (out / "meshed-poisson.ply").is_file()
+    assert (out / "dense.json").is_file()

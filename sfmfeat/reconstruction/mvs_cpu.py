@@ -18,7 +18,10 @@ For each reference image of an undistorted (pinhole) COLMAP workspace:
    back within ``geom_max_reproj_error`` pixels and ``geom_max_depth_error`` relative
    depth in at least ``geom_min_consistent`` views.
 
-Pixel coordinates follow COLMAP (pixel centres at +0.5); OpenCV calls get the -0.5 shift.
+Pixel coordinates follow COLMAP's SfM convention (pixel centres at +0.5); OpenCV calls get
+the -0.5 shift. Note that COLMAP's own MVS code (PatchMatch, ``stereo_fusion``) lifts depth-map
+pixel (row, col) with image point (col, row), i.e. half a pixel off that convention; the
+resulting 0.5 px shift is far inside fusion's 2 px reprojection tolerance.
 Normals are estimated from the filtered depth (camera frame, facing the camera).
 """
 
