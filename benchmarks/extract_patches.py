@@ -67,8 +67,8 @@ def loop_patches(gray: np.ndarray, xy: np.ndarray, radii: np.ndarray, angles: np
 
 def bench_deepdesc(args) -> None:
     image = read_image(IMAGE)
-    sift = create_extractor("sift", {"max_keypoints": args.keypoints,
-                                     "contrast_threshold": 0.01})
+    sift = create_extractor("rootsift", {"max_keypoints": args.keypoints,
+                                         "contrast_threshold": 0.01})
     feats = sift.extract(image)
     deepdesc = DeepDesc(DeepDescConfig())
     factor = deepdesc.config.support_factor
@@ -122,7 +122,7 @@ def bench_caps(args) -> None:
     try:
         caps = Caps(CapsConfig())
         image = cv2.resize(read_image(IMAGE), (1024, 768), interpolation=cv2.INTER_AREA)
-        feats = create_extractor("sift", {"max_keypoints": args.keypoints}).extract(image)
+        feats = create_extractor("rootsift", {"max_keypoints": args.keypoints}).extract(image)
         seconds, _ = best_of(args.repeats, lambda: caps.describe(image, feats))
         print(f"CAPS: {seconds:.2f} s per 1024x768 image ({len(feats)} keypoints, {source}, "
               f"{torch.get_num_threads()} torch threads); official code not run here")

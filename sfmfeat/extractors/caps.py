@@ -223,7 +223,9 @@ class Caps(Describer):
     config_class = CapsConfig
     presets = {"caps": CapsConfig()}
     weight_files = (WEIGHTS,)
-    default_detector = "sift"
+    # keypoints of OpenCV's default SIFT detector (the papers' and the official extractors'
+    # setting), the 8192 strongest by response
+    default_detector = "rootsift"
 
     def __init__(self, config: CapsConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)

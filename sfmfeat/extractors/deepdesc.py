@@ -227,7 +227,9 @@ class DeepDesc(Describer):
     config_class = DeepDescConfig
     presets = {"deepdesc": DeepDescConfig()}
     weight_files = tuple(WEIGHT_FILES.values())
-    default_detector = "sift"
+    # keypoints of OpenCV's default SIFT detector (the papers' and the official extractors'
+    # setting), the 8192 strongest by response
+    default_detector = "rootsift"
 
     def __init__(self, config: DeepDescConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
