@@ -39,7 +39,7 @@ def sacre_coeur_setup(tmp_path_factory):
     images = require_shared("data/sacre_coeur/mapping")
     work = tmp_path_factory.mktemp("sacre_coeur_loo")
     pycolmap.logging.minloglevel = 2
-    reference = colmap_sift_model(images, work, max_num_features=2048, num_threads=2)
+    reference = colmap_sift_model(images, work, max_num_features=4096, num_threads=2)
     extraction = extract_features(images, work / "features.h5", "sift",
                                   overrides={"max_keypoints": 2048})
     pairs = exhaustive(extraction.valid_names)

@@ -31,9 +31,11 @@ logger = logging.getLogger(__name__)
 
 def colmap_sift_model(image_dir: str | Path, work_dir: str | Path,
                       max_num_features: int = 4096, max_image_size: int = 1024,
-                      seed: int = 0, num_threads: int = -1) -> pycolmap.Reconstruction:
+                      seed: int = 0, num_threads: int = -1,
+                      max_attempts: int = 4) -> pycolmap.Reconstruction:
     """COLMAP's SIFT pipeline (extraction, exhaustive matching, incremental mapping), one
-    camera per image; returns the largest model."""
+    camera per image; returns the largest model. Mapping is retried with the next seeds
+    (up to ``max_attempts``) while some image stays unregistered."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = work_dir / "colmap_sift.db"
@@ -47,15 +49,26 @@ def colmap_sift_model(image_dir: str | Path, work_dir: str | Path,
                               device=pycolmap.Device.cpu,
                               camera_mode=pycolmap.CameraMode.PER_IMAGE)
     pycolmap.match_exhaustive(database, device=pycolmap.Device.cpu)
-    options = pycolmap.IncrementalPipelineOptions()
-    options.random_seed = seed
-    options.num_threads = num_threads
-    model_dir = work_dir / "colmap_sift"
-    shutil.rmtree(model_dir, ignore_errors=True)
-    models = pycolmap.incremental_mapping(database, image_dir, model_dir, options)
-    if not models:
+    with pycolmap.Database.open(database) as db:
+        image_count = db.num_images()
+    best = None
+    for attempt in range(max_attempts):  # incremental mapping depends on the seed
+        options = pycolmap.IncrementalPipelineOptions()
+        options.random_seed = seed + attempt
+        options.num_threads = num_threads
+        model_dir = work_dir / "colmap_sift"
+        shutil.rmtree(model_dir, ignore_errors=True)
+        models = pycolmap.incremental_mapping(database, image_dir, model_dir, options)
+        for model in models.values():
+            if best is None or model.num_reg_images() > best.num_reg_images():
+                best = model
+        if best is not None and best.num_reg_images() == image_count:
+            break
+        logger.info("COLMAP SIFT mapping (seed %d) registered %d of %d images; retrying",
+                    seed + attempt, best.num_reg_images() if best else 0, image_count)
+    if best is None:
         raise ReconstructionError(f"COLMAP SIFT mapping of {image_dir} failed")
-    return max(models.values(), key=lambda r: r.num_reg_images())
+    return best
 
 
 def median_scene_distance(model: pycolmap.Reconstruction) -> float:
