@@ -200,8 +200,10 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
     if ground_truth is not None:
         references = (read_reference_poses(ground_truth)
                       if not isinstance(ground_truth, Mapping) else dict(ground_truth))
+        wanted = set(queries.cameras) | set(errors)
+        basenames = {n.replace("\\", "/").split("/")[-1] for n in wanted}
         references = {n: p for n, p in references.items()
-                      if n in queries.cameras or n in errors}
+                      if n in wanted or n.replace("\\", "/").split("/")[-1] in basenames}
         if not references:
             raise InputError(f"the ground truth {ground_truth} names none of the queries")
         evaluation = evaluate(report.poses, references, thresholds)

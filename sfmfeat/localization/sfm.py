@@ -281,8 +281,8 @@ class LocalizationReport:
     def summary(self) -> dict[str, Any]:
         localized = [r for r in self.results.values() if r.localized]
         keys = sorted({k for r in self.results.values() for k in r.timings})
-        timing = {k: float(np.mean([r.timings.get(k, 0.0) for r in self.results.values()]))
-                  for k in keys}
+        timing = {k: float(np.mean([r.timings[k] for r in self.results.values()
+                                    if k in r.timings])) for k in keys}
         return {
             "num_queries": len(self.results), "num_localized": len(localized),
             "num_failed": sum(r.status == "failed" for r in self.results.values()),
