@@ -186,6 +186,10 @@ def import_features_and_matches(reference: pycolmap.Reconstruction, database_pat
             if name0 not in image_ids or name1 not in image_ids:
                 report.skipped_pairs[f"{name0} {name1}"] = "image not in the model"
                 continue
+            if not (reference.images[image_ids[name0]].has_pose
+                    and reference.images[image_ids[name1]].has_pose):
+                report.skipped_pairs[f"{name0} {name1}"] = "image without a pose"
+                continue
             if (name0, name1) not in matches:
                 report.skipped_pairs[f"{name0} {name1}"] = "no matches stored"
                 continue
