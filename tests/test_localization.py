@@ -320,3 +320,42 @@ def test_query_without_focal_prior_gets_its_focal_estimated(tmp_path):
                       no_estimate, progress=False)
     if query.name in report.poses:
         assert pose_errors(report.poses[query.name], query.cam_from_world())[1] > 0.1
+
+
+@pytest.mark.parametrize("verification", ["poses", "poses+ransac", "ransac"])
+def test_triangulation_from_known_poses_keeps_poses_and_drops_wrong_matches(tmp_path,
+                                                                            verification):
+    from sfmfeat.reconstruction.triangulation import TriangulationConfig, triangulate_model
+
+    model = _synthetic_model(num_images=5, num_points=300, seed=5)
+    features, _, _ = _write_stores(tmp_path, model, [])
+    rng = np.random.default_rng(0)
+    point_of = {im.name: np.array([p.point3D_id if p.has_point3D() else -1
+                                   for p in im.points2D]) for im in model.images.values()}
+    names = sorted(point_of)
+    pairs, wrong_total = [], 0
+    with MatchWriter(tmp_path / "all.h5", "exact", "h", {}, features_config_hash="h") as w:
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                lookup = {pid: k for k, pid in enumerate(point_of[b]) if pid >= 0}
+                good = [(k, lookup[p]) for k, p in enumerate(point_of[a]) if p in lookup]
+                wrong = np.c_[rng.integers(0, len(point_of[a]), 40),
+                              rng.integers(0, len(point_of[b]), 40)]
+                wrong_total += 40
+                m = np.r_[np.array(good).reshape(-1, 2), wrong].astype(np.int32)
+                w.write(a, b, m, np.ones(len(m), np.float32))
+                pairs.append((a, b))
+    report = triangulate_model(model, tmp_path / "tri", features, tmp_path / "all.h5", pairs,
+                               config=TriangulationConfig(verification=verification,
+                                                          extract_colors=False,
+                                                          random_seed=0))
+    result = report.reconstruction
+    assert report.max_pose_change == 0.0
+    assert report.num_verified_pairs == len(pairs)
+    assert result.num_points3D() >= 0.9 * model.num_points3D()
+    # every triangulated point lies on a ground-truth point (wrong matches were dropped)
+    truth = np.array([p.xyz for p in model.points3D.values()])
+    xyz = np.array([p.xyz for p in result.points3D.values()])
+    nearest = np.min(np.linalg.norm(xyz[:, None] - truth[None], axis=2), axis=1)
+    assert np.quantile(nearest, 0.99) < 1e-3
+    assert report.num_inlier_matches <= report.num_matches - 0.9 * wrong_total
