@@ -130,10 +130,12 @@ def test_rotated_image_gives_the_same_descriptors(deepdesc):
     # np.rot90 (counter-clockwise): (x, y) -> (y, W-1-x), OpenCV angle a -> a - 90
     rng = np.random.default_rng(0)
     base = rng.uniform(0, 255, (24, 30, 3))
-    image = np.kron(base, np.ones((4, 4, 1))).astype(np.uint8)   # 96×120, blocky texture
+    image = np.kron(base, np.ones((4, 4, 1))).astype(np.uint8)   # blocky texture
+    # width 121: W-1 even, so pyramid level 1 of the rotated image is the rotated level 1
+    image = np.pad(image, ((0, 0), (0, 1), (0, 0)), mode="edge")
     h, w = image.shape[:2]
     xy = np.array([[40.0, 50.0], [70.0, 30.0], [60.5, 47.25]], np.float32)
-    sizes = np.array([6.0, 9.0, 12.0], np.float32)
+    sizes = np.array([3.0, 6.0, 10.0], np.float32)     # pyramid levels 0, 0 and 1
     angles = np.array([0.0, 30.0, 200.0], np.float32)
     kps = Features(xy, np.ones(3), np.zeros((3, 0)), scales=sizes, orientations=angles)
     rotated = np.ascontiguousarray(np.rot90(image))
