@@ -275,10 +275,11 @@ class DeepDesc(Describer):
 
 def antialiased_patches(gray: torch.Tensor, centers, radii, angles, patch_size: int
                         ) -> torch.Tensor:
-    """Patches sampled from a pyramid: each keypoint reads the finest octave whose pixel is
-    not smaller than half a patch pixel, so bilinear sampling does not alias. Octave k is
-    the image blurred and halved k times (``cv2.pyrDown``, whose pixel i is centred on
-    pixel 2i of the finer octave, so x_k = x / 2^k)."""
+    """Patches sampled from a pyramid: each keypoint reads the octave in which one patch
+    pixel spans 1 to 2 octave pixels (octave 0 when it spans less), so bilinear sampling
+    does not alias. Octave k is the image blurred and halved k times (``cv2.pyrDown``,
+    whose pixel i is centred on pixel 2i of the finer octave, so x_k = x / 2^k); the
+    coarsest octave is at least 1 px. One batched ``extract_patches`` call per octave used."""
     import cv2
 
     ratio = 2 * np.asarray(radii, np.float64) / patch_size          # image px per patch px
