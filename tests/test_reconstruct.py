@@ -66,8 +66,7 @@ def test_bad_input_folder_completes_and_names_rejected(tmp_path, sacre_coeur_dir
     images = tmp_path / "images"
     kinds = make_bad_input_folder(sacre_coeur_dir, images)
     out = tmp_path / "out"
-    assert main(["reconstruct", str(images), str(out), "--seed", "0",
-                 "--conf", "max_keypoints=4096"]) == 0
+    assert main(["reconstruct", str(images), str(out), "--seed", "0"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     rejected = summary["rejected_images"]
     bad = {name: reason for name, reason in kinds.items() if reason != "valid"}
