@@ -10,10 +10,11 @@ dir (``--weights``, holding ``contextdesc/contextdesc++.pth`` and
 (speed does not depend on the values).
 
 Reference, in the same run: the official code imported from ``--official`` (a checkout of
-lzx551402/contextdesc outside this repository). Its SIFT + patch stage needs only OpenCV and
-runs in this interpreter; its networks need TensorFlow and run in ``--official-python``
-(a venv with tensorflow-cpu), from the fixture's frozen ``loc.pb``/``aug.pb`` and a
-random-initialised regional ResNet50. Missing pieces are reported and skipped.
+lzx551402/contextdesc outside this repository), run in ``--official-python`` (a venv with
+tensorflow-cpu 2.15, NumPy 1.26 and OpenCV 4.10, as the fixtures were made): its SiftWrapper
+(SIFT, patches), the fixture's frozen ``loc.pb`` (SIFT + patches + local model, through
+``LocModel``) and ``aug.pb``, and a random-initialised regional ResNet50 (``RegModel`` graph).
+Missing pieces are reported and skipped; our figures are printed in any case.
 
 ``--parity`` also prints the parity figures on the shared fixtures (all 2000 keypoints of
 both images): patches, local features, matchability, augmented descriptors and uint8 codes.
@@ -29,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import cv2
@@ -41,6 +41,8 @@ SHARED = Path(os.environ.get("SFMFEAT_SHARED_DIR", REPO.parent / "shared"))
 IMAGE = SHARED / "data/sacre_coeur/mapping/02928139_3448003521.jpg"
 FIXTURES = SHARED / "fixtures/contextdesc"
 STAGES = ("sift", "patches", "local", "regional", "augmentation")
+if str(REPO) not in sys.path:  # a script run from a checkout without an installed sfmfeat
+    sys.path.insert(0, str(REPO))
 
 
 def parse_args(argv=None):
@@ -114,37 +116,6 @@ def run_ours(bgr: np.ndarray, n: int, threshold: float, repeats: int) -> dict:
     return best
 
 
-def _official_shims(checkout: Path) -> None:
-    """Let the official SiftWrapper run on OpenCV >= 4.4 (SIFT moved to the main module)."""
-    if not hasattr(cv2, "xfeatures2d"):
-        cv2.xfeatures2d = types.SimpleNamespace(SIFT_create=cv2.SIFT_create)
-    if str(checkout) not in sys.path:
-        sys.path.insert(0, str(checkout))
-
-
-def run_official_sift_patches(checkout: Path, gray: np.ndarray, n: int, threshold: float,
-                              repeats: int) -> dict | None:
-    if not (checkout / "utils" / "opencvhelper.py").is_file():
-        return None
-    _official_shims(checkout)
-    from utils.opencvhelper import SiftWrapper  # noqa: E402  (official code, from /tmp)
-
-    wrapper = SiftWrapper(n_feature=n, n_sample=0, peak_thld=threshold, edge_thld=10)
-    wrapper.pyr_off = True
-    wrapper.create()
-    best = None
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        _, cv_kpts = wrapper.detect(gray)
-        mid = time.perf_counter()
-        wrapper.build_pyramid(gray)
-        wrapper.get_patches(cv_kpts)
-        end = time.perf_counter()
-        if best is None or end - tic < best["sift"] + best["patches"]:
-            best = {"sift": mid - tic, "patches": end - mid, "keypoints": len(cv_kpts)}
-    return best
-
-
 CHILD = r'''
 import collections, collections.abc, json, os, sys, time, types
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -165,6 +136,14 @@ bgr = cv2.imread(image)
 gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[..., None]
 rgb = bgr[..., ::-1]
 out = {}
+from utils.opencvhelper import SiftWrapper
+wrapper = SiftWrapper(n_feature=int(n), n_sample=0, peak_thld=float(thr), edge_thld=10)
+wrapper.pyr_off = True
+wrapper.create()
+tic = time.perf_counter(); _, cv_kpts = wrapper.detect(gray[..., 0])
+out["sift"] = time.perf_counter() - tic
+tic = time.perf_counter(); wrapper.build_pyramid(gray[..., 0]); wrapper.get_patches(cv_kpts)
+out["patches"] = time.perf_counter() - tic
 loc = get_model("loc_model")(loc_pb, n_feature=int(n), n_sample=0, peak_thld=float(thr))
 loc.run_test_data(gray[256:512, 384:640])  # warm-up (the official code fails on 0 keypoints)
 tic = time.perf_counter(); loc_feat, kpt_mb, xy, kpts, _ = loc.run_test_data(gray)
@@ -339,32 +318,26 @@ def main(argv=None) -> None:
             os.environ["SFMFEAT_WEIGHTS_DIR"] = tmp
             print("weights: seeded random, converted format")
         ours = run_ours(bgr, args.keypoints, threshold, args.repeats)
+        print(f"ours: {ours['total']:.2f} s/image, {ours['keypoints']} keypoints", flush=True)
+        for stage in STAGES:
+            print(f"  {stage:<13}{ours.get(stage, float('nan')):8.3f} s", flush=True)
         image_path = Path(tmp) / "image.png"
         cv2.imwrite(str(image_path), bgr)
-        official = run_official_sift_patches(Path(args.official), gray, args.keypoints,
-                                             threshold, args.repeats)
-        networks = run_official_networks(args, image_path, args.keypoints, threshold) \
-            if official is not None else f"no official checkout at {args.official}"
-    print(f"ours: {ours['total']:.2f} s/image, {ours['keypoints']} keypoints")
-    for stage in STAGES:
-        print(f"  {stage:<13}{ours.get(stage, float('nan')):8.3f} s")
-    if official is None:
-        print(f"official: not available ({args.official} missing); our figures only")
+        if not (Path(args.official) / "models").is_dir():
+            official = f"no official checkout at {args.official}"
+        else:
+            official = run_official_networks(args, image_path, args.keypoints, threshold)
+    if not isinstance(official, dict):
+        print(f"official: not measured ({official}); our figures only")
     else:
-        print(f"official SIFT + patches ({official['keypoints']} keypoints): "
-              f"sift {official['sift']:.3f} s (ratio ours/official "
-              f"{ours['sift'] / official['sift']:.2f}), patches {official['patches']:.3f} s "
-              f"(ratio {ours['patches'] / official['patches']:.2f})")
-    if isinstance(networks, dict):
-        local = networks["sift+patches+local"]
-        print(f"official TF: sift+patches+local {local:.2f} s (ours "
-              f"{ours['sift'] + ours['patches'] + ours['local']:.2f} s, ratio "
-              f"{(ours['sift'] + ours['patches'] + ours['local']) / local:.2f}); regional "
-              f"{networks['regional']:.2f} s (ratio {ours['regional'] / networks['regional']:.2f});"
-              f" augmentation {networks['augmentation']:.2f} s (ratio "
-              f"{ours['augmentation'] / networks['augmentation']:.2f})")
-    else:
-        print(f"official networks: not measured ({networks})")
+        local = official["sift+patches+local"]
+        ours_local = ours["sift"] + ours["patches"] + ours["local"]
+        print(f"official ({official['keypoints']} keypoints; ratio = ours / official):")
+        for stage in ("sift", "patches"):
+            print(f"  {stage:<13}{official[stage]:8.3f} s  ratio {ours[stage] / official[stage]:.2f}")
+        print(f"  sift+patches+local (TF) {local:.3f} s  ratio {ours_local / local:.2f}")
+        for stage in ("regional", "augmentation"):
+            print(f"  {stage:<13}{official[stage]:8.3f} s  ratio {ours[stage] / official[stage]:.2f}")
     if args.parity:
         parity()
         regional_parity(args)

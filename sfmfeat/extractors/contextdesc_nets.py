@@ -46,6 +46,11 @@ class BatchNorm(nn.Module):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             False, 0.0, BN_EPS)
 
+    def last(self, x: torch.Tensor) -> torch.Tensor:
+        """The same on channels-last point features ``B×N×C`` (no transposes)."""
+        x = (x - self.running_mean) * torch.rsqrt(self.running_var + BN_EPS)
+        return x * self.weight + self.bias if self.weight is not None else x
+
 
 class Conv(nn.Module):
     """``tf.layers.conv2d`` (+ optional BN without gamma/beta, as ``conv_bn``), OIHW weight."""
@@ -93,9 +98,7 @@ class PointConv(Conv):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.linear(x, self.weight[:, :, 0, 0], self.bias)
-        if self.bn is not None:
-            x = self.bn(x.transpose(1, 2)).transpose(1, 2)
-        return x
+        return self.bn.last(x) if self.bn is not None else x
 
 
 def standardize(patches: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -249,9 +252,7 @@ def interpolate_3nn(query: torch.Tensor, points: torch.Tensor, values: torch.Ten
     sq_p = points.square().sum(-1, keepdim=True)
     dist = torch.sqrt((sq_q - 2 * dot + sq_p.transpose(1, 2) + 1e-6).clamp_min(0))
     k = min(3, points.shape[1])
-    # stable sort: on ties the lower index wins, as tf.math.top_k
-    dist, index = torch.sort(dist, dim=-1, stable=True)
-    dist, index = dist[..., :k], index[..., :k]
+    dist, index = torch.topk(dist, k, dim=-1, largest=False, sorted=True)
     if inverse_distance:
         inv = 1.0 / dist.clamp_min(1e-10)
     else:
@@ -259,8 +260,8 @@ def interpolate_3nn(query: torch.Tensor, points: torch.Tensor, values: torch.Ten
     weight = inv / inv.sum(-1, keepdim=True)
     batch, n, _ = index.shape
     channels = values.shape[-1]
-    gathered = torch.gather(values, 1, index.reshape(batch, n * k, 1).expand(-1, -1, channels))
-    gathered = gathered.reshape(batch, n, k, channels)
+    flat = index + (torch.arange(batch, device=index.device) * values.shape[1])[:, None, None]
+    gathered = values.reshape(-1, channels)[flat.reshape(-1)].reshape(batch, n, k, channels)
     return (weight[..., None] * gathered).sum(-2)
 
 
@@ -280,8 +281,7 @@ class VisualContext(nn.Module):
         batch, channels, height, width = regional.shape
         x = regional.flatten(2).transpose(1, 2)                      # B×(h·w)×C, row-major
         for conv, bn in ((self.conv1, self.conv1_bn), (self.conv2, self.conv2_bn)):
-            x = context_norm(conv(x))
-            x = F.relu(bn(x.transpose(1, 2)).transpose(1, 2))
+            x = F.relu(bn.last(context_norm(conv(x))))
         grid = grid_points(height, width, x.device).expand(batch, -1, -1)
         context = interpolate_3nn(kpt_xy, grid, x, self.inverse_distance)
         x = torch.cat([context, local_feat], dim=-1)
@@ -304,8 +304,7 @@ class GeometricContext(nn.Module):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         x = self.dim_control(points)
         for i in range(1, 5):
-            y = context_norm(x)
-            y = F.relu(getattr(self, f"cn{i}_bn1")(y.transpose(1, 2)).transpose(1, 2))
+            y = F.relu(getattr(self, f"cn{i}_bn1").last(context_norm(x)))
             x = x + getattr(self, f"cn{i}_conv1")(y)
         return self.context_trans(x)
 
