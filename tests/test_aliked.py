@@ -348,6 +348,7 @@ def test_grayscale_and_16bit_files(n16, regression_image, tmp_path):
     f16 = n16.extract(read_image(tmp_path / "gray16.png"))
     assert len(f8) > 20
     np.testing.assert_array_equal(f8.keypoints, f16.keypoints)
+    np.testing.assert_array_equal(n16.extract(gray).keypoints, f8.keypoints)  # H×W array
     frgb = n16.extract(read_image(tmp_path / "rgb16.png"))
     np.testing.assert_array_equal(frgb.keypoints,
                                   n16.extract(regression_image[100:228, 100:260]).keypoints)

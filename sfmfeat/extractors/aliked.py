@@ -392,6 +392,8 @@ class Aliked(Extractor):
 
     def extract(self, image: np.ndarray) -> Features:
         cfg = self.config
+        if image.ndim == 2:  # grayscale: the network expects three channels
+            image = np.repeat(image[:, :, None], 3, axis=2)
         height, width = image.shape[:2]
         if min(height, width) < STRIDE:
             return Features.empty(self.descriptor_dim)
