@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import cv2

@@ -6,8 +6,12 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import apply_overrides, parse_overrides
+
+if TYPE_CHECKING:
+    from ..reconstruction.dense import DenseConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_dense)
 
 
-def build_config(args) -> "DenseConfig":  # noqa: F821
+def build_config(args) -> DenseConfig:
     from ..reconstruction.dense import DenseConfig
 
     overrides = parse_overrides(args.conf)
