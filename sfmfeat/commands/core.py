@@ -158,6 +158,9 @@ def _register_reconstruct(subparsers) -> None:
     p.add_argument("--seed", type=int, default=-1, help="random seed of RANSAC and mapping")
     p.add_argument("--device")
     p.add_argument("--strict", action="store_true", help="fail on any unreadable image")
+    p.add_argument("--dense", action="store_true",
+                   help="also run dense MVS into OUTPUT/dense (fused.ply, meshed-poisson.ply)")
+    p.add_argument("--dense-max-image-size", type=int, default=1000)
     p.set_defaults(func=_run_reconstruct)
 
 
@@ -171,7 +174,8 @@ def _run_reconstruct(args) -> int:
         features=args.features, matcher=args.matcher, pairs=pairs,
         sequential_window=args.window, camera_mode=args.camera_mode,
         camera_model=args.camera_model, mapper=args.mapper, random_seed=args.seed,
-        strict=args.strict,
+        strict=args.strict, dense=args.dense,
+        dense_max_image_size=args.dense_max_image_size,
         feature_options=tuple(sorted(parse_overrides(args.conf).items())),
         matcher_options=tuple(sorted(parse_overrides(args.matcher_conf).items())))
     names = read_image_list(args.image_list) if args.image_list else None

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import pycolmap
 from tqdm import tqdm
 
 from ..config import config_hash, config_to_dict
+from ..timing import StageTimer
 from ..errors import ConfigError, InputError, ReconstructionError
 from . import mvs_cpu
 from .mvs_cpu import CpuMvsConfig
@@ -87,21 +86,6 @@ def select_backend(requested: str, has_cuda: bool) -> tuple[str, str]:
     if has_cuda:
         return "cuda", "pycolmap.has_cuda is True: COLMAP PatchMatch stereo on the GPU"
     return "cpu", "pycolmap.has_cuda is False: sfmfeat CPU plane-sweep MVS"
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        logger.info("== dense: %s", name)
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - start, 3)
-            logger.info("dense: %s took %.1f s", name, self.seconds[name])
 
 
 # Inputs -------------------------------------------------------------------------------
@@ -380,7 +364,7 @@ def densify(sfm_dir: str | Path, image_dir: str | Path, out_dir: str | Path,
 
     workspace.mkdir(parents=True, exist_ok=True)
     state = _read_state(workspace)
-    timer = _Timer()
+    timer = StageTimer(logger, prefix="dense: ")
     skipped: dict[str, str] = {}
     with timer.stage("undistortion"):
         _undistort(model_dir, image_dir, workspace, config, state, names)

@@ -47,6 +47,8 @@ class ReconstructionConfig:
     ransac_max_error: float = 4.0
     random_seed: int = -1
     strict: bool = False
+    dense: bool = False                 # also run dense MVS into OUT/dense
+    dense_max_image_size: int = 1000
     feature_options: tuple[tuple[str, Any], ...] = ()
     matcher_options: tuple[tuple[str, Any], ...] = ()
 
@@ -113,8 +115,18 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
         reconstruction = run_mapping(database_path, image_dir, output_dir / "sfm",
                                      MappingConfig(mapper=config.mapper,
                                                    random_seed=config.random_seed))
+    if config.dense:
+        from .dense import DenseConfig, densify
+
+        with timer.stage("dense"):
+            dense = densify(output_dir / "sfm", image_dir, output_dir / "dense",
+                            DenseConfig(max_image_size=config.dense_max_image_size))
     summary = _summary(config, names, extraction.rejected, reconstruction, database_path,
                        timer.seconds, features_path, matches_path)
+    if config.dense:
+        summary["num_dense_points"] = dense.num_fused_points
+        summary["dense_backend"] = dense.backend
+        summary["dense_timings"] = dense.timings
     _write_json(output_dir / "summary.json", summary)
     logger.info("registered %d/%d images, %d points, track %.2f, reprojection %.3f px",
                 summary["num_registered"], summary["num_images"], summary["num_points3D"],
