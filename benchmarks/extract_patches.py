@@ -17,17 +17,21 @@ samplers' patches differ.
 
 CAPS: seconds per image (SIFT keypoints excluded, ResUNet + sampling) on a 1024×768
 image, with the released weights when present in the weights dir, else the random-weight
-parity fixture (same network, same cost). The official CAPS code is not run here (it needs
-torchvision, which does not import beside this torch); its network is the same sequence of
-PyTorch ops, so its time per image is the same network cost.
+parity fixture (same network, same cost). With ``--official DIR --official-python PY`` (a
+checkout of qianqianwang68/caps outside the repository and a Python that has torchvision,
+e.g. a venv with torch 2.14.1 + torchvision 0.29.1) the official ``CAPSNet.extract_features``
+runs in a subprocess on the same input, and the ratio and descriptor difference are printed;
+without them the script says so and prints our figure alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import lzma
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -123,12 +127,73 @@ def bench_caps(args) -> None:
         caps = Caps(CapsConfig())
         image = cv2.resize(read_image(IMAGE), (1024, 768), interpolation=cv2.INTER_AREA)
         feats = create_extractor("rootsift", {"max_keypoints": args.keypoints}).extract(image)
-        seconds, _ = best_of(args.repeats, lambda: caps.describe(image, feats))
-        print(f"CAPS: {seconds:.2f} s per 1024x768 image ({len(feats)} keypoints, {source}, "
-              f"{torch.get_num_threads()} torch threads); official code not run here")
+        seconds, ours = best_of(args.repeats, lambda: caps.describe(image, feats))
+        print(f"CAPS: ours {seconds:.2f} s per 1024x768 image ({len(feats)} keypoints, {source}, "
+              f"{torch.get_num_threads()} torch threads)")
+        official = run_official_caps(args, caps, image, feats.keypoints)
+        if official is None:
+            return
+        t_official, desc = official
+        desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+        print(f"CAPS: official {t_official:.2f} s per image; speed ours vs official "
+              f"{t_official / seconds:.2f}x; max |normalised descriptor diff| "
+              f"{np.abs(ours.descriptors - desc).max():.2e}")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+_OFFICIAL_CAPS = r"""
+import json, sys, time, types
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+from CAPS.network import CAPSNet
+data = np.load(sys.argv[2])
+threads, repeats = int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+args = types.SimpleNamespace(pretrained=False, backbone="resnet50", coarse_feat_dim=128,
+                             fine_feat_dim=128)
+model = CAPSNet(args, "cpu")
+state = torch.load(sys.argv[3], map_location="cpu")["state_dict"]
+model.load_state_dict(state)
+model.eval()
+im = torch.from_numpy(data["image"])[None]
+coord = torch.from_numpy(data["coord"])[None]
+times = []
+with torch.no_grad():
+    for _ in range(repeats):
+        start = time.perf_counter()
+        feat_c, feat_f = model.extract_features(im, coord)
+        desc = torch.cat((feat_c, feat_f), -1).squeeze(0)
+        times.append(time.perf_counter() - start)
+np.save(sys.argv[6], desc.numpy())
+print(json.dumps({"seconds": min(times)}))
+"""
+
+
+def run_official_caps(args, caps, image, xy):
+    """(seconds, N×256 descriptors) of the official code, or None (with a message)."""
+    from sfmfeat.extractors.caps import WEIGHTS, preprocess
+    from sfmfeat.weights import weights_dir
+
+    if (not args.official or not (Path(args.official) / "CAPS" / "network.py").is_file()
+            or not shutil.which(args.official_python)):
+        print("CAPS: official code not available (pass --official DIR with a checkout of "
+              "qianqianwang68/caps and --official-python PY with torchvision); no ratio")
+        return None
+    with tempfile.TemporaryDirectory(prefix="sfmfeat-caps-official-") as tmp:
+        inputs = Path(tmp) / "inputs.npz"
+        np.savez(inputs, image=preprocess(image)[0].numpy(), coord=xy.astype(np.float32))
+        out = Path(tmp) / "desc.npy"
+        cmd = [args.official_python, "-c", _OFFICIAL_CAPS, str(Path(args.official).resolve()),
+               str(inputs), str(weights_dir() / WEIGHTS.relative_path),
+               str(torch.get_num_threads()), str(args.repeats), str(out)]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        if result.returncode != 0:
+            print("CAPS: official run failed: " + result.stderr.strip().splitlines()[-1])
+            return None
+        seconds = json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+        return seconds, np.load(out)
 
 
 def main() -> None:
@@ -138,12 +203,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch and cv2 threads (default: library defaults)")
     parser.add_argument("--skip-caps", action="store_true")
+    parser.add_argument("--skip-deepdesc", action="store_true")
+    parser.add_argument("--official", default="/tmp/official_caps",
+                        help="checkout of qianqianwang68/caps (outside the repository)")
+    parser.add_argument("--official-python", default="/tmp/venv_caps/bin/python",
+                        help="a Python with torchvision for the official CAPS code")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
     os.environ.setdefault("SFMFEAT_WEIGHTS_DIR", str(SHARED / "weights"))
-    bench_deepdesc(args)
+    if not args.skip_deepdesc:
+        bench_deepdesc(args)
     if not args.skip_caps:
         bench_caps(args)
 
