@@ -167,3 +167,18 @@ def test_sigkill_during_extraction_and_matching_resumes_identically(tmp_path,
         assert sorted(ref.pairs()) == sorted(got.pairs()) and len(ref.pairs()) == 10
         for pair in ref.pairs():
             np.testing.assert_array_equal(ref.read(*pair)[0], got.read(*pair)[0])
+
+
+def test_reconstruct_with_dense_on_synthetic_scene(tmp_path):
+    from sfmfeat.synthetic import SceneConfig, SyntheticScene
+
+    scene = SyntheticScene(SceneConfig(num_views=5, width=320, height=240, arc_degrees=40))
+    scene.write_images(tmp_path / "images")
+    out = tmp_path / "out"
+    assert main(["-q", "reconstruct", str(tmp_path / "images"), str(out), "--seed", "0",
+                 "--camera-mode", "single", "--dense", "--dense-max-image-size", "320"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_registered"] == 5
+    assert summary["num_dense_points"] > 5000
+    assert (out / "dense" / "fused.ply").is_file()
+    assert "dense" in summary["timings"]
