@@ -239,3 +239,23 @@ def test_grayscale_and_16bit_files(tmp_path, small_r2d2, real_image):
     assert len(f8) > 0 and np.unique(f8.scales).tolist() == [32.0]
     np.testing.assert_array_equal(f8.keypoints, f16.keypoints)
     np.testing.assert_array_equal(f8.descriptors, f16.descriptors)
+
+
+# --- end to end --------------------------------------------------------------------------
+
+def test_reconstruct_sacre_coeur_with_r2d2(sacre_coeur_dir, weights_env, tmp_path):
+    """R2D2 is matched as in its paper, mutual nearest neighbours without a ratio test
+    (with the default mnn-ratio 0.8 only 7/10 register). The pyramid is capped at 640 px
+    (levels 640 → 256 px) to keep CI short; the full preset gives 10/10, 1590 points."""
+    import json
+
+    from sfmfeat.cli import main
+
+    out = tmp_path / "out"
+    assert main(["-q", "reconstruct", str(sacre_coeur_dir), str(out), "--features", "r2d2",
+                 "--conf", "max_size=640", "--matcher", "mnn", "--seed", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_registered"] == summary["num_images"] == 10
+    assert summary["num_points3D"] > 800
+    assert summary["mean_track_length"] > 3.5
+    assert summary["mean_reprojection_error"] < 1.2
