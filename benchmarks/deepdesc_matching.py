@@ -17,7 +17,6 @@ Needs the staged shared data (``../shared``) and DeepDesc weights (SFMFEAT_WEIGH
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import time
 from pathlib import Path

@@ -84,7 +84,7 @@ def test_subtractive_normalization_gaussian_kernel_border_coefficients():
     mean00 = (k2[2, 2] / (k2.sum() * planes)) / coef00
     assert out[0, 1, 0, 0].item() == pytest.approx(1 - mean00.item(), rel=1e-5)
     assert out[0, 0, 0, 0].item() == pytest.approx(-mean00.item(), rel=1e-5)
-    # at (1,2): the impulse is at offset (-1,-2) -> kernel entry (1,0); in-image rows 1..4, cols 0..4
+    # at (1,2): the impulse is at offset (-1,-2) -> kernel entry (1,0); in-image rows 1..4
     coef12 = k2[1:, :].sum() / k2.sum()
     mean12 = (k2[1, 0] / (k2.sum() * planes)) / coef12
     assert out[0, 2, 1, 2].item() == pytest.approx(-mean12.item(), rel=1e-5)

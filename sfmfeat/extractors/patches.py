@@ -148,6 +148,6 @@ def affine_for_patch(center, radius: float, angle_deg: float, patch_size: int):
     cos, sin = math.cos(a), math.sin(a)
     cx, cy = float(center[0]), float(center[1])
     half = (patch_size - 1) / 2.0
-    # patch col j = half + s*( (x-cx) cos + (y-cy) sin ), row i = half + s*(-(x-cx) sin + (y-cy) cos)
+    # col j = half + s((x-cx) cos + (y-cy) sin), row i = half + s(-(x-cx) sin + (y-cy) cos)
     return [[s * cos, s * sin, half - s * (cx * cos + cy * sin)],
             [-s * sin, s * cos, half - s * (-cx * sin + cy * cos)]]
