@@ -25,8 +25,8 @@ keypoint orientation points right, like the MVS/Brown patches the models were tr
 The default factor 16 (i.e. 32σ of the DoG scale σ = size/2) was chosen by validation:
 RANSAC-verified mutual-NN matches on sacre_coeur pairs (1024 SIFT keypoints, 3 pairs) grow
 with the factor, 5: 355, 8: 457, 11: 483, 16: 520 (SIFT: 492), and flatten out at 16–22
-(2 pairs: 16: 393, 22: 391, 30: 383; the 5× of alphagamma's wrapper loses 28%).
-Adding 90/180/270° to the orientation changes little (f11: 481–490), so the angle
+(2 pairs: 16: 393, 22: 391, 30: 383; the 5× of alphagamma's wrapper loses 32%).
+Adding 90/180/270° to the orientation changes little (f11: 479–490), so the angle
 convention is not critical for these weights; upright patches do better on these upright
 photos (f11: 569) but are off by default, as in training. Patches are read from an image
 pyramid (``antialias``) so that large support regions do not alias (f16: 393 vs 388
