@@ -21,8 +21,8 @@ from sfmfeat.extractors.contextdesc import (
     sample_patches_cv2, sample_patches_torch, select_keypoints, standardize_patches,
     support_radius)
 from sfmfeat.extractors.contextdesc_nets import (
-    AugmentationModel, ContextDescNet, RegionalResNet50, context_norm, grid_points,
-    interpolate_3nn, tf_variable_names)
+    AugmentationModel, BatchNorm, ContextDescNet, RegionalResNet50, context_norm,
+    context_norm_bn_relu, grid_points, interpolate_3nn, tf_variable_names)
 from sfmfeat.extractors.tf_reader import read_checkpoint, read_graphdef_constants
 from sfmfeat.weights import load_state_dict_strict
 
@@ -52,6 +52,7 @@ def fixture_net(official_dir) -> ContextDescNet:
                                | read_graphdef_constants(official_dir / "aug.pb"), "fixture")
     load_state_dict_strict(net, state, "fixture")
     net.eval().local.fold_bn()          # as the extractor runs it
+    net.aug.fold_bn()
     return net
 
 
@@ -318,6 +319,11 @@ def test_context_norm_standardises_each_channel_over_the_points():
     torch.testing.assert_close(context_norm(x[:1]), y[:1])
     one = context_norm(torch.full((1, 1, 3), 4.0))
     assert torch.all(one == 0)                                # a single point: no NaN
+    bn = BatchNorm(7)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    fused = context_norm_bn_relu(x, bn)
+    torch.testing.assert_close(fused, torch.relu(bn.last(y)), atol=1e-5, rtol=1e-5)
 
 
 def test_3nn_interpolation_weights():

@@ -98,6 +98,7 @@ class ContextDesc(Extractor):
         _load(self.net, WEIGHT_FILES[c.variant])
         self.net.to(self.device).eval().requires_grad_(False)
         self.net.local.fold_bn()
+        self.net.aug.fold_bn()
         self.regional = None
         if c.context:
             self.regional = RegionalResNet50()

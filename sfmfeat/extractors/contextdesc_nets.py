@@ -97,7 +97,18 @@ class PointConv(Conv):
     def __init__(self, cin: int, cout: int, bias: bool = True, bn: bool = False) -> None:
         super().__init__(cin, cout, 1, bias=bias, bn=bn)
 
+    def fold_bn(self) -> None:
+        if self.bn is None:
+            return
+        with torch.no_grad():
+            scale = torch.rsqrt(self.bn.running_var + BN_EPS)
+            bias = self.bias if self.bias is not None else torch.zeros_like(scale)
+            self._folded = (self.weight[:, :, 0, 0] * scale[:, None],
+                            (bias - self.bn.running_mean) * scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._folded is not None:
+            return F.linear(x, *self._folded)
         x = F.linear(x, self.weight[:, :, 0, 0], self.bias)
         return self.bn.last(x) if self.bn is not None else x
 
@@ -115,6 +126,20 @@ def context_norm(x: torch.Tensor, eps: float = BN_EPS) -> torch.Tensor:
     mean = x.mean(dim=1, keepdim=True)
     var = (x - mean).square().mean(dim=1, keepdim=True)
     return (x - mean) * torch.rsqrt(var + eps)
+
+
+def context_norm_bn_relu(x: torch.Tensor, bn: "BatchNorm") -> torch.Tensor:
+    """``relu(bn(context_norm(x)))`` on ``B×N×C`` as one affine map per set and channel."""
+    if x.shape[1] == 0:
+        return x
+    var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
+    inv = torch.rsqrt(var + BN_EPS)
+    bn_inv = torch.rsqrt(bn.running_var + BN_EPS)
+    scale = inv * bn_inv
+    shift = (-mean * inv - bn.running_mean) * bn_inv
+    if bn.weight is not None:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    return torch.addcmul(shift, x, scale).relu_()
 
 
 class Matchability(nn.Module):
@@ -291,7 +316,7 @@ class VisualContext(nn.Module):
         batch, channels, height, width = regional.shape
         x = regional.flatten(2).transpose(1, 2)                      # B×(h·w)×C, row-major
         for conv, bn in ((self.conv1, self.conv1_bn), (self.conv2, self.conv2_bn)):
-            x = F.relu(bn.last(context_norm(conv(x))))
+            x = context_norm_bn_relu(conv(x), bn)
         grid = grid_points(height, width, x.device).expand(batch, -1, -1)
         context = interpolate_3nn(kpt_xy, grid, x, self.inverse_distance)
         x = torch.cat([context, local_feat], dim=-1)
@@ -314,7 +339,7 @@ class GeometricContext(nn.Module):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         x = self.dim_control(points)
         for i in range(1, 5):
-            y = F.relu(getattr(self, f"cn{i}_bn1").last(context_norm(x)))
+            y = context_norm_bn_relu(x, getattr(self, f"cn{i}_bn1"))
             x = x + getattr(self, f"cn{i}_conv1")(y)
         return self.context_trans(x)
 
@@ -326,6 +351,13 @@ class AugmentationModel(nn.Module):
         super().__init__()
         self.vis_context = VisualContext(inverse_distance=inverse_distance)
         self.geo_context = GeometricContext()
+
+    def fold_bn(self) -> "AugmentationModel":
+        """Fold the BNs that follow a conv (the fusion MLP) into it, for speed."""
+        for module in self.modules():
+            if isinstance(module, PointConv):
+                module.fold_bn()
+        return self
 
     def forward(self, local_feat: torch.Tensor, regional: torch.Tensor, kpt_m: torch.Tensor,
                 kpt_xy: torch.Tensor) -> torch.Tensor:
