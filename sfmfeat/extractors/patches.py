@@ -31,7 +31,8 @@ Bad input
 ---------
 - no keypoints: an empty ``(0, C, P, P)`` tensor;
 - centres at or beyond the border: the parts outside are border-replicated (no crash, any
-  distance: normalised coordinates are clamped before sampling);
+  distance: the affine entries are clamped to ±1e30, so positions stay finite and
+  grid_sample's border mode clips them);
 - radius 0: every sample hits the centre, so the patch is constant (the bilinear value at
   the centre); huge radii sample a shrunken, border-replicated image;
 - non-finite centres, radii or angles, or negative radii: ``ValueError``.
@@ -111,8 +112,9 @@ def extract_patches(image: torch.Tensor, centers, radii, angles_deg=None, patch_
         stop = min(n, start + step)
         # grid[k, i, j] = theta_k · (u_j, v_i, 1): separable, one broadcast add
         grid = torch.add(along_u[start:stop, None], along_v[start:stop, :, None])
-        # anything beyond [-1, 1] reads the border anyway; clamping keeps it finite
-        grid = grid.clamp_(-2.0, 2.0).reshape(1, (stop - start) * patch_size, patch_size, 2)
+        # entries of theta are within ±1e30, so the grid is finite; grid_sample's border
+        # mode clips out-of-image positions to the border pixels
+        grid = grid.reshape(1, (stop - start) * patch_size, patch_size, 2)
         sampled = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border",
                                 align_corners=False)                 # 1×C×(m·P)×P
         out[start:stop] = sampled.reshape(channels, stop - start, patch_size,
