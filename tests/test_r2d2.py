@@ -246,7 +246,8 @@ def test_grayscale_and_16bit_files(tmp_path, small_r2d2, real_image):
 def test_reconstruct_sacre_coeur_with_r2d2(sacre_coeur_dir, weights_env, tmp_path):
     """R2D2 is matched as in its paper, mutual nearest neighbours without a ratio test
     (with the default mnn-ratio 0.8 only 7/10 register). The pyramid is capped at 640 px
-    (levels 640 → 256 px) to keep CI short; the full preset gives 10/10, 1590 points."""
+    (levels 640 → 256 px) to keep CI short: measured 10/10, 1061 points, track length 4.51;
+    the full preset gives 10/10, 1590 points, 5.43, 0.785 px."""
     import json
 
     from sfmfeat.cli import main
@@ -258,4 +259,4 @@ def test_reconstruct_sacre_coeur_with_r2d2(sacre_coeur_dir, weights_env, tmp_pat
     assert summary["num_registered"] == summary["num_images"] == 10
     assert summary["num_points3D"] > 800
     assert summary["mean_track_length"] > 3.5
-    assert summary["mean_reprojection_error"] < 1.2
+    assert summary["mean_reprojection_error"] < 1.5   # measured 1.08 px
