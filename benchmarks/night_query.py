@@ -1,7 +1,7 @@
 """The Sacre-Coeur night query against every mapping image: RANSAC-verified matches per
 extractor.
 
-    python benchmarks/night_query.py [sift disk r2d2 aliked-n16 ...] [--conf disk:max_keypoints=8000]
+    python benchmarks/night_query.py [sift disk r2d2 aliked-n16 ...] [--conf disk:max_edge=1600]
 
 Every extractor preset named on the command line extracts features from
 ``query/night.jpg`` and the ten ``mapping`` images with its default settings. Each

@@ -15,7 +15,7 @@ import torch
 from conftest import require_shared
 from sfmfeat.errors import WeightsError
 from sfmfeat.extractors import available_presets, create_extractor
-from sfmfeat.extractors.disk import (DISK_DEPTH, Disk, DiskConfig, DiskNet, load_disk_network,
+from sfmfeat.extractors.disk import (DISK_DEPTH, Disk, DiskConfig, load_disk_network,
                                      nms_keypoints, top_k_mask)
 from sfmfeat.images import read_image
 from sfmfeat.weights import sha256_of

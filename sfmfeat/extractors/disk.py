@@ -61,7 +61,7 @@ class DiskConfig:
     max_keypoints: int | None = 5000   # top-k by heatmap logit; None keeps every NMS maximum
     nms_window: int = 5                # detect.py --window (odd)
     score_threshold: float = 0.0       # detect.py cutoff on the heatmap logit
-    max_edge: int | None = 1024        # resize the long side (bilinear, antialiased); None = full res
+    max_edge: int | None = 1024        # long side, bilinear antialiased resize; None = full res
     weights: str | None = None         # path to a checkpoint; None = the official depth-save.pth
 
 
