@@ -31,8 +31,9 @@ from pathlib import Path
 
 import pycolmap
 
+from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.config import parse_overrides
-from sfmfeat.errors import InputError, SfmfeatError
+from sfmfeat.errors import InputError
 from sfmfeat.extract import extract_features
 from sfmfeat.localization.pose import PoseConfig
 from sfmfeat.localization.queries import QueryList, read_query_lists
@@ -261,23 +262,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
-                        datefmt="%H:%M:%S")
-    pycolmap.logging.minloglevel = 0 if args.verbose else 2
+    setup_logging(args.verbose)
+    return run_guarded("pipelines.aachen", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     dataset, outputs = args.dataset, args.outputs
     if not dataset.is_dir():
-        print(f"pipelines.aachen: error: dataset folder {dataset} does not exist",
-              file=sys.stderr)
-        return 2
+        raise InputError(f"dataset folder {dataset} does not exist")
+    if not (dataset / IMAGES).is_dir():
+        raise InputError(f"{dataset / IMAGES} does not exist: not an Aachen dataset")
     outputs.mkdir(parents=True, exist_ok=True)
-    try:
-        if not (dataset / IMAGES).is_dir():
-            raise InputError(f"{dataset / IMAGES} does not exist: not an Aachen dataset")
-        summary = (run_local if args.protocol == "local" else run_full)(args, dataset, outputs)
-    except SfmfeatError as err:
-        print(f"pipelines.aachen: error: {err}", file=sys.stderr)
-        return 2
+    summary = (run_local if args.protocol == "local" else run_full)(args, dataset, outputs)
     return 0 if summary.get("num_localized") else 1
 
 

@@ -22,8 +22,8 @@ import logging
 import sys
 from pathlib import Path
 
+from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.benchmarks.reconstruction import benchmark, markdown_table, to_json
-from sfmfeat.errors import SfmfeatError
 from sfmfeat.images import read_image_list
 from sfmfeat.reconstruction.pipeline import ReconstructionConfig
 
@@ -78,19 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
-                        datefmt="%H:%M:%S")
-    import pycolmap
+    setup_logging(args.verbose)
 
-    pycolmap.logging.minloglevel = 0 if args.verbose else 2
-    try:
+    def job() -> int:
         args.outputs.mkdir(parents=True, exist_ok=True)
-        data = run(args)
-    except SfmfeatError as err:
-        print(f"pipelines.benchmark_reconstruction: error: {err}", file=sys.stderr)
-        return 2
-    return 1 if data["failures"] else 0
+        return 1 if run(args)["failures"] else 0
+
+    return run_guarded("pipelines.benchmark_reconstruction", job)
 
 
 if __name__ == "__main__":

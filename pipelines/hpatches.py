@@ -32,8 +32,9 @@ from sfmfeat.benchmarks.curves import draw_mma_curves
 from sfmfeat.benchmarks.hpatches import (EXCLUDED_SEQUENCES, PLOT_THRESHOLDS, HomographyConfig,
                                          evaluate_method, list_sequences, load_cache,
                                          save_cache, summarize_cache)
+from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.config import parse_overrides
-from sfmfeat.errors import InputError, SfmfeatError
+from sfmfeat.errors import InputError
 
 logger = logging.getLogger("pipelines.hpatches")
 
@@ -136,19 +137,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        args.outputs.mkdir(parents=True, exist_ok=True)
-        run(args)
-    except SfmfeatError as err:
-        print(f"pipelines.hpatches: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"pipelines.hpatches: error: {InputError(str(err))}", file=sys.stderr)
-        return 2
-    return 0
+    setup_logging(args.verbose)
+
+    def job() -> None:
+        try:
+            args.outputs.mkdir(parents=True, exist_ok=True)
+            run(args)
+        except OSError as err:
+            raise InputError(str(err)) from err
+
+    return run_guarded("pipelines.hpatches", job)
 
 
 if __name__ == "__main__":

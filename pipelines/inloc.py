@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.config import parse_overrides
-from sfmfeat.errors import InputError, SfmfeatError
+from sfmfeat.errors import InputError
 from sfmfeat.extract import extract_features
 from sfmfeat.images import list_images
 from sfmfeat.localization import inloc
@@ -203,17 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
+    setup_logging(args.verbose)
+
+    def job() -> None:
         run(args.dataset, args.outputs, args.pairs, args.features, args.matcher,
             args.retrieval, args.num_neighbors, args.ground_truth,
             parse_overrides(args.conf), args.device)
-    except SfmfeatError as err:
-        print(f"pipelines.inloc: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_guarded("pipelines.inloc", job)
 
 
 if __name__ == "__main__":

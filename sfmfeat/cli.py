@@ -12,6 +12,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+from collections.abc import Callable
 
 from . import __version__, commands
 from .errors import SfmfeatError
@@ -44,6 +45,20 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
         pass
 
 
+def run_guarded(program: str, job: Callable[[], int | None]) -> int:
+    """Run ``job``; an SfmfeatError becomes one line on stderr and exit status 2, an
+    interruption exit status 130. Used by the CLI and by every ``pipelines`` module."""
+    try:
+        result = job()
+    except SfmfeatError as err:
+        print(f"{program}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,16 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     setup_logging(args.verbose, args.quiet)
-    try:
-        result = args.func(args)
-    except SfmfeatError as err:
-        print(f"sfmfeat {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"sfmfeat {args.command}: interrupted; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
-    return int(result or 0)
+    return run_guarded(f"sfmfeat {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":
