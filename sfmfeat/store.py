@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
@@ -257,6 +257,40 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+class StoreReader:
+    """Read access to a finished store file of one ``kind`` (kept open; a context manager).
+
+    Checks the kind and schema version and exposes the method, config hash and config."""
+
+    kind: ClassVar[str]
+    missing_hint: ClassVar[str]
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"{self.kind.replace('_', ' ')} file {self.path} does not exist; "
+                             f"{self.missing_hint}")
+        self._handle = _open_h5(self.path)
+        attrs = self._handle.attrs
+        if attrs.get("kind") != self.kind:
+            raise StoreError(f"{self.path} holds {attrs.get('kind')}, not {self.kind}")
+        if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {attrs.get('schema_version')}, "
+                             f"expected {SCHEMA_VERSION}")
+        self.method = str(attrs["method"])
+        self.config_hash = str(attrs["config_hash"])
+        self.config = json.loads(attrs["config"])
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 # ----------------------------------------------------------------------------- features
 
 class FeatureWriter(_ShardedWriter):
@@ -277,24 +311,11 @@ class FeatureWriter(_ShardedWriter):
                                      "image_size": np.asarray(image_size, np.int64)})
 
 
-class FeatureReader:
-    """Read access to a finished features.h5 (kept open; use as a context manager)."""
+class FeatureReader(StoreReader):
+    """Read access to a finished features.h5."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise StoreError(f"feature file {self.path} does not exist; run `sfmfeat extract` "
-                             "first")
-        self._handle = _open_h5(self.path)
-        attrs = self._handle.attrs
-        if attrs.get("kind") != "features":
-            raise StoreError(f"{self.path} is not a feature file")
-        if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {attrs.get('schema_version')}, "
-                             f"expected {SCHEMA_VERSION}")
-        self.method = str(attrs["method"])
-        self.config_hash = str(attrs["config_hash"])
-        self.config = json.loads(attrs["config"])
+    kind = "features"
+    missing_hint = "run `sfmfeat extract` first"
 
     def names(self) -> list[str]:
         return [key[0] for key in _item_keys(self._handle, "features")]
@@ -319,15 +340,6 @@ class FeatureReader:
     def image_size(self, name: str) -> tuple[int, int]:
         width, height = self._group(name).attrs["image_size"]
         return int(width), int(height)
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> "FeatureReader":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------------------ matches
@@ -359,23 +371,15 @@ class MatchWriter(_ShardedWriter):
                  {})
 
 
-class MatchReader:
-    """Read access to a finished matches.h5 (kept open; use as a context manager)."""
+class MatchReader(StoreReader):
+    """Read access to a finished matches.h5."""
+
+    kind = "matches"
+    missing_hint = "run `sfmfeat match` first"
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise StoreError(f"match file {self.path} does not exist; run `sfmfeat match` first")
-        self._handle = _open_h5(self.path)
-        attrs = self._handle.attrs
-        if attrs.get("kind") != "matches":
-            raise StoreError(f"{self.path} is not a match file")
-        if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {attrs.get('schema_version')}, "
-                             f"expected {SCHEMA_VERSION}")
-        self.method = str(attrs["method"])
-        self.config_hash = str(attrs["config_hash"])
-        self.features_config_hash = str(attrs["features_config_hash"])
+        super().__init__(path)
+        self.features_config_hash = str(self._handle.attrs["features_config_hash"])
 
     def pairs(self) -> list[tuple[str, str]]:
         return list(_item_keys(self._handle, "matches"))  # type: ignore[arg-type]
@@ -395,15 +399,6 @@ class MatchReader:
         if swapped:
             matches = np.ascontiguousarray(matches[:, ::-1])
         return matches, group["scores"][()]
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> "MatchReader":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def missing(items: Iterable, done: Any) -> list:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, ImageReadError, InputError, StoreError
 from ..pairs import Pair, unique_pairs
-from ..store import (SCHEMA_VERSION, FeatureReader, StoreInfo, _item_keys, _item_path,
+from ..store import (SCHEMA_VERSION, FeatureReader, StoreInfo, StoreReader, _item_keys, _item_path,
                      _open_h5, _ShardedWriter)
 
 if TYPE_CHECKING:
@@ -68,24 +68,11 @@ class GlobalDescriptorWriter(_ShardedWriter):
         self.add((name,), {DATASET: descriptor}, {"name": name})
 
 
-class GlobalDescriptorReader:
-    """Read access to a finished global-descriptor file (kept open; a context manager)."""
+class GlobalDescriptorReader(StoreReader):
+    """Read access to a finished global-descriptor file."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise StoreError(f"global descriptor file {self.path} does not exist; run "
-                             "`sfmfeat retrieval` first")
-        self._handle = _open_h5(self.path)
-        attrs = self._handle.attrs
-        if attrs.get("kind") != KIND:
-            raise StoreError(f"{self.path} holds {attrs.get('kind')}, not global descriptors")
-        if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {attrs.get('schema_version')}, "
-                             f"expected {SCHEMA_VERSION}")
-        self.method = str(attrs["method"])
-        self.config_hash = str(attrs["config_hash"])
-        self.config = json.loads(attrs["config"])
+    kind = KIND
+    missing_hint = "run `sfmfeat retrieval` first"
 
     def names(self) -> list[str]:
         return [key[0] for key in _item_keys(self._handle, KIND)]
@@ -144,14 +131,6 @@ class GlobalDescriptorReader:
                              + (" ..." if len(absent) > 5 else ""))
         return StoredDescriptors(self, list(names))
 
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> "GlobalDescriptorReader":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 class DescriptorSource(Protocol):
