@@ -449,3 +449,25 @@ def test_augmentation_handles_zero_and_one_keypoint():
                     torch.zeros(1, 1, 2))
     assert empty.shape == (1, 0, 128)
     assert torch.isfinite(one).all() and one.shape == (1, 1, 128)
+
+
+def test_regional_model_serves_retrieval_pairs(random_env, sacre_coeur_dir, tmp_path):
+    import shutil
+
+    from sfmfeat.cli import main
+    from sfmfeat.localization.retrieval import GlobalDescriptorReader
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(sacre_coeur_dir.glob("*.jpg"))[:3]:
+        shutil.copy(path, images / path.name)
+    pairs = tmp_path / "pairs.txt"
+    assert main(["-q", "pairs", "retrieval", "--method", "contextdesc", "--images",
+                 str(images), "-o", str(pairs), "--num-neighbors", "1"]) == 0
+    assert len(pairs.read_text().splitlines()) >= 2
+    with GlobalDescriptorReader(tmp_path / "global-contextdesc.h5") as reader:
+        assert reader.method == "contextdesc-regional" and len(reader.names()) == 3
+        for name in reader.names():
+            descriptor = reader.read(name)
+            assert descriptor.shape == (2048,)
+            assert abs(np.linalg.norm(descriptor) - 1) < 1e-4

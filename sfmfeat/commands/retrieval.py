@@ -17,7 +17,7 @@ from ..images import list_images, read_image_list
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("vlad", "netvlad", "netvlad-tokyotm")
+METHODS = ("vlad", "netvlad", "netvlad-tokyotm", "contextdesc")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +45,8 @@ def register_pair_kinds(kinds: argparse._SubParsersAction) -> None:
 def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="pairs file to write")
     p.add_argument("--method", choices=METHODS, default="vlad",
-                   help="vlad: over local features (no weights); netvlad: official weights")
+                   help="vlad: over local features (no weights); netvlad: official weights; "
+                        "contextdesc: max-pooled regional ResNet50 map of ContextDesc")
     p.add_argument("--images", type=Path, help="image folder (NetVLAD)")
     p.add_argument("--features", type=Path, help="local features .h5 (VLAD)")
     p.add_argument("--descriptors", type=Path,
@@ -121,14 +122,23 @@ def run_retrieval(args) -> int:
     else:
         if not args.images:
             raise InputError(f"--method {args.method} needs --images (an image folder)")
-        from ..localization.netvlad import compute_netvlad
-
         all_names = list_images(args.images)
         queries = _select(all_names, args.query_list, args.query_prefix, "query")
         db = _select(all_names, args.db_list, args.db_prefix, "database")
-        compute_netvlad(args.images, descriptors, args.method,
-                        image_names=list(dict.fromkeys(queries + db)), device=args.device,
-                        overwrite=args.overwrite)
+        names = list(dict.fromkeys(queries + db))
+        if args.method == "contextdesc":
+            from ..extractors import create_extractor
+            from ..localization.retrieval import compute_global_descriptors
+
+            contextdesc = create_extractor("contextdesc++", device=args.device)
+            compute_global_descriptors(args.images, descriptors, contextdesc.global_descriptor,
+                                       "contextdesc-regional", contextdesc.config,
+                                       image_names=names, overwrite=args.overwrite)
+        else:
+            from ..localization.netvlad import compute_netvlad
+
+            compute_netvlad(args.images, descriptors, args.method, image_names=names,
+                            device=args.device, overwrite=args.overwrite)
     pairs = ret.pairs_from_store(descriptors, args.num_neighbors, query_names=queries,
                                  db_names=db, db_descriptors=args.db_descriptors,
                                  min_score=args.min_score, memory_mb=args.memory_mb)
