@@ -41,7 +41,7 @@ class DemoResult:
                 and self.max_relative_position < MAX_RELATIVE_POSITION_ERROR)
 
 
-def run_demo(output_dir: str | Path, features: str = "sift", matcher: str = "mnn-ratio",
+def run_demo(output_dir: str | Path, features: str = "sift", matcher: str | None = None,
              scene_config: SceneConfig = SceneConfig(), seed: int = 0) -> DemoResult:
     output_dir = Path(output_dir)
     scene = SyntheticScene(scene_config)

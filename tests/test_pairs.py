@@ -43,3 +43,12 @@ def test_malformed_pairs_file_names_the_line(tmp_path):
         read_pairs(path)
     with pytest.raises(InputError, match="does not exist"):
         read_pairs(tmp_path / "none.txt")
+
+
+def test_each_extractor_brings_its_authors_matcher():
+    from sfmfeat.extractors import default_matcher
+
+    assert default_matcher("sift") == "mnn-ratio"
+    assert default_matcher("d2net-ss") == "mnn" and default_matcher("r2d2") == "mnn"
+    assert default_matcher("deepdesc+d2net-ss") == "mnn-ratio"  # the describer decides
+    assert default_matcher("contextdesc++") == "mnn-ratio"

@@ -145,7 +145,9 @@ def _register_reconstruct(subparsers) -> None:
     p.add_argument("images", type=Path, help="image folder")
     p.add_argument("output", type=Path, help="output folder")
     p.add_argument("--features", default="sift")
-    p.add_argument("--matcher", default="mnn-ratio")
+    p.add_argument("--matcher", default=None,
+                   help="matcher preset (default: the extractor's own, e.g. mnn-ratio for "
+                        "sift, mnn for d2net and r2d2)")
     p.add_argument("--pairs", default="exhaustive",
                    help="exhaustive, sequential or a pairs file (default exhaustive)")
     p.add_argument("--window", type=int, default=10, help="window of sequential pairs")

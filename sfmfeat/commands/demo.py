@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("output", nargs="?", type=Path, default=Path("sfmfeat-demo"),
                    help="output folder (default ./sfmfeat-demo)")
     p.add_argument("--features", default="sift")
-    p.add_argument("--matcher", default="mnn-ratio")
+    p.add_argument("--matcher", default=None, help="default: the extractor's own")
     p.add_argument("--views", type=int, default=12, help="number of synthetic views")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_demo)

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from .base import Describer, DetectAndDescribe, Extractor, Features
 
 __all__ = ["Extractor", "Describer", "Features", "create_extractor", "available_presets",
-           "extractor_classes"]
+           "extractor_classes", "default_matcher"]
 
 
 @lru_cache(maxsize=1)
@@ -56,6 +56,14 @@ def _lookup(name: str) -> tuple[type[Extractor], Any]:
         raise ConfigError(f"unknown feature preset {name!r}; choose one of: "
                           + ", ".join(sorted(presets)))
     return presets[name]
+
+
+def default_matcher(name: str) -> str:
+    """The matcher preset that goes with feature preset ``name`` (the describer's, for
+    ``desc+det`` combinations)."""
+    if name not in available_presets():
+        name = name.partition("+")[0]
+    return _lookup(name)[0].default_matcher
 
 
 def create_extractor(name: str, overrides: dict[str, Any] | None = None,

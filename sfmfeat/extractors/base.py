@@ -112,12 +112,15 @@ class Extractor(abc.ABC):
     config_class:  a frozen dataclass; its defaults are the method's ``default_conf``.
     presets:       preset name -> config instance, e.g. {"d2net-ss": D2NetConfig()}.
     weight_files:  official weight files this method can load (see sfmfeat.weights).
+    default_matcher: matcher preset used when the user names none.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
     presets: ClassVar[dict[str, Any]] = {}
     weight_files: ClassVar[tuple[WeightFile, ...]] = ()
+    # the matcher preset the method's authors use; pipelines take it when none is given
+    default_matcher: ClassVar[str] = "mnn-ratio"
 
     def __init__(self, config: Any = None, device: str | None = None) -> None:
         if config is None:

@@ -281,6 +281,7 @@ class D2Net(Extractor):
         "d2net-ms": D2NetConfig(scales=(0.5, 1.0, 2.0)),
     }
     weight_files = tuple(WEIGHT_FILES.values())
+    default_matcher = "mnn"  # the paper's and hloc's D2-Net matching: mutual NN, no ratio
 
     def __init__(self, config: D2NetConfig | None = None, device: str | None = None,
                  network: D2NetNetwork | None = None) -> None:

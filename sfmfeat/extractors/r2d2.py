@@ -174,6 +174,7 @@ class R2D2(Extractor):
     config_class = R2D2Config
     presets = {"r2d2": R2D2Config()}
     weight_files = (R2D2_WASF_N16,)
+    default_matcher = "mnn"  # the official matching: mutual NN, no ratio test
 
     def __init__(self, config: R2D2Config | None = None, device: str | None = None) -> None:
         super().__init__(config, device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from .. import __version__
 from ..config import config_hash, config_to_dict
 from ..errors import InputError, ReconstructionError
 from ..extract import extract_features
+from ..extractors import default_matcher
 from ..images import list_images
 from ..match import match_pairs
 from ..pairs import exhaustive, read_pairs, sequential, write_pairs
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ReconstructionConfig:
     features: str = "sift"
-    matcher: str = "mnn-ratio"
+    matcher: str | None = None          # None: the extractor's default (mnn-ratio, mnn, ...)
     pairs: str = "exhaustive"          # "exhaustive", "sequential" or a pairs-file path
     sequential_window: int = 10
     camera_mode: str = CameraMode.AUTO.value
@@ -66,6 +67,9 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 image_names: list[str] | None = None,
                 device: str | None = None) -> ReconstructionResult:
     image_dir, output_dir = Path(image_dir), Path(output_dir)
+    if config.matcher is None:
+        config = replace(config, matcher=default_matcher(config.features))
+        logger.info("matcher %s (the default for %s)", config.matcher, config.features)
     if image_names is None:
         image_names = list_images(image_dir)  # fails early on a missing or empty folder
     output_dir.mkdir(parents=True, exist_ok=True)
