@@ -10,11 +10,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import InputError
+from .textfiles import quote_name, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -70,26 +70,12 @@ def sequential(names: Sequence[str], window: int = 10, quadratic_overlap: bool =
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"pairs file {path} does not exist")
     pairs = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            fields = shlex.split(line)
-        except ValueError as err:
-            raise InputError(f"{path}:{line_number}: cannot parse {line!r} ({err})") from None
+    for where, text, fields in read_records(path, "pairs file"):
         if len(fields) < 2:
-            raise InputError(f"{path}:{line_number}: expected 'name0 name1', got {line!r}")
+            raise InputError(f"{where}: expected 'name0 name1', got {text!r}")
         pairs.append((fields[0], fields[1]))
     return unique_pairs(pairs)
-
-
-def _quote(name: str) -> str:
-    return shlex.quote(name) if any(c.isspace() or c in "'\"" for c in name) else name
 
 
 def write_pairs(path: str | Path, pairs: Iterable[Pair]) -> None:
@@ -97,5 +83,5 @@ def write_pairs(path: str | Path, pairs: Iterable[Pair]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{_quote(a)} {_quote(b)}\n" for a, b in pairs), encoding="utf-8")
+    tmp.write_text("".join(f"{quote_name(a)} {quote_name(b)}\n" for a, b in pairs), encoding="utf-8")
     os.replace(tmp, path)

@@ -21,6 +21,7 @@ import numpy as np
 import pycolmap
 
 from ..errors import InputError
+from ..textfiles import quote_name
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def write_queries(path: str | Path, cameras: dict[str, pycolmap.Camera]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for name, camera in cameras.items():
-        token = shlex.quote(name) if any(c.isspace() for c in name) else name
+        token = quote_name(name)
         params = " ".join(f"{v:.10g}" for v in camera.params)
         lines.append(f"{token} {camera.model.name} {camera.width} {camera.height} {params}\n")
     path.write_text("".join(lines), encoding="utf-8")

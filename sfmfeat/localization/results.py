@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import pycolmap
 
 from ..errors import InputError
+from ..textfiles import quote_name, read_records
 
 DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 INLOC_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 10.0), (0.5, 10.0), (1.0, 10.0))
@@ -46,10 +46,6 @@ def pose_from_wxyz(qvec: Sequence[float], tvec: Sequence[float]) -> pycolmap.Rig
     return pycolmap.Rigid3d(rotation, np.asarray(tvec, dtype=np.float64))
 
 
-def _name_token(name: str) -> str:
-    return shlex.quote(name) if any(c.isspace() or c in "'\"" for c in name) else name
-
-
 def write_poses(path: str | Path, poses: Mapping[str, pycolmap.Rigid3d],
                 prepend_camera_name: bool = False) -> Path:
     """Write ``name qw qx qy qz tx ty tz`` lines (world-to-camera), atomically.
@@ -70,38 +66,28 @@ def write_poses(path: str | Path, poses: Mapping[str, pycolmap.Rigid3d],
         q = quaternion_wxyz(pose)
         t = np.asarray(pose.translation, dtype=np.float64)
         values = " ".join(f"{v:.10g}" for v in (*q, *t))
-        lines.append(f"{_name_token(short)} {values}\n")
+        lines.append(f"{quote_name(short)} {values}\n")
     _atomic_write_text(path, "".join(lines))
     return path
 
 
 def read_poses(path: str | Path) -> dict[str, pycolmap.Rigid3d]:
     """Read a pose file written by :func:`write_poses` (or any 8-field submission file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"pose file {path} does not exist")
     poses: dict[str, pycolmap.Rigid3d] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            fields = shlex.split(line)
-        except ValueError as err:
-            raise InputError(f"{path}:{number}: cannot parse {line!r} ({err})") from None
+    for where, text, fields in read_records(path, "pose file"):
         if len(fields) != 8:
-            raise InputError(f"{path}:{number}: expected 'name qw qx qy qz tx ty tz' "
-                             f"(8 fields), got {len(fields)}: {line!r}")
+            raise InputError(f"{where}: expected 'name qw qx qy qz tx ty tz' "
+                             f"(8 fields), got {len(fields)}: {text!r}")
         try:
             values = [float(v) for v in fields[1:]]
         except ValueError:
-            raise InputError(f"{path}:{number}: non-numeric pose values in {line!r}") from None
+            raise InputError(f"{where}: non-numeric pose values in {text!r}") from None
         if not np.isfinite(values).all():
-            raise InputError(f"{path}:{number}: non-finite pose values in {line!r}")
+            raise InputError(f"{where}: non-finite pose values in {text!r}")
         try:
             poses[fields[0]] = pose_from_wxyz(values[:4], values[4:])
         except InputError as err:
-            raise InputError(f"{path}:{number}: {err}") from None
+            raise InputError(f"{where}: {err}") from None
     return poses
 
 
