@@ -26,7 +26,7 @@ class NearestNeighborConfig:
     mutual: bool = True
     ratio: float | None = None          # keep if d1 <= ratio * d2 (Lowe); None disables
     max_distance: float | None = None   # keep if d1 <= max_distance (L2); None disables
-    max_chunk_elements: int = 1 << 25   # similarities computed at once (128 MiB in fp32)
+    max_chunk_elements: int = 1 << 21   # similarities at once: 8 MiB in fp32, cache-sized
 
 
 class NearestNeighborMatcher:
