@@ -67,11 +67,11 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 image_names: list[str] | None = None,
                 device: str | None = None) -> ReconstructionResult:
     image_dir, output_dir = Path(image_dir), Path(output_dir)
+    if image_names is None:
+        image_names = list_images(image_dir)  # fails early on a missing or empty folder
     if config.matcher is None:
         config = replace(config, matcher=default_matcher(config.features))
         logger.info("matcher %s (the default for %s)", config.matcher, config.features)
-    if image_names is None:
-        image_names = list_images(image_dir)  # fails early on a missing or empty folder
     output_dir.mkdir(parents=True, exist_ok=True)
     timer = StageTimer(logger)
     features_path = output_dir / "features.h5"
