@@ -102,7 +102,8 @@ def test_empty_or_missing_folder_is_one_line_error(tmp_path, args):
 _EXTRACT = textwrap.dedent("""
     import sys
     from sfmfeat.extract import extract_features
-    extract_features(sys.argv[1], sys.argv[2], "sift", overrides={{"max_keypoints": 1024}},
+    # 8192 keypoints: enough work per pair that matching can be caught mid-way
+    extract_features(sys.argv[1], sys.argv[2], "sift", overrides={{"max_keypoints": 8192}},
                      checkpoint_every=1)
 """)
 _MATCH = textwrap.dedent("""
@@ -123,7 +124,7 @@ def _kill_after_shards(command, shard_dir, min_shards=2, timeout=300):
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 return True
-            time.sleep(0.05)
+            time.sleep(0.01)
     finally:
         if process.poll() is None:
             process.kill()
