@@ -106,6 +106,20 @@ def check_pairs_file(path: Path | None) -> None:
         raise InputError(f"pairs file {path} is empty: it names no image pair")
 
 
+def triangulate_database(args, reference, images: Path, db_features: Path, pairs: list,
+                         outputs: Path, sfm_name: str, verification: str):
+    """Match the database pairs and re-triangulate the reference model with them."""
+    db_matches = outputs / f"db_matches_{args.features}+{args.matcher}.h5"
+    match_pairs(pairs, db_features, db_matches, args.matcher,
+                overrides=parse_overrides(args.matcher_conf), device=args.device)
+    triangulation = triangulate_model(
+        reference, outputs / f"{sfm_name}_{args.features}+{args.matcher}", db_features,
+        db_matches, pairs, image_dir=images,
+        config=TriangulationConfig(verification=verification, random_seed=args.seed))
+    logger.info("triangulation: %s", triangulation.summary())
+    return triangulation
+
+
 def run_full(args, dataset: Path, outputs: Path) -> dict:
     images = dataset / IMAGES
     layout = LAYOUT[args.version]
@@ -126,14 +140,8 @@ def run_full(args, dataset: Path, outputs: Path) -> dict:
     if not pairs:
         raise InputError("no database pairs to triangulate from")
     write_pairs(outputs / "db_pairs.txt", pairs)
-    db_matches = outputs / f"db_matches_{args.features}+{args.matcher}.h5"
-    match_pairs(pairs, db_features, db_matches, args.matcher,
-                overrides=parse_overrides(args.matcher_conf), device=args.device)
-    sfm_dir = outputs / f"sfm_{args.features}+{args.matcher}"
-    triangulation = triangulate_model(
-        reference, sfm_dir, db_features, db_matches, pairs, image_dir=images,
-        config=TriangulationConfig(verification=args.verification, random_seed=args.seed))
-    logger.info("triangulation: %s", triangulation.summary())
+    triangulation = triangulate_database(args, reference, images, db_features, pairs,
+                                         outputs, "sfm", args.verification)
     queries = read_query_lists(query_lists(dataset))
     method = method_name(args)
     return localize_queries(args, triangulation.reconstruction, db_features, images, queries,
@@ -203,15 +211,9 @@ def run_local(args, dataset: Path, outputs: Path) -> dict:
     needed = sorted({n for p in db_pairs for n in p} | set(db_names))
     extract_features(images, db_features, args.features, image_names=needed,
                      overrides=feature_overrides, device=args.device)
-    db_matches = outputs / f"db_matches_{args.features}+{args.matcher}.h5"
-    match_pairs(db_pairs, db_features, db_matches, args.matcher,
-                overrides=parse_overrides(args.matcher_conf), device=args.device)
-    sfm_dir = outputs / f"sfm_local_{args.features}+{args.matcher}"
-    triangulation = triangulate_model(
-        reference, sfm_dir, db_features, db_matches, db_pairs, image_dir=images,
-        config=TriangulationConfig(verification="ransac", random_seed=args.seed))
+    triangulation = triangulate_database(args, reference, images, db_features, db_pairs,
+                                         outputs, "sfm_local", "ransac")
     queries = QueryList(cameras=night, sources={n: str(database) for n in night})
-    args.query_pairs = None
     pairs_path = outputs / "local_query_pairs.txt"
     write_pairs(pairs_path, query_pairs)
     args.query_pairs = str(pairs_path)
