@@ -116,6 +116,27 @@ def test_chunking_does_not_change_the_result():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_writing_into_rows_of_out_equals_a_fresh_result():
+    img = _ramp(c=2)
+    rng = np.random.default_rng(2)
+    centers = rng.uniform(0, 50, (5, 2))
+    radii = rng.uniform(1, 10, 5)
+    angles = rng.uniform(0, 360, 5)
+    fresh = extract_patches(img, centers, radii, angles, patch_size=6)
+    out = torch.full((8, 2, 6, 6), -1.0)
+    rows = [6, 0, 3, 1, 4]
+    got = extract_patches(img, centers, radii, angles, patch_size=6, out=out, rows=rows,
+                          chunk_size=2)
+    assert got is out
+    torch.testing.assert_close(out[rows], fresh, rtol=0, atol=0)
+    untouched = [2, 5, 7]
+    assert (out[untouched] == -1).all()
+    with pytest.raises(ValueError):
+        extract_patches(img, centers, radii, angles, patch_size=6, out=torch.empty(5, 1, 6, 6))
+    with pytest.raises(ValueError):
+        extract_patches(img, centers, radii, angles, patch_size=6, out=out, rows=[0, 1])
+
+
 @pytest.mark.parametrize("bad", [
     dict(centers=[[np.nan, 1.0]], radii=[1.0]),
     dict(centers=[[1.0, 1.0]], radii=[-1.0]),

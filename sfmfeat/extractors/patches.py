@@ -67,13 +67,18 @@ def patch_grid(centers: torch.Tensor, radii: torch.Tensor, angles_deg: torch.Ten
 
 
 def extract_patches(image: torch.Tensor, centers, radii, angles_deg=None, patch_size: int = 64,
-                    chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+                    chunk_size: int = DEFAULT_CHUNK, out: torch.Tensor | None = None,
+                    rows=None) -> torch.Tensor:
     """``N×C×P×P`` patches of ``image`` (``C×H×W`` float) around ``centers`` (``N×2``, x, y).
 
     ``radii`` (N) is the half side of the square support region in pixels; ``angles_deg``
     (N, OpenCV convention, None = 0) rotates the patch so that the keypoint orientation is
     the patch +x axis. One bilinear, border-replicating ``grid_sample`` runs per chunk of
     ``chunk_size`` keypoints (all patches of the chunk in a single call).
+
+    With ``out`` (an ``M×C×P×P`` tensor) the patches are written into it, patch k at row
+    ``rows[k]`` (``rows`` None: rows 0..N-1), and ``out`` is returned; this spares a copy
+    when several calls fill one array.
     """
     if image.ndim != 3:
         raise ValueError(f"image must be C×H×W, got shape {tuple(image.shape)}")
@@ -92,8 +97,19 @@ def extract_patches(image: torch.Tensor, centers, radii, angles_deg=None, patch_
     if len(radii) != n or len(angles_deg) != n:
         raise ValueError(f"centers ({n}), radii ({len(radii)}) and angles ({len(angles_deg)}) "
                          "must have one entry per keypoint")
+    if out is None:
+        out = image.new_empty((n, channels, patch_size, patch_size))
+    elif out.shape[1:] != (channels, patch_size, patch_size) or out.dtype != dtype:
+        raise ValueError(f"out must be M×{channels}×{patch_size}×{patch_size} {dtype}, got "
+                         f"{tuple(out.shape)} {out.dtype}")
+    if rows is not None:
+        rows = torch.as_tensor(rows, dtype=torch.long, device=device).reshape(-1)
+        if len(rows) != n:
+            raise ValueError(f"rows ({len(rows)}) must have one entry per keypoint ({n})")
+    elif len(out) < n:
+        raise ValueError(f"out has {len(out)} rows for {n} keypoints")
     if n == 0:
-        return image.new_zeros((0, channels, patch_size, patch_size))
+        return out
     for name, values in (("centers", centers), ("radii", radii), ("angles", angles_deg)):
         if not torch.isfinite(values).all():
             raise ValueError(f"keypoint {name} must be finite")
@@ -105,20 +121,21 @@ def extract_patches(image: torch.Tensor, centers, radii, angles_deg=None, patch_
     base = (2 * torch.arange(patch_size, dtype=dtype, device=device) + 1) / patch_size - 1
     along_u = theta[:, None, :, 0] * base[None, :, None]                      # N×P×2
     along_v = theta[:, None, :, 1] * base[None, :, None] + theta[:, None, :, 2]  # N×P×2
-    batch = image[None]
-    out = image.new_empty((n, channels, patch_size, patch_size))
     step = max(1, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
         # grid[k, i, j] = theta_k · (u_j, v_i, 1): separable, one broadcast add
         grid = torch.add(along_u[start:stop, None], along_v[start:stop, :, None])
         # entries of theta are within ±1e30, so the grid is finite; grid_sample's border
-        # mode clips out-of-image positions to the border pixels
-        grid = grid.reshape(1, (stop - start) * patch_size, patch_size, 2)
-        sampled = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border",
-                                align_corners=False)                 # 1×C×(m·P)×P
-        out[start:stop] = sampled.reshape(channels, stop - start, patch_size,
-                                          patch_size).transpose(0, 1)
+        # mode clips out-of-image positions to the border pixels. The image is expanded
+        # (a stride-0 view, no copy) to one batch entry per keypoint because the CPU kernel
+        # spreads only the batch dimension over threads.
+        sampled = F.grid_sample(image.expand(stop - start, -1, -1, -1), grid,
+                                mode="bilinear", padding_mode="border", align_corners=False)
+        if rows is None:
+            out[start:stop] = sampled
+        else:
+            out.index_copy_(0, rows[start:stop], sampled)
     return out
 
 
