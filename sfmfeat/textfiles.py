@@ -18,18 +18,31 @@ def quote_name(name: str) -> str:
     return shlex.quote(name) if any(c.isspace() or c in "'\"" for c in name) else name
 
 
-def read_records(path: str | Path, what: str) -> Iterator[tuple[str, str, list[str]]]:
-    """(``file:line``, line text, fields) for every non-blank, non-comment line."""
+def read_lines(path: str | Path, what: str) -> Iterator[tuple[str, str]]:
+    """(``file:line``, stripped text) for every non-blank, non-comment line; ``what``
+    names the file in the error when it does not exist."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist")
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        where = f"{path}:{number}"
+        if text and not text.startswith("#"):
+            yield f"{path}:{number}", text
+
+
+def split_fields(text: str) -> list[str]:
+    """The whitespace-separated (shell-quoted where needed) fields of one line."""
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise InputError(f"cannot parse {text!r} ({err})") from None
+
+
+def read_records(path: str | Path, what: str) -> Iterator[tuple[str, str, list[str]]]:
+    """(``file:line``, line text, fields) for every non-blank, non-comment line."""
+    for where, text in read_lines(path, what):
         try:
-            fields = shlex.split(text)
-        except ValueError as err:
-            raise InputError(f"{where}: cannot parse {text!r} ({err})") from None
+            fields = split_fields(text)
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
         yield where, text, fields

@@ -12,7 +12,6 @@ and one message per bad line, naming ``file:line`` (``strict=True`` raises inste
 from __future__ import annotations
 
 import logging
-import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import pycolmap
 
 from ..errors import InputError
-from ..textfiles import quote_name
+from ..textfiles import quote_name, read_lines, split_fields
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class QueryList:
     def __len__(self) -> int:
         return len(self.cameras)
 
-    def merge(self, other: "QueryList") -> "QueryList":
+    def merge(self, other: QueryList) -> QueryList:
         for name, camera in other.cameras.items():
             if name in self.cameras:
                 self.errors[other.sources.get(name, name)] = (
@@ -91,20 +90,10 @@ def parse_camera(fields: list[str]) -> pycolmap.Camera:
 
 def read_queries(path: str | Path, strict: bool = False) -> QueryList:
     """Read ``name MODEL w h params...`` lines (blank lines and ``#`` comments skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"query list {path} does not exist")
     result = QueryList()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        where = f"{path}:{number}"
+    for where, text in read_lines(path, "query list"):
         try:
-            try:
-                fields = shlex.split(text)
-            except ValueError as err:
-                raise InputError(f"cannot parse ({err})") from None
+            fields = split_fields(text)
             if len(fields) < 2:
                 raise InputError("expected 'name MODEL width height params...', "
                                  f"got {text!r}")
