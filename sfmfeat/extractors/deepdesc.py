@@ -101,10 +101,12 @@ class DeepDescConfig:
 # ---------------------------------------------------------------- Torch7 layers
 
 
-def lp_pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
+def lp_pool(x: torch.Tensor, kernel: int, overwrite: bool = False) -> torch.Tensor:
     """Torch ``SpatialLPPooling(p=2, k, k, k, k)``: sqrt(k² · avgpool(x²)), no padding,
-    i.e. the L2 norm of each window (summed directly: one pass fewer)."""
-    return F.avg_pool2d(x.square(), kernel, kernel, divisor_override=1).sqrt_()
+    i.e. the L2 norm of each window (summed directly: one pass fewer). ``overwrite``
+    squares ``x`` in place."""
+    squares = x.square_() if overwrite else x.square()
+    return F.avg_pool2d(squares, kernel, kernel, divisor_override=1).sqrt_()
 
 
 def subtractive_normalization(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -141,10 +143,12 @@ class CNN3(nn.Module):
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """N×1×64×64 patches in 0..255 -> N×128 descriptors."""
         x = (patches - self.mean) / self.std
-        # tanh in place: each convolution output is a fresh tensor
-        x = subtractive_normalization(lp_pool(torch.tanh_(self.conv1(x)), 2), self.ssn1)
-        x = subtractive_normalization(lp_pool(torch.tanh_(self.conv2(x)), 3), self.ssn2)
-        x = lp_pool(torch.tanh_(self.conv3(x)), 4)
+        # each convolution output is a fresh tensor, so tanh and the squares of the LP
+        # pooling overwrite it: fewer large temporaries, which glibc would otherwise hand
+        # back to the system after every batch (page faults cost ~40% on CPU)
+        x = subtractive_normalization(lp_pool(torch.tanh_(self.conv1(x)), 2, True), self.ssn1)
+        x = subtractive_normalization(lp_pool(torch.tanh_(self.conv2(x)), 3, True), self.ssn2)
+        x = lp_pool(torch.tanh_(self.conv3(x)), 4, True)
         return x.flatten(1)
 
 
