@@ -107,7 +107,7 @@ def bench_deepdesc(args) -> None:
     print(f"  memory floor (allocate + write the {n} output patches): {t_floor * 1e3:.1f} ms, "
           f"i.e. no sampler can beat the loop by more than {t_loop / t_floor:.1f}x here")
     print(f"  network alone: {n / t_net:.1f} patches/s ({t_net:.2f} s for {n}, batches of "
-          f"{deepdesc.config.batch_size})")
+          f"{deepdesc.batch_size})")
 
 
 def bench_caps(args) -> None:
