@@ -64,7 +64,9 @@ class ContextDescConfig:
     patch_sampler: str = "opencv"      # "opencv" (official cv2.remap) or "torch" (grid_sample)
     inverse_distance: bool = False     # True: 1/d weights in the 3-NN interpolation (official: 1/3)
     quantize: bool = False             # official uint8 quantisation, returned de-quantised
-    batch_size: int = 512
+    # patches per local-model forward: 128 keeps the 32×32×32 maps in cache on CPU (1.3×
+    # the throughput of 512, benchmarks/extract_contextdesc.py)
+    batch_size: int = 128
 
 
 class ContextDesc(Extractor):
