@@ -143,12 +143,16 @@ class CNN3(nn.Module):
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """N×1×64×64 patches in 0..255 -> N×128 descriptors."""
         x = (patches - self.mean) / self.std
-        # each convolution output is a fresh tensor, so tanh and the squares of the LP
-        # pooling overwrite it: fewer large temporaries, which glibc would otherwise hand
-        # back to the system after every batch (page faults cost ~40% on CPU)
-        x = subtractive_normalization(lp_pool(torch.tanh_(self.conv1(x)), 2, True), self.ssn1)
-        x = subtractive_normalization(lp_pool(torch.tanh_(self.conv2(x)), 3, True), self.ssn2)
-        x = lp_pool(torch.tanh_(self.conv3(x)), 4, True)
+        # each convolution output is a fresh tensor, so tanh and (without autograd, which
+        # needs the tanh output) the squares of the LP pooling overwrite it: fewer large
+        # temporaries, which glibc would otherwise hand back to the system after every
+        # batch (page faults cost ~40% on CPU)
+        overwrite = not torch.is_grad_enabled()
+        x = subtractive_normalization(lp_pool(torch.tanh_(self.conv1(x)), 2, overwrite),
+                                      self.ssn1)
+        x = subtractive_normalization(lp_pool(torch.tanh_(self.conv2(x)), 3, overwrite),
+                                      self.ssn2)
+        x = lp_pool(torch.tanh_(self.conv3(x)), 4, overwrite)
         return x.flatten(1)
 
 
