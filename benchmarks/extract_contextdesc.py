@@ -132,7 +132,8 @@ def run_ours(bgr: np.ndarray, n: int, threshold: float, repeats: int) -> dict:
     return best
 
 
-CHILD = r'''
+# the official code is TF1: run it on TF2's compat.v1 with the few shims it needs
+TF1_SHIM = r'''
 import collections, collections.abc, json, os, sys, time, types
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -144,6 +145,10 @@ tf.contrib = types.SimpleNamespace(layers=types.SimpleNamespace(
     l2_regularizer=lambda s: (lambda w: s * tf.nn.l2_loss(w))))
 sys.modules["tensorflow"] = tf
 collections.Mapping = collections.abc.Mapping
+'''
+
+
+CHILD = TF1_SHIM + r'''
 cv2.xfeatures2d = types.SimpleNamespace(SIFT_create=cv2.SIFT_create)
 checkout, image, n, thr, loc_pb, aug_pb = sys.argv[1:7]
 sys.path.insert(0, checkout)
@@ -190,18 +195,7 @@ print("RESULT " + json.dumps(out))
 '''
 
 
-REGIONAL_CHILD = r'''
-import collections, collections.abc, os, sys, types
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import cv2, numpy as np
-import tensorflow as tf2
-tf = tf2.compat.v1
-tf.disable_v2_behavior()
-tf.contrib = types.SimpleNamespace(layers=types.SimpleNamespace(
-    l2_regularizer=lambda s: (lambda w: s * tf.nn.l2_loss(w))))
-sys.modules["tensorflow"] = tf
-collections.Mapping = collections.abc.Mapping
+REGIONAL_CHILD = TF1_SHIM + r'''
 checkout, image, out_path = sys.argv[1:4]
 sys.path.insert(0, checkout)
 from models import get_model
