@@ -148,6 +148,17 @@ collections.Mapping = collections.abc.Mapping
 '''
 
 
+# the official regional ResNet50 graph, randomly initialised (no released TF1 weights here)
+REGIONAL_GRAPH = r'''
+reg = get_model("reg_model")(None, max_dim=1024)
+graph = tf.Graph()
+with graph.as_default():
+    reg._construct_network()
+    sess = tf.Session(graph=graph)
+    sess.run(tf.global_variables_initializer())
+'''
+
+
 CHILD = TF1_SHIM + r'''
 cv2.xfeatures2d = types.SimpleNamespace(SIFT_create=cv2.SIFT_create)
 checkout, image, n, thr, loc_pb, aug_pb = sys.argv[1:7]
@@ -172,12 +183,7 @@ loc = get_model("loc_model")(loc_pb, n_feature=int(n), n_sample=0, peak_thld=flo
 loc.run_test_data(gray[256:512, 384:640])  # warm-up (the official code fails on 0 keypoints)
 t0 = clock(); loc_feat, kpt_mb, xy, kpts, _ = loc.run_test_data(gray)
 out["sift+patches+local"] = since(t0)
-reg = get_model("reg_model")(None, max_dim=1024)
-graph = tf.Graph()
-with graph.as_default():
-    reg._construct_network()
-    sess = tf.Session(graph=graph)
-    sess.run(tf.global_variables_initializer())
+''' + REGIONAL_GRAPH + r'''
 data = rgb
 if max(data.shape[:2]) > 1024:
     r = 1024 / max(data.shape[:2]); data = cv2.resize(data, (0, 0), fx=r, fy=r)
@@ -199,12 +205,8 @@ REGIONAL_CHILD = TF1_SHIM + r'''
 checkout, image, out_path = sys.argv[1:4]
 sys.path.insert(0, checkout)
 from models import get_model
-reg = get_model("reg_model")(None, max_dim=1024)
-graph = tf.Graph()
+''' + REGIONAL_GRAPH + r'''
 with graph.as_default():
-    reg._construct_network()
-    sess = tf.Session(graph=graph)
-    sess.run(tf.global_variables_initializer())
     rng = np.random.default_rng(0)   # BN statistics are 0/1 after init: randomise them
     for v in tf.global_variables():
         shape = v.shape.as_list()
