@@ -26,6 +26,17 @@ def add_conf_argument(parser: argparse.ArgumentParser, flag: str = "--conf",
                         help=f"override a field of the {what} config (repeatable)")
 
 
+def add_reproducibility_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=-1,
+                        help="random seed of RANSAC and mapping (default: a fresh one, "
+                             "recorded in summary.json as 'seed' to replay the run)")
+    parser.add_argument("--threads", type=int, default=-1, metavar="N",
+                        help="CPU threads of every stage (default -1: all cores)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="one thread in COLMAP's verification and mapping, so that a "
+                             "rerun with the same --seed gives the identical model")
+
+
 def _register_extract(subparsers) -> None:
     p = subparsers.add_parser("extract", help="extract local features into an HDF5 file")
     p.add_argument("images", type=Path, help="image folder")
@@ -157,7 +168,7 @@ def _register_reconstruct(subparsers) -> None:
     p.add_argument("--mapper", default="incremental", choices=MAPPERS)
     add_conf_argument(p)
     add_conf_argument(p, "--matcher-conf", "matcher")
-    p.add_argument("--seed", type=int, default=-1, help="random seed of RANSAC and mapping")
+    add_reproducibility_arguments(p)
     p.add_argument("--device")
     p.add_argument("--strict", action="store_true", help="fail on any unreadable image")
     p.add_argument("--dense", action="store_true",
@@ -176,8 +187,8 @@ def _run_reconstruct(args) -> int:
         features=args.features, matcher=args.matcher, pairs=pairs,
         sequential_window=args.window, camera_mode=args.camera_mode,
         camera_model=args.camera_model, mapper=args.mapper, random_seed=args.seed,
-        strict=args.strict, dense=args.dense,
-        dense_max_image_size=args.dense_max_image_size,
+        num_threads=args.threads, deterministic=args.deterministic, strict=args.strict,
+        dense=args.dense, dense_max_image_size=args.dense_max_image_size,
         feature_options=tuple(sorted(parse_overrides(args.conf).items())),
         matcher_options=tuple(sorted(parse_overrides(args.matcher_conf).items())))
     names = read_image_list(args.image_list) if args.image_list else None

@@ -20,12 +20,13 @@ import pycolmap
 
 from .. import __version__
 from ..config import config_hash, config_to_dict
-from ..errors import InputError, ReconstructionError
+from ..errors import ConfigError, InputError, ReconstructionError
 from ..extract import extract_features
 from ..extractors import default_matcher
 from ..images import list_images
 from ..match import match_pairs
 from ..pairs import exhaustive, read_pairs, sequential, write_pairs
+from ..runtime import MAX_SEED, cpu_threads, resolve_seed, validate_num_threads
 from ..store import FeatureReader, MatchReader
 from ..timing import StageTimer
 from .database import CameraMode, verify_matches, write_database, write_matches
@@ -46,12 +47,26 @@ class ReconstructionConfig:
     mapper: str = "incremental"
     min_num_inliers: int = 15
     ransac_max_error: float = 4.0
-    random_seed: int = -1
+    random_seed: int = -1               # < 0: a fresh seed, recorded in summary.json
+    num_threads: int = -1               # CPU threads of every stage (-1: all cores)
+    deterministic: bool = False         # one thread in COLMAP's verification and mapping
     strict: bool = False
     dense: bool = False                 # also run dense MVS into OUT/dense
     dense_max_image_size: int = 1000
     feature_options: tuple[tuple[str, Any], ...] = ()
     matcher_options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_num_threads(self.num_threads)
+        if self.random_seed > MAX_SEED:
+            raise ConfigError(f"random_seed={self.random_seed} is out of range: use 0..{MAX_SEED}"
+                              " (or < 0 for a fresh one)")
+
+    @property
+    def colmap_threads(self) -> int:
+        """Threads of COLMAP's RANSAC and mapping: their bundle adjustments sum residuals in
+        an order that depends on thread timing, so only one thread replays bit for bit."""
+        return 1 if self.deterministic else self.num_threads
 
 
 @dataclass
@@ -72,7 +87,14 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
     if config.matcher is None:
         config = replace(config, matcher=default_matcher(config.features))
         logger.info("matcher %s (the default for %s)", config.matcher, config.features)
+    config = replace(config, random_seed=resolve_seed(config.random_seed))
     output_dir.mkdir(parents=True, exist_ok=True)
+    with cpu_threads(config.num_threads):
+        return _reconstruct(image_dir, output_dir, config, image_names, device)
+
+
+def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig,
+                 image_names: list[str], device: str | None) -> ReconstructionResult:
     timer = StageTimer(logger)
     features_path = output_dir / "features.h5"
     matches_path = output_dir / "matches.h5"
@@ -106,10 +128,10 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 logger.info("global mapping: using the initial focal length of %d camera(s) "
                             "as a prior (calibrated two-view geometries)", changed)
     with timer.stage("verify"):
-        if config.random_seed >= 0:
-            pycolmap.set_random_seed(config.random_seed)
+        pycolmap.set_random_seed(config.random_seed)
         num_verified = verify_matches(database_path, config.ransac_max_error,
-                                      config.min_num_inliers, config.random_seed)
+                                      config.min_num_inliers, config.random_seed,
+                                      num_threads=config.colmap_threads)
         logger.info("%d of %d pairs verified", num_verified, len(pairs))
         if num_verified == 0:
             raise ReconstructionError(
@@ -118,7 +140,8 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
     with timer.stage("map"):
         reconstruction = run_mapping(database_path, image_dir, output_dir / "sfm",
                                      MappingConfig(mapper=config.mapper,
-                                                   random_seed=config.random_seed))
+                                                   random_seed=config.random_seed,
+                                                   num_threads=config.colmap_threads))
     if config.dense:
         from .dense import DenseConfig, densify
 
@@ -162,6 +185,7 @@ def _summary(config: ReconstructionConfig, names: list[str], rejected: dict[str,
         hashes = {"features": features.config_hash, "matches": matches.config_hash}
     return {
         "num_images": len(names),
+        "seed": config.random_seed,
         **model_statistics(reconstruction),
         **verified_pair_statistics(database_path),
         "rejected_images": rejected,

@@ -1,0 +1,129 @@
+"""How much a reconstruction moves with the seed and the CPU thread count.
+
+    python benchmarks/seed_spread.py [--presets sift,disk,aliked-n16,deepdesc,r2d2]
+        [--seeds 0,1,2,3,4] [--threads 2,1] [--images DIR] [--work DIR] [--json FILE]
+
+For every preset and thread count the features and matches are computed once (seed 0) and
+reused for the other seeds, so each further run repeats only what the seed drives:
+verification (COLMAP's RANSAC) and mapping. Features computed with each thread count are
+compared with the first one's (bit-identical or not). Prints one row per preset: registered
+images and 3D points as min/median/max over every (seed, threads) run, the images that some
+run left unregistered, and the wall time of one full run.
+
+The end-to-end tests take their thresholds from this table (see tests/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SFMFEAT_SHARED_DIR", REPO.parent / "shared"))
+if str(REPO) not in sys.path:  # a script run from a checkout without an installed sfmfeat
+    sys.path.insert(0, str(REPO))
+
+from sfmfeat.reconstruction.pipeline import ReconstructionConfig, reconstruct  # noqa: E402
+from sfmfeat.store import FeatureReader  # noqa: E402
+
+
+def run_once(images: Path, out: Path, preset: str, seed: int, threads: int,
+             reuse_from: Path | None) -> dict:
+    if reuse_from is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("features.h5", "matches.h5"):
+            shutil.copy(reuse_from / name, out / name)
+    start = time.perf_counter()
+    result = reconstruct(images, out, ReconstructionConfig(features=preset, random_seed=seed,
+                                                           num_threads=threads))
+    summary = result.summary
+    registered = {im.name for im in result.reconstruction.images.values() if im.has_pose}
+    with FeatureReader(out / "features.h5") as features:
+        names = features.names()
+    return {"preset": preset, "seed": seed, "threads": threads,
+            "registered": summary["num_registered"], "images": summary["num_images"],
+            "points": summary["num_points3D"], "track": summary["mean_track_length"],
+            "verified_pairs": summary["num_verified_pairs"],
+            "unregistered": sorted(set(names) - registered),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def same_features(a: Path, b: Path) -> bool:
+    with FeatureReader(a) as fa, FeatureReader(b) as fb:
+        if sorted(fa.names()) != sorted(fb.names()):
+            return False
+        for name in fa.names():
+            x, y = fa.read(name), fb.read(name)
+            if not (np.array_equal(x.keypoints, y.keypoints)
+                    and np.array_equal(x.descriptors, y.descriptors)):
+                return False
+    return True
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):g} / {statistics.median(values):g} / {max(values):g}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="sift,disk,aliked-n16,deepdesc,r2d2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--threads", default="2,1")
+    parser.add_argument("--images", type=Path, default=SHARED / "data/sacre_coeur/mapping")
+    parser.add_argument("--work", type=Path, help="keep the outputs here (default: a temp dir)")
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("SFMFEAT_WEIGHTS_DIR", str(SHARED / "weights"))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    work = args.work or Path(tempfile.mkdtemp(prefix="seed-spread-"))
+    runs, rows = [], []
+    for preset in args.presets.split(","):
+        first_features, preset_runs, full_seconds = None, [], []
+        identical_across_threads = True
+        for threads in thread_counts:
+            fresh = work / preset / f"t{threads}_s{seeds[0]}"
+            shutil.rmtree(fresh, ignore_errors=True)
+            preset_runs.append(run_once(args.images, fresh, preset, seeds[0], threads, None))
+            full_seconds.append(preset_runs[-1]["seconds"])
+            if first_features is None:
+                first_features = fresh / "features.h5"
+            else:
+                identical_across_threads &= same_features(first_features, fresh / "features.h5")
+            for seed in seeds[1:]:
+                out = work / preset / f"t{threads}_s{seed}"
+                shutil.rmtree(out, ignore_errors=True)
+                preset_runs.append(run_once(args.images, out, preset, seed, threads, fresh))
+            for run in preset_runs[-len(seeds):]:
+                print(json.dumps(run), flush=True)
+        runs += preset_runs
+        unregistered = sorted({n for r in preset_runs for n in r["unregistered"]})
+        rows.append((preset, spread([r["registered"] for r in preset_runs]),
+                     spread([r["points"] for r in preset_runs]),
+                     spread([round(r["track"], 2) for r in preset_runs]),
+                     ", ".join(unregistered) or "-",
+                     "yes" if identical_across_threads else "no",
+                     spread(full_seconds)))
+    print(f"\n{len(seeds)} seeds x threads {thread_counts} on {args.images}")
+    print("| preset | registered min/med/max | points min/med/max | track | ever unregistered "
+          "| features equal across threads | full run s |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=1))
+
+
+if __name__ == "__main__":
+    main()
