@@ -1,12 +1,18 @@
 """How much a reconstruction moves with the seed and the CPU thread count.
 
     python benchmarks/seed_spread.py [--presets sift,disk,aliked-n16,deepdesc,r2d2]
+        [--case LABEL:FEATURES:MATCHER:KEY=VALUE;KEY=VALUE:MAPPER ...]
         [--seeds 0,1,2,3,4] [--threads 2,1] [--images DIR] [--work DIR] [--json FILE]
 
-For every preset and thread count the features and matches are computed once (seed 0) and
+A preset runs with its defaults; ``--case`` runs a preset with a matcher (empty: the
+preset's default), feature overrides and a mapper (default incremental), e.g. the
+end-to-end tests' own settings:
+``--case deepdesc-1024:deepdesc:mnn:detector.max_keypoints=1024``.
+
+For every case and thread count the features and matches are computed once (seed 0) and
 reused for the other seeds, so each further run repeats only what the seed drives:
 verification (COLMAP's RANSAC) and mapping. Features computed with each thread count are
-compared with the first one's (bit-identical or not). Prints one row per preset: registered
+compared with the first one's (bit-identical or not). Prints one row per case: registered
 images and 3D points as min/median/max over every (seed, threads) run, the images that some
 run left unregistered, and the wall time of one full run.
 
@@ -24,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,25 +44,42 @@ from sfmfeat.reconstruction.pipeline import ReconstructionConfig, reconstruct  #
 from sfmfeat.store import FeatureReader  # noqa: E402
 
 
-def run_once(images: Path, out: Path, preset: str, seed: int, threads: int,
+def run_once(images: Path, out: Path, case: Case, seed: int, threads: int,
              reuse_from: Path | None) -> dict:
     if reuse_from is not None:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("features.h5", "matches.h5"):
             shutil.copy(reuse_from / name, out / name)
     start = time.perf_counter()
-    result = reconstruct(images, out, ReconstructionConfig(features=preset, random_seed=seed,
-                                                           num_threads=threads))
+    result = reconstruct(images, out, ReconstructionConfig(
+        features=case.features, matcher=case.matcher, random_seed=seed, num_threads=threads,
+        feature_options=case.overrides, mapper=case.mapper))
     summary = result.summary
     registered = {im.name for im in result.reconstruction.images.values() if im.has_pose}
     with FeatureReader(out / "features.h5") as features:
         names = features.names()
-    return {"preset": preset, "seed": seed, "threads": threads,
+    return {"case": case.label, "seed": seed, "threads": threads,
             "registered": summary["num_registered"], "images": summary["num_images"],
             "points": summary["num_points3D"], "track": summary["mean_track_length"],
             "verified_pairs": summary["num_verified_pairs"],
             "unregistered": sorted(set(names) - registered),
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    features: str
+    matcher: str | None = None
+    overrides: tuple[tuple[str, str], ...] = ()
+    mapper: str = "incremental"
+
+    @classmethod
+    def parse(cls, text: str) -> "Case":
+        label, features, matcher, overrides, mapper = (text.split(":", 4) + [""] * 4)[:5]
+        pairs = tuple(sorted(tuple(item.split("=", 1)) for item in overrides.split(";")
+                             if item))
+        return cls(label, features or label, matcher or None, pairs, mapper or "incremental")
 
 
 def same_features(a: Path, b: Path) -> bool:
@@ -77,6 +101,8 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="sift,disk,aliked-n16,deepdesc,r2d2")
+    parser.add_argument("--case", action="append", default=[],
+                        help="LABEL:FEATURES:MATCHER:KEY=VALUE;KEY=VALUE:MAPPER (repeatable)")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--threads", default="2,1")
     parser.add_argument("--images", type=Path, default=SHARED / "data/sacre_coeur/mapping")
@@ -89,34 +115,36 @@ def main() -> None:
     thread_counts = [int(t) for t in args.threads.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="seed-spread-"))
     runs, rows = [], []
-    for preset in args.presets.split(","):
-        first_features, preset_runs, full_seconds = None, [], []
+    cases = [Case(p, p) for p in args.presets.split(",") if p]
+    cases += [Case.parse(text) for text in args.case]
+    for case in cases:
+        first_features, case_runs, full_seconds = None, [], []
         identical_across_threads = True
         for threads in thread_counts:
-            fresh = work / preset / f"t{threads}_s{seeds[0]}"
+            fresh = work / case.label / f"t{threads}_s{seeds[0]}"
             shutil.rmtree(fresh, ignore_errors=True)
-            preset_runs.append(run_once(args.images, fresh, preset, seeds[0], threads, None))
-            full_seconds.append(preset_runs[-1]["seconds"])
+            case_runs.append(run_once(args.images, fresh, case, seeds[0], threads, None))
+            full_seconds.append(case_runs[-1]["seconds"])
             if first_features is None:
                 first_features = fresh / "features.h5"
             else:
                 identical_across_threads &= same_features(first_features, fresh / "features.h5")
             for seed in seeds[1:]:
-                out = work / preset / f"t{threads}_s{seed}"
+                out = work / case.label / f"t{threads}_s{seed}"
                 shutil.rmtree(out, ignore_errors=True)
-                preset_runs.append(run_once(args.images, out, preset, seed, threads, fresh))
-            for run in preset_runs[-len(seeds):]:
+                case_runs.append(run_once(args.images, out, case, seed, threads, fresh))
+            for run in case_runs[-len(seeds):]:
                 print(json.dumps(run), flush=True)
-        runs += preset_runs
-        unregistered = sorted({n for r in preset_runs for n in r["unregistered"]})
-        rows.append((preset, spread([r["registered"] for r in preset_runs]),
-                     spread([r["points"] for r in preset_runs]),
-                     spread([round(r["track"], 2) for r in preset_runs]),
+        runs += case_runs
+        unregistered = sorted({n for r in case_runs for n in r["unregistered"]})
+        rows.append((case.label, spread([r["registered"] for r in case_runs]),
+                     spread([r["points"] for r in case_runs]),
+                     spread([round(r["track"], 2) for r in case_runs]),
                      ", ".join(unregistered) or "-",
                      "yes" if identical_across_threads else "no",
                      spread(full_seconds)))
     print(f"\n{len(seeds)} seeds x threads {thread_counts} on {args.images}")
-    print("| preset | registered min/med/max | points min/med/max | track | ever unregistered "
+    print("| case | registered min/med/max | points min/med/max | track | ever unregistered "
           "| features equal across threads | full run s |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
