@@ -44,6 +44,7 @@ from sfmfeat.match import match_pairs
 from sfmfeat.pairs import Pair, exhaustive, read_pairs, write_pairs
 from sfmfeat.reconstruction.triangulation import (TriangulationConfig, load_reference,
                                                   read_model, triangulate_model)
+from sfmfeat.runtime import resolve_seed
 
 logger = logging.getLogger("pipelines.aachen")
 
@@ -275,6 +276,7 @@ def _run(args: argparse.Namespace) -> int:
     if not (dataset / IMAGES).is_dir():
         raise InputError(f"{dataset / IMAGES} does not exist: not an Aachen dataset")
     outputs.mkdir(parents=True, exist_ok=True)
+    args = argparse.Namespace(**{**vars(args), "seed": resolve_seed(args.seed)})
     summary = (run_local if args.protocol == "local" else run_full)(args, dataset, outputs)
     return 0 if summary.get("num_localized") else 1
 

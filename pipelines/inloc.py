@@ -19,6 +19,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from sfmfeat.cli import run_guarded, setup_logging
@@ -30,6 +31,7 @@ from sfmfeat.localization import inloc
 from sfmfeat.localization.results import read_poses, write_poses, write_query_log
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import read_pairs, write_pairs
+from sfmfeat.runtime import resolve_seed
 
 logger = logging.getLogger("pipelines.inloc")
 
@@ -202,14 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-neighbors", type=int, default=40)
     parser.add_argument("--ground-truth", type=Path, help="reference poses (name qw..tz)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=-1,
+                        help="seed of the pose RANSAC (default: a fresh one, logged)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     def job() -> None:
+        pose = replace(inloc.InLocConfig().pose, random_seed=resolve_seed(args.seed))
         run(args.dataset, args.outputs, args.pairs, args.features, args.matcher,
             args.retrieval, args.num_neighbors, args.ground_truth,
-            parse_overrides(args.conf), args.device)
+            parse_overrides(args.conf), args.device, inloc.InLocConfig(pose=pose))
 
     return run_guarded("pipelines.inloc", job)
 

@@ -41,3 +41,71 @@ def weights_env(monkeypatch, shared_weights_dir):
     """Point SFMFEAT_WEIGHTS_DIR at the staged official weights."""
     monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(shared_weights_dir))
     return shared_weights_dir
+
+
+# ---------------------------------------------------------------- seeds and measured figures
+# End-to-end tests run with the seed (and thread count) that benchmarks/test_spread.py sets
+# through these variables, so that each threshold can be checked against the spread of its
+# figure over seeds and thread counts, not against one run.
+SEED_VARIABLE, THREADS_VARIABLE, FIGURES_VARIABLE = (
+    "SFMFEAT_TEST_SEED", "SFMFEAT_TEST_THREADS", "SFMFEAT_TEST_FIGURES")
+
+
+def test_seed() -> int:
+    return int(os.environ.get(SEED_VARIABLE, "0"))
+
+
+def seed_arguments() -> list[str]:
+    """``--seed N`` (and ``--threads N`` when the spread runner asks) for a CLI verb."""
+    threads = os.environ.get(THREADS_VARIABLE)
+    return ["--seed", str(test_seed())] + (["--threads", threads] if threads else [])
+
+
+@pytest.fixture
+def run_seed() -> int:
+    return test_seed()
+
+
+@pytest.fixture
+def seed_args() -> list[str]:
+    return seed_arguments()
+
+
+class Figures:
+    """Checks a measured figure against its threshold, and records both for the spread runner."""
+
+    _OPERATORS = {">=": lambda v, t: v >= t, ">": lambda v, t: v > t,
+                  "<=": lambda v, t: v <= t, "<": lambda v, t: v < t,
+                  "==": lambda v, t: v == t}
+
+    def __init__(self, test_id: str) -> None:
+        self.test_id = test_id
+
+    def check(self, name: str, value, operator: str, threshold) -> None:
+        value = value.item() if hasattr(value, "item") else value
+        record = os.environ.get(FIGURES_VARIABLE)
+        if record:
+            import json
+
+            with open(record, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({
+                    "test": self.test_id, "figure": name, "value": value,
+                    "operator": operator, "threshold": threshold,
+                    "seed": os.environ.get(SEED_VARIABLE, "0"),
+                    "threads": os.environ.get(THREADS_VARIABLE, "all")}) + "\n")
+        assert self._OPERATORS[operator](value, threshold), (
+            f"{name} = {value}, expected {operator} {threshold}")
+
+
+@pytest.fixture
+def figures(request) -> Figures:
+    return Figures(request.node.nodeid)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under the spread runner only the tests that check measured figures run."""
+    if not os.environ.get(FIGURES_VARIABLE):
+        return
+    kept = [item for item in items if "figures" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept

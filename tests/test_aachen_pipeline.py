@@ -106,7 +106,9 @@ def _check(poses_path: Path, truth: dict[str, pycolmap.Rigid3d], names) -> None:
 
 
 @pytest.mark.parametrize("version,retrieval", [("1.0", "vlad"), ("1.1", "exhaustive")])
-def test_aachen_full_protocol_end_to_end(tmp_path, version, retrieval, capsys):
+@pytest.mark.slow
+def test_aachen_full_protocol_end_to_end(tmp_path, version, retrieval, capsys, run_seed,
+                                         figures):
     truth = make_aachen(tmp_path / "aachen", version)
     if version == "1.0":  # bad input: a missing image and a malformed intrinsics line
         day = tmp_path / "aachen/queries/day_time_queries_with_intrinsics.txt"
@@ -119,7 +121,7 @@ def test_aachen_full_protocol_end_to_end(tmp_path, version, retrieval, capsys):
     status = aachen.main(["--dataset", str(tmp_path / "aachen"), "--outputs", str(outputs),
                           "--version", version, "--features", "sift", *FEATURE_CONF,
                           "--matcher", "mnn-ratio", "--retrieval", retrieval,
-                          "--num-loc", "4", "--num-covis", "4", "--seed", "0"])
+                          "--num-loc", "4", "--num-covis", "4", "--seed", str(run_seed)])
     out = capsys.readouterr().out
     assert status == 0, out
     prefix = "Aachen_eval_" if version == "1.0" else "Aachen_v1_1_eval_"
@@ -133,9 +135,10 @@ def test_aachen_full_protocol_end_to_end(tmp_path, version, retrieval, capsys):
     log = json.loads((outputs / f"queries/{prefix}{method}_log.json").read_text())
     for name in truth:
         entry = log["queries"][name]
-        assert entry["status"] == "localized" and entry["num_inliers"] >= 30
+        assert entry["status"] == "localized"
         assert {"2d3d", "pnp", "matching_amortized", "retrieval_amortized"} <= set(
             entry["timings"])
+    figures.check("min_inliers", min(log["queries"][n]["num_inliers"] for n in truth), ">=", 30)
     if version == "1.0":
         assert f"{day}:{bad_line}: SIMPLE_RADIAL takes 4 parameters, got 2" in out
         assert "missing.jpg does not exist" in out
@@ -144,11 +147,11 @@ def test_aachen_full_protocol_end_to_end(tmp_path, version, retrieval, capsys):
         assert log["summary"]["num_localized"] == 3
 
 
-def test_aachen_local_protocol_registers_night_queries(tmp_path, capsys):
+def test_aachen_local_protocol_registers_night_queries(tmp_path, capsys, run_seed):
     truth = make_aachen(tmp_path / "aachen", "1.0", local=True)
     outputs = tmp_path / "outputs"
     status = aachen.main(["--dataset", str(tmp_path / "aachen"), "--outputs", str(outputs),
-                          "--protocol", "local", *FEATURE_CONF, "--seed", "0"])
+                          "--protocol", "local", *FEATURE_CONF, "--seed", str(run_seed)])
     assert status == 0, capsys.readouterr()
     submission = outputs / "Aachen_eval_sift+mnn-ratio_local.txt"
     night = [n for n in truth if "/night/" in n]

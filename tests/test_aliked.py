@@ -356,13 +356,16 @@ def test_grayscale_and_16bit_files(n16, regression_image, tmp_path):
 
 # ------------------------------------------------------------------ end to end
 
-def test_reconstruct_sacre_coeur_with_aliked(sacre_coeur_dir, weights_env, tmp_path):
+@pytest.mark.slow
+def test_reconstruct_sacre_coeur_with_aliked(sacre_coeur_dir, weights_env, tmp_path, seed_args,
+                                          figures):
     from sfmfeat.cli import main
 
     out = tmp_path / "out"
     assert main(["reconstruct", str(sacre_coeur_dir), str(out), "--features",
-                 "aliked-n16"]) == 0
+                 "aliked-n16", *seed_args]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_registered"] == summary["num_images"] == 10
-    assert summary["num_points3D"] > 1000
-    assert summary["mean_reprojection_error"] < 1.5
+    assert summary["num_images"] == 10
+    figures.check("registered", summary["num_registered"], "==", 10)
+    figures.check("points", summary["num_points3D"], ">", 1000)
+    figures.check("reprojection_px", summary["mean_reprojection_error"], "<", 1.5)

@@ -415,7 +415,9 @@ def test_extractor_outputs_and_bad_input(random_env, sacre_coeur_dir):
         create_extractor("contextdesc+")                     # weights not converted
 
 
-def test_reconstruct_end_to_end_with_random_weights(random_env, sacre_coeur_dir, tmp_path):
+@pytest.mark.slow
+def test_reconstruct_end_to_end_with_random_weights(random_env, sacre_coeur_dir, tmp_path,
+                                                    seed_args):
     import h5py
 
     from sfmfeat.cli import main
@@ -424,7 +426,7 @@ def test_reconstruct_end_to_end_with_random_weights(random_env, sacre_coeur_dir,
     # CI time: 2048 keypoints and a 384-px regional input; mutual NN as the D2-Net e2e test
     status = main(["-q", "reconstruct", str(sacre_coeur_dir), str(out), "--features",
                    "contextdesc++", "--conf", "max_keypoints=2048", "--conf",
-                   "regional_max_dim=384", "--matcher", "mnn", "--seed", "0"])
+                   "regional_max_dim=384", "--matcher", "mnn", *seed_args])
     assert status == 0
     assert (out / "sfm" / "images.bin").is_file()
     found = sorted(out.rglob("features*.h5"))

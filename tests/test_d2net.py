@@ -407,7 +407,9 @@ def test_parity_multiscale(fixture_weights, monkeypatch):
 
 # -------------------------------------------------------------------------- end to end
 
-def test_reconstruct_cli_with_d2net(fixture_weights, monkeypatch, sacre_coeur_dir, tmp_path):
+@pytest.mark.slow
+def test_reconstruct_cli_with_d2net(fixture_weights, monkeypatch, sacre_coeur_dir, tmp_path,
+                                    seed_args):
     """``sfmfeat reconstruct --features d2net-ss`` on the Sacre-Coeur images with the random
     fixture checkpoint. The network input is capped at 480 px (``--conf max_edge=480``) to fit
     the CI budget; matching is D2-Net's own protocol, mutual nearest neighbours without a
@@ -420,7 +422,7 @@ def test_reconstruct_cli_with_d2net(fixture_weights, monkeypatch, sacre_coeur_di
     monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(fixture_weights))
     out = tmp_path / "out"
     code = main(["-q", "reconstruct", str(sacre_coeur_dir), str(out), "--features", "d2net-ss",
-                 "--conf", "max_edge=480", "--matcher", "mnn", "--seed", "0"])
+                 "--conf", "max_edge=480", "--matcher", "mnn", *seed_args])
     assert code == 0
     for name in ("features.h5", "matches.h5", "pairs.txt", "database.db", "summary.json",
                  "sfm/images.bin", "sfm/points3D.bin"):

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pycolmap
+import pytest
 
 from pipelines import localize as localize_pipeline
 from sfmfeat import cli
@@ -18,7 +19,8 @@ from sfmfeat.synthetic import SceneConfig, SyntheticScene
 QUERIES = (2, 5)
 
 
-def test_own_photos_against_a_reconstruct_model(tmp_path, capsys):
+@pytest.mark.slow
+def test_own_photos_against_a_reconstruct_model(tmp_path, capsys, run_seed, figures):
     scene = SyntheticScene(SceneConfig(num_views=9, width=480, height=360, supersample=1,
                                        camera_model="SIMPLE_RADIAL", seed=1))
     database, queries = tmp_path / "database", tmp_path / "queries"
@@ -31,15 +33,15 @@ def test_own_photos_against_a_reconstruct_model(tmp_path, capsys):
         cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     recon = tmp_path / "recon"
     assert cli.main(["-q", "reconstruct", str(database), str(recon), "--features", "sift",
-                     "--conf", "max_keypoints=2048", "--seed", "0"]) == 0
+                     "--conf", "max_keypoints=2048", "--seed", str(run_seed)]) == 0
     model = pycolmap.Reconstruction(recon / "sfm")
-    assert model.num_reg_images() >= 6
+    figures.check("registered", model.num_reg_images(), ">=", 6)
     write_queries(tmp_path / "queries.txt",
                   {scene.names[v]: scene.cameras for v in QUERIES})
     out = tmp_path / "out"
     status = localize_pipeline.main(["--model", str(recon), "--queries", str(queries),
                                      "--outputs", str(out), "--query-list",
-                                     str(tmp_path / "queries.txt"), "--seed", "0"])
+                                     str(tmp_path / "queries.txt"), "--seed", str(run_seed)])
     printed = capsys.readouterr().out
     assert status == 0, printed
     assert f"localized {len(QUERIES)} of {len(QUERIES)} queries" in printed
@@ -55,12 +57,13 @@ def test_own_photos_against_a_reconstruct_model(tmp_path, capsys):
     for view in QUERIES:
         pose = poses[scene.names[view]]
         center = np.asarray(world_from_model * pose.inverse().translation[None])[0]
-        assert np.linalg.norm(center - scene.projection_center(view)) < 0.05
+        figures.check("center_error", np.linalg.norm(center - scene.projection_center(view)),
+                      "<", 0.05)
         r_world = np.asarray(pose.rotation.matrix()) @ rotation.T
         r_true, _ = scene.rotation_translation(view)
         cos = (np.trace(r_world @ r_true.T) - 1) / 2
-        assert np.degrees(np.arccos(np.clip(cos, -1, 1))) < 0.5
+        figures.check("rotation_error_deg", np.degrees(np.arccos(np.clip(cos, -1, 1))), "<", 0.5)
     log = json.loads((out / "poses_log.json").read_text())
     assert log["summary"]["num_localized"] == len(QUERIES)
-    assert all(q["num_inliers"] >= 30 for q in log["queries"].values())
+    figures.check("min_inliers", min(q["num_inliers"] for q in log["queries"].values()), ">=", 30)
     assert scale > 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import parse_overrides
 from ..errors import InputError
+from ..runtime import resolve_seed
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "at (0.25m,2°)/(0.5m,5°)/(5m,10°) and median errors")
     p.add_argument("--prepend-camera-name", action="store_true",
                    help="write 'camera/name' instead of the basename")
-    p.add_argument("--seed", type=int, default=-1, help="RANSAC seed (-1: random)")
+    p.add_argument("--seed", type=int, default=-1, help="RANSAC seed (default: a fresh one, logged)")
     p.add_argument("--device")
     p.set_defaults(func=run)
 
@@ -85,7 +86,7 @@ def run(args) -> int:
     config = LocalizationConfig(
         pose=PoseConfig(max_error=args.ransac_max_error, min_num_inliers=args.min_inliers,
                         refine_focal_length=args.refine_focal_length,
-                        random_seed=args.seed),
+                        random_seed=resolve_seed(args.seed)),
         covisibility_clustering=args.covisibility_clustering)
     result = run_localization(
         args.model, db_features, args.queries, queries, args.output, pairs=pairs,

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from ..runtime import resolve_seed
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,7 +45,8 @@ def run(args) -> int:
         raise InputError(f"pairs file {args.pairs} is empty: it names no image pair")
     config = TriangulationConfig(verification=args.verification,
                                  max_epipolar_error=args.max_epipolar_error,
-                                 min_num_matches=args.min_matches, random_seed=args.seed,
+                                 min_num_matches=args.min_matches,
+                                 random_seed=resolve_seed(args.seed),
                                  extract_colors=args.images is not None)
     report = triangulate_model(args.reference, args.output, args.features, args.matches,
                                pairs, image_dir=args.images, intrinsics=args.intrinsics,
