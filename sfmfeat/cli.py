@@ -8,6 +8,7 @@ Any ``SfmfeatError`` becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import pkgutil
@@ -34,24 +35,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Log levels for sfmfeat and pycolmap; ``quiet`` also silences the progress bars
+    (``sfmfeat.progress``) and pycolmap's own error lines (ours say what failed)."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
                         datefmt="%H:%M:%S")
     try:
         import pycolmap
 
-        pycolmap.logging.minloglevel = 0 if verbose else 2
+        pycolmap.logging.minloglevel = 0 if verbose else 3 if quiet else 2
     except (ImportError, AttributeError):
         pass
 
 
+def describe_os_error(err: OSError) -> str:
+    """One line naming the path(s) and the cause of an OSError (disk full, permission,
+    read-only file system, a file where a folder is expected, ...)."""
+    paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
+    cause = err.strerror or str(err) or type(err).__name__
+    code = errno.errorcode.get(err.errno or -1)
+    text = f"{paths}: {cause}" if paths else cause
+    return f"{text} ({code})" if code else text
+
+
 def run_guarded(program: str, job: Callable[[], int | None]) -> int:
-    """Run ``job``; an SfmfeatError becomes one line on stderr and exit status 2, an
-    interruption exit status 130. Used by the CLI and by every ``pipelines`` module."""
+    """Run ``job``; an SfmfeatError or an OSError becomes one line on stderr and exit status
+    2, an interruption exit status 130. Used by the CLI and by every ``pipelines`` module."""
     try:
         result = job()
     except SfmfeatError as err:
         print(f"{program}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{program}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{program}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from .progress import tqdm
 
 from .errors import ImageReadError, InputError
 from .extractors import create_extractor
 from .extractors.base import Extractor, Features
 from .images import list_images, read_image
-from .store import FeatureWriter
+from .store import FeatureWriter, image_fingerprint, same_image_content
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class ExtractionReport:
     output: Path
     extracted: list[str] = field(default_factory=list)
     already_done: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)         # stored, but the image changed
     rejected: dict[str, str] = field(default_factory=dict)   # name -> reason
     seconds: float = 0.0
 
@@ -42,7 +43,9 @@ def extract_features(image_dir: str | Path, output: str | Path, features: str = 
                      checkpoint_every: int = 16) -> ExtractionReport:
     """Extract ``features`` (a preset name) for every image and store them in ``output``.
 
-    Images already in ``output`` with the same config are skipped (resumption). Unreadable
+    Images already in ``output`` with the same config and the same file content (size and
+    BLAKE2b hash, see ``store.image_fingerprint``) are skipped (resumption); an image whose
+    file has changed since is re-extracted and listed in ``ExtractionReport.changed``. Unreadable
     images are reported in ``ExtractionReport.rejected`` with their reason, or raise with
     ``strict=True``. Results are made durable every ``checkpoint_every`` images (and at
     least every 20 s), so a killed run loses at most that much work.
@@ -57,19 +60,14 @@ def extract_features(image_dir: str | Path, output: str | Path, features: str = 
     with FeatureWriter(output, method=features, config_hash=extractor.config_hash,
                        config=extractor.describe_config(), overwrite=overwrite,
                        flush_items=checkpoint_every) as writer:
-        todo = []
-        for name in names:
-            (report.already_done if name in writer else todo).append(name)
-        if report.already_done:
-            logger.info("%d of %d images already extracted", len(report.already_done),
-                        len(names))
+        todo = _images_to_extract(image_dir, names, writer, report)
         # decode the next image while the current one is being processed
         with ThreadPoolExecutor(max_workers=1) as pool:
             loads = [pool.submit(_load, image_dir / name) for name in todo[:1]]
             for index, name in enumerate(tqdm(todo, desc=f"extract {features}", unit="img")):
                 if index + 1 < len(todo):
                     loads.append(pool.submit(_load, image_dir / todo[index + 1]))
-                image, error = loads[index].result()
+                image, error, fingerprint = loads[index].result()
                 loads[index] = None  # release the pixels
                 if error is not None:
                     if strict:
@@ -79,7 +77,7 @@ def extract_features(image_dir: str | Path, output: str | Path, features: str = 
                     continue
                 result = extractor.extract(image)
                 _check_features(result, name)
-                writer.write(name, result, (image.shape[1], image.shape[0]))
+                writer.write(name, result, (image.shape[1], image.shape[0]), fingerprint)
                 report.extracted.append(name)
     report.seconds = time.perf_counter() - start
     if not report.valid_names:
@@ -88,11 +86,46 @@ def extract_features(image_dir: str | Path, output: str | Path, features: str = 
     return report
 
 
-def _load(path: Path) -> tuple[np.ndarray | None, ImageReadError | None]:
+def _images_to_extract(image_dir: Path, names: list[str], writer: FeatureWriter,
+                       report: ExtractionReport) -> list[str]:
+    """The names to (re-)extract: new ones and stored ones whose image file has changed."""
+    todo = []
+    for name in names:
+        if name not in writer:
+            todo.append(name)
+            continue
+        path = image_dir / name
+        current = _fingerprint(path) if path.is_file() else None
+        if current is None:  # gone or unreadable: the reader reports it below
+            todo.append(name)
+        elif same_image_content(writer.stored_fingerprint(name), current):
+            report.already_done.append(name)
+        else:
+            report.changed.append(name)
+            todo.append(name)
+    if report.already_done:
+        logger.info("%d of %d images already extracted", len(report.already_done), len(names))
+    if report.changed:
+        logger.warning("%d stored image(s) changed since their features were extracted; "
+                       "re-extracting: %s", len(report.changed),
+                       ", ".join(report.changed[:10]) + (" ..." if len(report.changed) > 10
+                                                         else ""))
+    return todo
+
+
+def _fingerprint(path: Path) -> dict[str, Any] | None:
     try:
-        return read_image(path), None
+        return image_fingerprint(path)
+    except OSError:
+        return None
+
+
+def _load(path: Path) -> tuple[np.ndarray | None, ImageReadError | None,
+                                dict[str, Any] | None]:
+    try:
+        return read_image(path), None, _fingerprint(path)
     except ImageReadError as err:
-        return None, err
+        return None, err, None
 
 
 def _check_features(features: Features, name: str) -> None:

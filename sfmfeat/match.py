@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from .progress import tqdm
 
 from .errors import InputError
 from .matchers import create_matcher
@@ -26,6 +26,7 @@ class MatchingReport:
     output: Path
     matched: int = 0
     already_done: int = 0
+    rematched: int = 0          # stored pairs whose features changed since, matched again
     num_matches: dict[Pair, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -56,6 +57,20 @@ class _DescriptorCache:
         return values
 
 
+class _FeatureDigests:
+    """name -> keypoints digest of its record in the first reader holding it (memoised)."""
+
+    def __init__(self, readers: list[FeatureReader]) -> None:
+        self.readers = readers
+        self._digests: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        if name not in self._digests:
+            reader = next(r for r in self.readers if name in r)
+            self._digests[name] = reader.keypoints_digest(name)
+        return self._digests[name]
+
+
 def features_identity(readers: list[FeatureReader]) -> str:
     """The config hash of the features the matches are made from (one or two files)."""
     hashes = sorted({r.config_hash for r in readers})
@@ -70,7 +85,9 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
                 overwrite: bool = False, checkpoint_every: int = 64) -> MatchingReport:
     """Match every pair; names are looked up in ``features`` then ``reference_features``.
 
-    Pairs already stored with the same matcher and features config are skipped; results
+    Pairs already stored with the same matcher and features config, and made from the same
+    feature records (``store.keypoints_digest``), are skipped; a stored pair whose features
+    have changed since is matched again (``MatchingReport.rematched``). Results
     are made durable every ``checkpoint_every`` pairs (and at least every 20 s).
     """
     start = time.perf_counter()
@@ -94,11 +111,23 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
                          config={"matcher": matcher, "config": vars(model.config)},
                          features_config_hash=features_identity(readers),
                          overwrite=overwrite, flush_items=checkpoint_every) as writer:
-            todo = [p for p in pairs if p not in writer]
+            digests = _FeatureDigests(readers)
+            todo = []
+            for pair in pairs:
+                if pair not in writer:
+                    todo.append(pair)
+                elif writer.stored_digests(*pair) != (digests(pair[0]), digests(pair[1])):
+                    todo.append(pair)
+                    report.rematched += 1
             report.already_done = len(pairs) - len(todo)
+            if report.rematched:
+                logger.warning("%d stored pair(s) were matched from other features than %s "
+                               "holds now; matching them again", report.rematched,
+                               ", ".join(map(str, paths)))
             for name0, name1 in tqdm(todo, desc=f"match {matcher}", unit="pair"):
                 matches, scores = model.match(cache(name0), cache(name1))
-                writer.write(name0, name1, matches, scores)
+                writer.write(name0, name1, matches, scores,
+                             features_digests=(digests(name0), digests(name1)))
                 report.num_matches[(name0, name1)] = len(matches)
                 report.matched += 1
     finally:

@@ -9,11 +9,15 @@ features.h5: ``/images/<key>/`` per image, where ``<key>`` is the image name wit
 "/" percent-escaped (one HDF5 component per image, so names with subfolders, spaces or
 non-ASCII characters round-trip). Datasets: ``keypoints`` N×2 float32 (pixel centre at
 integer coordinates), ``scores`` N float32, ``descriptors`` N×D float32, optional
-``scales`` and ``orientations`` N float32. Attributes: ``name`` and ``image_size`` (w, h).
+``scales`` and ``orientations`` N float32. Attributes: ``name``, ``image_size`` (w, h),
+``fingerprint`` (JSON: bytes, mtime_ns and BLAKE2b of the image file the record came from)
+and ``keypoints_digest`` (BLAKE2b of the keypoint array: the record's identity for lineage).
 
 matches.h5: ``/pairs/<key_a>/<key_b>/`` with name_a < name_b (order-invariant): datasets
 ``matches`` K×2 int32 (column 0 indexes name_a's keypoints) and ``scores`` K float32. The
-root also records ``features_config_hash`` of the features the matches were made from.
+root also records ``features_config_hash`` of the features the matches were made from, and
+each pair the attribute ``features_digests`` (the ``keypoints_digest`` of name_a's and
+name_b's feature records), so matches made from other keypoints are recomputed or refused.
 
 Crash safety and resumption
 ---------------------------
@@ -23,10 +27,18 @@ so a shard is either whole or absent. Closing the writer merges the final file a
 shards into a temporary file that replaces the final file atomically. A killed run leaves
 the final file untouched and its flushed shards; the next run with the same config picks
 them up and skips their items. A different config for the same file is refused.
+A feature record whose image file has changed (other content hash) is re-extracted, and a
+match record whose feature digests differ from the current features' is re-matched.
+
+Each writer holds an advisory lock (``.<file>.lock`` beside it, holding the writer's pid)
+for its lifetime: a second writer of the same file fails at once, naming that pid.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -122,6 +134,8 @@ class StoreInfo:
 
 
 def _open_h5(path: Path, mode: str = "r") -> h5py.File:
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not an HDF5 file; give a file path")
     try:
         return h5py.File(path, mode)
     except OSError as err:
@@ -142,8 +156,91 @@ def _item_keys(handle: h5py.File, kind: str) -> Iterator[tuple[str, ...]]:
                 yield (unescape_name(key_a), unescape_name(key_b))
 
 
+# ------------------------------------------------------ content fingerprints and lineage
+
+def image_fingerprint(path: str | Path) -> dict[str, Any]:
+    """What identifies an image file's content: size in bytes, mtime and a BLAKE2b hash."""
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    stat = path.stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
+
+
+def same_image_content(stored: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+    """Whether a record's fingerprint names the same content as ``current``'s. A record
+    without one (an older store) counts as changed; a touched but identical file does not."""
+    if not stored:
+        return False
+    return (stored.get("bytes"), stored.get("blake2b")) == (current["bytes"],
+                                                           current["blake2b"])
+
+
+def keypoints_digest(keypoints: np.ndarray) -> str:
+    """The identity of a feature record for the matches made from it."""
+    keypoints = np.ascontiguousarray(keypoints, dtype=np.float32)
+    digest = hashlib.blake2b(str(keypoints.shape).encode(), digest_size=8)
+    digest.update(keypoints.tobytes())
+    return digest.hexdigest()
+
+
+# -------------------------------------------------------------------------------- locks
+
+class StoreLock:
+    """An advisory exclusive lock on ``target`` (a store file or an output folder).
+
+    The lock file ``.<name>.lock`` beside the file (or inside the folder) holds the pid of
+    its holder; a second holder fails at once with a StoreError naming it."""
+
+    def __init__(self, target: str | Path, inside: bool = False) -> None:
+        target = Path(target)
+        self.target = target
+        self.path = (target / ".sfmfeat.lock" if inside
+                     else target.with_name(f".{target.name}.lock"))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = self._holder()
+            raise StoreError(f"{target} is being written by another sfmfeat process (pid "
+                             f"{holder}); wait for it to finish or write elsewhere") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "StoreLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
 class _ShardedWriter:
     """Buffered, crash-safe writer shared by the feature and match stores."""
+
+    # per-item attributes read back from stored records (``self.stored_attrs``)
+    tracked_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: str | Path, info: StoreInfo, overwrite: bool = False,
                  flush_items: int = 64, flush_seconds: float = 20.0) -> None:
@@ -155,19 +252,33 @@ class _ShardedWriter:
         self._buffer: list[tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, Any]]] = []
         self._last_flush = time.monotonic()
         self._closed = False
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory; give the path of an .h5 file")
+        self._lock = StoreLock(self.path)
+        try:
+            self._resume(overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
+        if self.done:
+            logger.info("%s: %d items already stored, resuming", self.path, len(self.done))
+
+    def _resume(self, overwrite: bool) -> None:
         if overwrite:
             self.path.unlink(missing_ok=True)
             shutil.rmtree(self.shard_dir, ignore_errors=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: set[tuple[str, ...]] = set()
-        if self.path.exists():
-            with _open_h5(self.path) as handle:
-                info.check(handle, self.path)
-                self.done.update(_item_keys(handle, info.kind))
-        for shard in self._shards():
-            with _open_h5(shard) as handle:
-                info.check(handle, shard)
-                self.done.update(_item_keys(handle, info.kind))
+        self.stored_attrs: dict[tuple[str, ...], dict[str, Any]] = {}
+        for source in ([self.path] if self.path.exists() else []) + self._shards():
+            with _open_h5(source) as handle:
+                self.info.check(handle, source)
+                keys = list(_item_keys(handle, self.info.kind))
+                self.done.update(keys)
+                if self.tracked_attrs:
+                    for key in keys:  # a later shard overrides, as in close()
+                        attrs = handle[_item_path(self.info.kind, key)].attrs
+                        self.stored_attrs[key] = {a: attrs[a] for a in self.tracked_attrs
+                                                  if a in attrs}
         if self.done:
             logger.info("%s: %d items already stored, resuming", self.path, len(self.done))
 
@@ -209,6 +320,12 @@ class _ShardedWriter:
 
     def close(self) -> None:
         """Flush and merge everything into the final file (atomic replace)."""
+        try:
+            self._merge()
+        finally:
+            self._lock.release()
+
+    def _merge(self) -> None:
         if self._closed:
             return
         self.flush()
@@ -242,11 +359,13 @@ class _ShardedWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:  # keep what was flushed; the rerun resumes from it
-            try:
-                self.flush()
-            except OSError:
-                logger.exception("could not flush %s", self.path)
+            return
+        try:  # keep what was flushed; the rerun resumes from it
+            self.flush()
+        except OSError as err:  # the error being raised already says why (often the same)
+            logger.debug("could not flush %s: %s", self.path, err)
+        finally:
+            self._lock.release()
 
 
 def _fsync_file(path: Path) -> None:
@@ -296,6 +415,8 @@ class StoreReader:
 class FeatureWriter(_ShardedWriter):
     """Writes features.h5; ``name in writer`` tells whether an image is already done."""
 
+    tracked_attrs = ("fingerprint",)
+
     def __init__(self, path: str | Path, method: str, config_hash: str,
                  config: dict[str, Any], overwrite: bool = False, **kwargs: Any) -> None:
         super().__init__(path, StoreInfo("features", method, config_hash, config),
@@ -304,11 +425,20 @@ class FeatureWriter(_ShardedWriter):
     def __contains__(self, name: str) -> bool:
         return (name,) in self.done
 
-    def write(self, name: str, features: Features, image_size: tuple[int, int]) -> None:
+    def stored_fingerprint(self, name: str) -> dict[str, Any] | None:
+        """The fingerprint of the image file a stored record came from (None: unknown)."""
+        value = self.stored_attrs.get((name,), {}).get("fingerprint")
+        return json.loads(value) if value else None
+
+    def write(self, name: str, features: Features, image_size: tuple[int, int],
+              fingerprint: dict[str, Any] | None = None) -> None:
         datasets = {f: getattr(features, f) for f in _FEATURE_FIELDS
                     if getattr(features, f) is not None}
-        self.add((name,), datasets, {"name": name,
-                                     "image_size": np.asarray(image_size, np.int64)})
+        attrs = {"name": name, "image_size": np.asarray(image_size, np.int64),
+                 "keypoints_digest": keypoints_digest(features.keypoints)}
+        if fingerprint is not None:
+            attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+        self.add((name,), datasets, attrs)
 
 
 class FeatureReader(StoreReader):
@@ -331,15 +461,32 @@ class FeatureReader(StoreReader):
 
     def read(self, name: str) -> Features:
         group = self._group(name)
-        values = {f: group[f][()] for f in _FEATURE_FIELDS if f in group}
+        values = {f: self._dataset(group, name, f) for f in _FEATURE_FIELDS if f in group}
         return Features(**values)
 
     def keypoints(self, name: str) -> np.ndarray:
-        return self._group(name)["keypoints"][()]
+        return self._dataset(self._group(name), name, "keypoints")
+
+    def _dataset(self, group: h5py.Group, name: str, field: str) -> np.ndarray:
+        try:
+            return group[field][()]
+        except (OSError, KeyError) as err:
+            raise StoreError(f"{self.path}: the {field} of {name!r} are unreadable ({err}); "
+                             "delete the file and rerun") from err
 
     def image_size(self, name: str) -> tuple[int, int]:
         width, height = self._group(name).attrs["image_size"]
         return int(width), int(height)
+
+    def keypoints_digest(self, name: str) -> str:
+        """The record's lineage identity (computed for records of older stores)."""
+        group = self._group(name)
+        stored = group.attrs.get("keypoints_digest")
+        return str(stored) if stored is not None else keypoints_digest(group["keypoints"][()])
+
+    def fingerprint(self, name: str) -> dict[str, Any] | None:
+        value = self._group(name).attrs.get("fingerprint")
+        return json.loads(value) if value else None
 
 
 # ------------------------------------------------------------------------------ matches
@@ -354,21 +501,34 @@ class MatchWriter(_ShardedWriter):
                          extra={"features_config_hash": features_config_hash})
         super().__init__(path, info, overwrite=overwrite, **kwargs)
 
+    tracked_attrs = ("features_digests",)
+
     def __contains__(self, pair: tuple[str, str]) -> bool:
         name_a, name_b, _ = pair_key(*pair)
         return (name_a, name_b) in self.done
 
-    def write(self, name0: str, name1: str, matches: np.ndarray, scores: np.ndarray) -> None:
+    def stored_digests(self, name0: str, name1: str) -> tuple[str, str] | None:
+        """The feature digests a stored pair was matched from, in (name0, name1) order."""
+        name_a, name_b, swapped = pair_key(name0, name1)
+        return _ordered_digests(
+            self.stored_attrs.get((name_a, name_b), {}).get("features_digests"), swapped)
+
+    def write(self, name0: str, name1: str, matches: np.ndarray, scores: np.ndarray,
+              features_digests: tuple[str, str] | None = None) -> None:
         matches = np.asarray(matches, dtype=np.int32).reshape(-1, 2)
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
         if len(scores) != len(matches):
             raise StoreError(f"{len(matches)} matches but {len(scores)} scores for "
                              f"{name0!r}-{name1!r}")
         name_a, name_b, swapped = pair_key(name0, name1)
+        attrs = {}
+        if features_digests is not None:
+            attrs["features_digests"] = " ".join(features_digests[::-1] if swapped
+                                                 else features_digests)
         if swapped:
             matches = matches[:, ::-1]
         self.add((name_a, name_b), {"matches": np.ascontiguousarray(matches), "scores": scores},
-                 {})
+                 attrs)
 
 
 class MatchReader(StoreReader):
@@ -395,10 +555,48 @@ class MatchReader(StoreReader):
         if path not in self._handle:
             raise StoreError(f"{self.path} has no matches for {name0!r} - {name1!r}")
         group = self._handle[path]
-        matches = group["matches"][()]
+        try:
+            matches, scores = group["matches"][()], group["scores"][()]
+        except (OSError, KeyError) as err:
+            raise StoreError(f"{self.path}: the record of {name0!r} - {name1!r} is unreadable "
+                             f"({err}); delete the file and rerun") from err
         if swapped:
             matches = np.ascontiguousarray(matches[:, ::-1])
-        return matches, group["scores"][()]
+        return matches, scores
+
+    def features_digests(self, name0: str, name1: str) -> tuple[str, str] | None:
+        """The keypoints digests the pair was matched from, in (name0, name1) order."""
+        name_a, name_b, swapped = pair_key(name0, name1)
+        return _ordered_digests(self._handle[_item_path("matches", (name_a, name_b))]
+                                .attrs.get("features_digests"), swapped)
+
+
+def _ordered_digests(value: Any, swapped: bool) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    digest_a, digest_b = str(value).split()
+    return (digest_b, digest_a) if swapped else (digest_a, digest_b)
+
+
+def check_matches_lineage(matches: MatchReader, features: Any,
+                          pairs: Iterable[tuple[str, str]]) -> None:
+    """Refuse (StoreError naming both files) when a pair's matches were made from other
+    feature records than ``features`` holds (a FeatureReader, or any object with
+    ``keypoints_digest(name)`` and ``path``)."""
+    digests: dict[str, str] = {}
+    for name0, name1 in pairs:
+        if (name0, name1) not in matches:
+            continue
+        stored = matches.features_digests(name0, name1)
+        for name in (name0, name1):
+            if name not in digests:
+                digests[name] = features.keypoints_digest(name)
+        if stored != (digests[name0], digests[name1]):
+            raise StoreError(
+                f"{matches.path} was not matched from the features in {features.path} "
+                f"(pair {name0!r} - {name1!r}: matched from keypoints {stored}, the features "
+                f"hold {(digests[name0], digests[name1])}); rerun `sfmfeat match` on these "
+                "features")
 
 
 def missing(items: Iterable, done: Any) -> list:

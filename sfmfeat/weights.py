@@ -66,7 +66,7 @@ def resolve(entry: WeightFile, download: bool = True) -> Path:
 
 
 def _download(entry: WeightFile, path: Path) -> None:
-    from tqdm import tqdm
+    from .progress import tqdm
 
     if entry.non_commercial:
         logger.warning("%s is licensed %s: non-commercial use only", entry.relative_path,

@@ -421,7 +421,7 @@ def evaluate_method(dataset_dir: str | Path, sequences: Sequence[str], features:
                     device: str | None = None, extractor=None) -> MethodResult:
     """Extract ``features`` for every image of ``sequences`` (resuming from ``features_path``)
     and run the protocol. ``extractor`` replaces the preset's extractor (e.g. in tests)."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     from ..extract import extract_features
     from ..matchers import create_matcher

@@ -95,14 +95,30 @@ class Features:
 
 
 def resolve_device(device: str | None) -> str:
-    """``device`` or, when None, "cuda" if a GPU is present else "cpu"."""
-    if device:
-        return device
+    """``device`` or, when None, "cuda" if a GPU is present else "cpu".
+
+    Raises ConfigError for a device torch does not know or a CUDA device without CUDA."""
     try:
         import torch
     except ImportError:
+        if device not in (None, "cpu"):
+            raise ConfigError(f"device {device!r}: torch is not installed; use cpu") from None
         return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"device {device!r} is not a torch device ({err}); use cpu or "
+                          "cuda") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: this torch has no usable CUDA device; use "
+                          "--device cpu or leave --device out")
+    if parsed.type == "cuda" and parsed.index is not None \
+            and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
+                          "device(s) present")
+    return device
 
 
 class Extractor(abc.ABC):

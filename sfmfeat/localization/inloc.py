@@ -36,7 +36,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pycolmap
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..errors import InputError, SfmfeatError
 from ..images import image_size

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import h5py
 import numpy as np
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, ImageReadError, InputError, StoreError

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pycolmap
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..errors import InputError, SfmfeatError
 from ..pairs import Pair

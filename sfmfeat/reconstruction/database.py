@@ -13,9 +13,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pycolmap
-from tqdm import tqdm
+from ..progress import tqdm
 
-from ..errors import InputError, ReconstructionError
+from ..errors import ConfigError, InputError, ReconstructionError, StoreError
 from ..pairs import Pair
 from ..store import FeatureReader, MatchReader
 
@@ -37,6 +37,15 @@ def to_colmap_keypoints(keypoints: np.ndarray) -> np.ndarray:
 
 def from_colmap_keypoints(keypoints: np.ndarray) -> np.ndarray:
     return np.asarray(keypoints, np.float32)[:, :2] - COLMAP_PIXEL_OFFSET
+
+
+def validate_camera_model(name: str) -> str:
+    """``name`` if COLMAP knows the camera model, else a ConfigError listing the known ones
+    (called before any work, so a typo does not surface after extraction and matching)."""
+    known = [m for m in pycolmap.CameraModelId.__members__ if m != "INVALID"]
+    if name not in known:
+        raise ConfigError(f"camera model {name!r} is unknown; choose one of {', '.join(known)}")
+    return name
 
 
 def infer_camera(image_path: Path, size: tuple[int, int], model: str = "SIMPLE_RADIAL"
@@ -114,12 +123,18 @@ def write_matches(database_path: str | Path, image_ids: dict[str, int], matches:
     returns the number of pairs written."""
     written = 0
     with pycolmap.Database.open(database_path) as db, pycolmap.DatabaseTransaction(db):
+        num_keypoints = {name: db.num_keypoints_for_image(image_id)
+                         for name, image_id in image_ids.items()}
         for name0, name1 in tqdm(list(pairs), desc="import matches", unit="pair"):
             if name0 not in image_ids or name1 not in image_ids:
                 continue
             pair_matches, _ = matches.read(name0, name1)
             if len(pair_matches) < min_num_matches:
                 continue
+            if len(pair_matches) and (pair_matches.min() < 0 or np.any(
+                    pair_matches.max(axis=0) >= (num_keypoints[name0], num_keypoints[name1]))):
+                raise StoreError(f"{matches.path}: the matches of {name0!r} - {name1!r} index "
+                                 "keypoints that the features do not have; rerun the matching")
             db.write_matches(image_ids[name0], image_ids[name1],
                              pair_matches.astype(np.uint32))
             written += 1

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pycolmap
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..config import config_hash, config_to_dict
 from ..timing import StageTimer

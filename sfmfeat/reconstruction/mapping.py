@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..errors import ReconstructionError
 

@@ -3,8 +3,14 @@
 Output folder layout:
     features.h5, matches.h5, pairs.txt, database.db,
     sfm/ (COLMAP binary model of the largest component) with sfm/points3D.ply,
-    summary.json (statistics, per-stage timings, config and its hash, sfmfeat version).
-Every stage resumes: features and matches already stored with the same config are reused.
+    summary.json (statistics, per-stage timings, config and its hash, sfmfeat version,
+    the run id, the stores it was built from and what was reused or redone),
+    sfm/lineage.json (the stores and, per image, the feature record and image hash).
+Every stage resumes: features and matches already stored with the same config, from the
+same image content and the same feature records, are reused; changed ones are redone.
+A run holds OUT/.sfmfeat.lock (a second run on OUT fails at once, naming the holder's pid)
+and first moves an earlier run's summary.json and sfm/ into OUT/previous/, removed
+once this run has succeeded: a failed run never leaves a success-looking result behind.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,13 +32,16 @@ from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, InputError, ReconstructionError
 from ..extract import extract_features
 from ..extractors import default_matcher
+from ..extractors.base import resolve_device
 from ..images import list_images
+from ..lineage import store_identity, write_model_lineage
 from ..match import match_pairs
 from ..pairs import exhaustive, read_pairs, sequential, write_pairs
 from ..runtime import MAX_SEED, cpu_threads, resolve_seed, validate_num_threads
-from ..store import FeatureReader, MatchReader
+from ..store import FeatureReader, MatchReader, StoreLock, check_matches_lineage
 from ..timing import StageTimer
-from .database import CameraMode, verify_matches, write_database, write_matches
+from .database import (CameraMode, validate_camera_model, verify_matches, write_database,
+                       write_matches)
 from .mapping import (MappingConfig, model_statistics, run_mapping, set_focal_priors,
                       verified_pair_statistics)
 
@@ -77,10 +89,49 @@ class ReconstructionResult:
     rejected: dict[str, str] = field(default_factory=dict)
 
 
+PREVIOUS_DIR = "previous"
+_PREVIOUS_OUTPUTS = ("summary.json", "sfm")  # dense/ keeps its own resumable state
+_MAPPING_SCRATCH = re.compile(r"models-[A-Za-z0-9_]{8}")  # tempfile.mkdtemp names
+
+
 def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 config: ReconstructionConfig = ReconstructionConfig(),
                 image_names: list[str] | None = None,
                 device: str | None = None) -> ReconstructionResult:
+    """Photos in ``image_dir`` -> COLMAP model in ``output_dir`` (see the module doc)."""
+    validate_camera_model(config.camera_model)  # everything cheap is checked before any work
+    resolve_device(device)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"output {output_dir} is a file; give a folder")
+    with StoreLock(output_dir, inside=True):
+        _set_aside_previous_outputs(output_dir)
+        result = _reconstruct(image_dir, output_dir, config, image_names, device)
+        shutil.rmtree(output_dir / PREVIOUS_DIR, ignore_errors=True)
+    return result
+
+
+def _set_aside_previous_outputs(output_dir: Path) -> None:
+    """Move an earlier run's results into OUT/previous/ (kept there until this run succeeds),
+    and drop the mapping scratch folders a killed run left behind."""
+    for entry in output_dir.iterdir():
+        if entry.is_dir() and _MAPPING_SCRATCH.fullmatch(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+    earlier = [name for name in _PREVIOUS_OUTPUTS if (output_dir / name).exists()]
+    if not earlier:
+        return
+    previous = output_dir / PREVIOUS_DIR
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for name in earlier:
+        os.replace(output_dir / name, previous / name)
+    logger.info("moved the earlier run's %s to %s until this run succeeds",
+                ", ".join(earlier), previous)
+
+
+def _reconstruct(image_dir: str | Path, output_dir: str | Path,
+                 config: ReconstructionConfig, image_names: list[str] | None,
+                 device: str | None) -> ReconstructionResult:
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     if image_names is None:
         image_names = list_images(image_dir)  # fails early on a missing or empty folder
@@ -114,13 +165,14 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
         pairs = _make_pairs(config, names)
         write_pairs(pairs_path, pairs)
     with timer.stage("match"):
-        match_pairs(pairs, features_path, matches_path, config.matcher,
-                    overrides=dict(config.matcher_options), device=device)
+        matching = match_pairs(pairs, features_path, matches_path, config.matcher,
+                               overrides=dict(config.matcher_options), device=device)
     with timer.stage("database"):
         with FeatureReader(features_path) as features:
             image_ids = write_database(database_path, image_dir, names, features,
                                        config.camera_mode, config.camera_model)
-        with MatchReader(matches_path) as matches:
+        with MatchReader(matches_path) as matches, FeatureReader(features_path) as features:
+            check_matches_lineage(matches, features, pairs)
             write_matches(database_path, image_ids, matches, pairs)
         if config.mapper == "global":
             changed = set_focal_priors(database_path)
@@ -150,6 +202,15 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
                             DenseConfig(max_image_size=config.dense_max_image_size))
     summary = _summary(config, names, extraction.rejected, reconstruction, database_path,
                        timer.seconds, features_path, matches_path)
+    summary["run_id"] = run_id = uuid.uuid4().hex
+    with FeatureReader(features_path) as features, MatchReader(matches_path) as matches:
+        summary["stores"] = {"features": store_identity(features),
+                             "matches": store_identity(matches)}
+        write_model_lineage(output_dir / "sfm", run_id, reconstruction, features, matches)
+    summary["resumption"] = {
+        "extracted": extraction.extracted, "reextracted_changed": extraction.changed,
+        "features_reused": len(extraction.already_done), "pairs_matched": matching.matched,
+        "pairs_rematched": matching.rematched, "pairs_reused": matching.already_done}
     if config.dense:
         summary["num_dense_points"] = dense.num_fused_points
         summary["dense_backend"] = dense.backend

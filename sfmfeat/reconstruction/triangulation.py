@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..errors import InputError, ReconstructionError
 from ..pairs import Pair, unique_pairs
