@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.benchmarks.reconstruction import benchmark, markdown_table, to_json
+from sfmfeat.extractors import check_feature_names
 from sfmfeat.images import read_image_list
 from sfmfeat.reconstruction.pipeline import ReconstructionConfig
 
@@ -31,7 +32,7 @@ logger = logging.getLogger("pipelines.benchmark_reconstruction")
 
 
 def run(args: argparse.Namespace) -> dict:
-    features = [f.strip() for f in args.features.split(",") if f.strip()]
+    features = check_feature_names([f.strip() for f in args.features.split(",") if f.strip()])
     config = ReconstructionConfig(matcher=args.matcher, pairs=args.pairs,
                                   random_seed=args.seed, min_num_inliers=args.min_num_inliers)
     names = read_image_list(args.image_list) if args.image_list else None

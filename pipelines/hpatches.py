@@ -35,6 +35,7 @@ from sfmfeat.benchmarks.hpatches import (EXCLUDED_SEQUENCES, PLOT_THRESHOLDS, Ho
 from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.config import parse_overrides
 from sfmfeat.errors import InputError
+from sfmfeat.extractors import check_feature_names
 
 logger = logging.getLogger("pipelines.hpatches")
 
@@ -56,6 +57,8 @@ def parse_compare(items: list[str] | None) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    feature_names = check_feature_names([f.strip() for f in args.features.split(",")
+                                         if f.strip()])
     sequences, dropped = list_sequences(args.dataset, () if args.keep_high_resolution
                                         else EXCLUDED_SEQUENCES)
     if dropped:
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
     curves = {}
     overrides = parse_overrides(args.conf)
     matcher_overrides = parse_overrides(args.matcher_conf)
-    for features in [f.strip() for f in args.features.split(",") if f.strip()]:
+    for features in feature_names:
         label = method_label(features, args.matcher, args.top_k)
         method = evaluate_method(args.dataset, sequences, features,
                                  outputs / "features" / f"{features}.h5", args.matcher,

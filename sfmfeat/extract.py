@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from .progress import tqdm
 
 from .errors import ImageReadError, InputError
 from .extractors import create_extractor
 from .extractors.base import Extractor, Features
 from .images import list_images, read_image
+from .progress import tqdm
 from .store import FeatureWriter, image_fingerprint, same_image_content
 
 logger = logging.getLogger(__name__)

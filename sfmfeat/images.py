@@ -13,6 +13,7 @@ Conventions (the same everywhere in sfmfeat):
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -33,11 +34,11 @@ def list_images(root: str | Path) -> list[str]:
         raise InputError(f"image folder {root} does not exist")
     if not root.is_dir():
         raise InputError(f"{root} is not a folder of images")
-    names = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    candidates = [p for p in root.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    names = sorted(p.relative_to(root).as_posix() for p in candidates if p.is_file())
+    for path in sorted(p for p in candidates if p.is_symlink() and not p.exists()):
+        logger.warning("skipping %s: broken symbolic link to %s", path, os.readlink(path))
     if not names:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
     return names

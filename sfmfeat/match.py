@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from .progress import tqdm
 
 from .errors import InputError
 from .matchers import create_matcher
 from .pairs import Pair, unique_pairs
+from .progress import tqdm
 from .store import FeatureReader, MatchWriter
 
 logger = logging.getLogger(__name__)

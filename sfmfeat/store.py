@@ -581,22 +581,29 @@ def _ordered_digests(value: Any, swapped: bool) -> tuple[str, str] | None:
 def check_matches_lineage(matches: MatchReader, features: Any,
                           pairs: Iterable[tuple[str, str]]) -> None:
     """Refuse (StoreError naming both files) when a pair's matches were made from other
-    feature records than ``features`` holds (a FeatureReader, or any object with
-    ``keypoints_digest(name)`` and ``path``)."""
+    feature records than the FeatureReader ``features`` holds. Pairs of older stores, which
+    carry no digests, get the cheap check: their indices are within the keypoint counts."""
     digests: dict[str, str] = {}
     for name0, name1 in pairs:
         if (name0, name1) not in matches:
             continue
         stored = matches.features_digests(name0, name1)
-        for name in (name0, name1):
-            if name not in digests:
-                digests[name] = features.keypoints_digest(name)
-        if stored != (digests[name0], digests[name1]):
-            raise StoreError(
-                f"{matches.path} was not matched from the features in {features.path} "
-                f"(pair {name0!r} - {name1!r}: matched from keypoints {stored}, the features "
-                f"hold {(digests[name0], digests[name1])}); rerun `sfmfeat match` on these "
-                "features")
+        if stored is None:
+            pair_matches, _ = matches.read(name0, name1)
+            counts = (len(features.keypoints(name0)), len(features.keypoints(name1)))
+            if len(pair_matches) == 0 or (pair_matches.min() >= 0 and np.all(
+                    pair_matches.max(axis=0) < counts)):
+                continue
+        else:
+            for name in (name0, name1):
+                if name not in digests:
+                    digests[name] = features.keypoints_digest(name)
+            if stored == (digests[name0], digests[name1]):
+                continue
+        raise StoreError(
+            f"{matches.path} was not matched from the features in {features.path} (pair "
+            f"{name0!r} - {name1!r} was matched from other keypoints); rerun `sfmfeat match` "
+            "on these features")
 
 
 def missing(items: Iterable, done: Any) -> list:

@@ -58,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _db_features(args) -> Path:
+    if not args.model.is_dir():
+        raise InputError(f"model folder {args.model} does not exist")
     if args.db_features:
         return args.db_features
     for candidate in (args.model / "features.h5", args.model.parent / "features.h5"):
@@ -98,8 +100,8 @@ def run(args) -> int:
     summary = report.summary()
     print(f"localized {summary['num_localized']} of {summary['num_queries']} queries "
           f"-> {result.poses_path} (log: {result.log_path})")
-    for name, reason in report.failures.items():
-        print(f"  not localized: {name}: {reason}")
+    for name, reason in report.failures.items():  # most reasons already name the query
+        print(f"  not localized: {reason if name in reason else f'{name}: {reason}'}")
     timing = summary["mean_seconds_per_query"]
     print("mean seconds per query: " + ", ".join(f"{k} {v:.3f}" for k, v in timing.items()))
     if result.evaluation is not None:

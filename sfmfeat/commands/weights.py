@@ -67,10 +67,15 @@ def _run_install(args) -> int:
                   and (args.method is None or e.method == args.method)]
     if not args.file.is_file():
         raise InputError(f"{args.file} does not exist")
-    if len(candidates) != 1:
+    if len(candidates) > 1:
+        methods = ", ".join(sorted(e.method for e in candidates))
+        raise InputError(f"{args.file.name} is registered for several methods ({methods}); "
+                         "choose one with --method")
+    if not candidates:
         known = ", ".join(sorted({e.relative_path for e in all_weight_files()}))
-        raise InputError(f"{args.file.name} is not a unique registered weight file "
-                         f"(use --method); registered: {known}")
+        where = f" for method {args.method!r}" if args.method else ""
+        raise InputError(f"{args.file.name} is not a registered weight file{where}; "
+                         f"registered: {known}")
     target = copy_into_cache(candidates[0], args.file)
     logger.info("installed %s", target)
     return 0

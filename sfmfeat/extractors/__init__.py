@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from .base import Describer, DetectAndDescribe, Extractor, Features
 
 __all__ = ["Extractor", "Describer", "Features", "create_extractor", "available_presets",
-           "extractor_classes", "default_matcher"]
+           "extractor_classes", "default_matcher", "check_feature_names"]
 
 
 @lru_cache(maxsize=1)
@@ -92,3 +92,21 @@ def create_extractor(name: str, overrides: dict[str, Any] | None = None,
         raise ConfigError(f"{describer_name!r} detects its own keypoints; "
                           f"'+{detector_name}' applies only to descriptor-only methods")
     return cls(apply_overrides(config, overrides), device=device)
+
+
+def check_feature_names(names: list[str]) -> list[str]:
+    """``names`` if each is a preset or a valid ``desc+det`` combination, else a ConfigError
+    naming the first unknown one: lets a multi-method run fail before its first method."""
+    if not names:
+        raise ConfigError("no feature preset given")
+    for name in names:
+        if name in available_presets():
+            continue
+        describer_name, _, detector_name = name.partition("+")
+        cls, _ = _lookup(describer_name)
+        if detector_name:
+            if not issubclass(cls, Describer):
+                raise ConfigError(f"{describer_name!r} detects its own keypoints; "
+                                  f"'+{detector_name}' applies only to descriptor-only methods")
+            _lookup(detector_name)
+    return names

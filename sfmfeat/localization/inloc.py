@@ -36,10 +36,10 @@ from typing import Any
 import h5py
 import numpy as np
 import pycolmap
-from ..progress import tqdm
 
 from ..errors import InputError, SfmfeatError
 from ..images import image_size
+from ..progress import tqdm
 from ..store import FeatureReader, MatchReader
 from .pose import PoseConfig, estimate_pose
 from .results import INLOC_THRESHOLDS, pose_errors, recall

@@ -41,9 +41,10 @@ class QueryList:
     def merge(self, other: QueryList) -> QueryList:
         for name, camera in other.cameras.items():
             if name in self.cameras:
-                self.errors[other.sources.get(name, name)] = (
-                    f"query {name!r} is listed twice (first at "
-                    f"{self.sources.get(name, '?')}); the first entry is kept")
+                where = other.sources.get(name, name)
+                self.errors[where] = (f"{where}: query {name!r} is listed twice (first at "
+                                      f"{self.sources.get(name, '?')}); the first entry is kept")
+                logger.error("%s", self.errors[where])
                 continue
             self.cameras[name] = camera
             self.sources[name] = other.sources.get(name, name)

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import h5py
 import numpy as np
-from ..progress import tqdm
 
 from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, ImageReadError, InputError, StoreError
 from ..pairs import Pair, unique_pairs
+from ..progress import tqdm
 from ..store import (SCHEMA_VERSION, FeatureReader, StoreInfo, StoreReader, _item_keys, _item_path,
                      _open_h5, _ShardedWriter)
 

@@ -18,9 +18,11 @@ from typing import Any
 
 import pycolmap
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, ImageReadError, InputError
 from ..extract import extract_features
 from ..extractors import create_extractor
+from ..images import image_size
+from ..lineage import check_features_belong_to_model
 from ..match import match_pairs
 from ..pairs import Pair, exhaustive, read_pairs, write_pairs
 from ..store import FeatureReader
@@ -46,15 +48,23 @@ class LocalizationRun:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def model_folder(model: str | Path | pycolmap.Reconstruction) -> Path | None:
+    """The folder holding the model files (OUT/sfm for a `sfmfeat reconstruct` OUT)."""
+    if isinstance(model, pycolmap.Reconstruction):
+        return None
+    path = Path(model)
+    if path.is_dir() and not (path / "images.bin").exists() and (path / "sfm").is_dir():
+        path = path / "sfm"  # the output folder of `sfmfeat reconstruct`
+    return path
+
+
 def load_model(model: str | Path | pycolmap.Reconstruction) -> tuple[pycolmap.Reconstruction,
                                                                      str]:
     if isinstance(model, pycolmap.Reconstruction):
         return model, "the model"
     from ..reconstruction.triangulation import read_model
 
-    path = Path(model)
-    if path.is_dir() and not (path / "images.bin").exists() and (path / "sfm").is_dir():
-        path = path / "sfm"  # the output folder of `sfmfeat reconstruct`
+    path = model_folder(model)
     return read_model(path), f"model {path}"
 
 
@@ -88,6 +98,23 @@ def extractor_overrides_like(reader: FeatureReader) -> dict[str, Any]:
             f"{reader.config_hash}; made by another sfmfeat version?): query features would "
             "not match it. Re-extract the database features, or pass --features/--conf")
     return overrides
+
+
+def intrinsics_size_mismatch(path: Path, camera: pycolmap.Camera, where: str) -> str | None:
+    """Why a query's intrinsics cannot be used for its image (None when they can).
+
+    A size that disagrees with the image is an error for that query, not rescaled: a
+    different size may be a crop as well as a resize, and a silently wrong focal length
+    gives a wrong pose (COLMAP and hloc use the given intrinsics as they are)."""
+    try:
+        width, height = image_size(path)
+    except ImageReadError:
+        return None  # the extraction names the unreadable image
+    if (width, height) == (camera.width, camera.height):
+        return None
+    return (f"query {path.name}: the intrinsics at {where} are for {camera.width}x"
+            f"{camera.height} px but the image is {width}x{height} px; fix that line (scale "
+            "the focal length and principal point to the image size)")
 
 
 def resolve_pairs(source: PairsSource, query_names: list[str], db_names: list[str]
@@ -138,6 +165,7 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
         db_names = [n for n in index.names if n in reader]
         if not db_names:
             raise InputError(f"no registered image of {source} has features in {db_features}")
+        check_features_belong_to_model(reconstruction, model_folder(model), reader, source)
         if features is None:
             features = reader.method
             feature_overrides = {**extractor_overrides_like(reader),
@@ -151,6 +179,9 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
         if not (query_dir / name).is_file():
             errors[name] = (f"query image {query_dir / name} does not exist"
                             f" (listed at {queries.sources.get(name, '?')})")
+        elif (mismatch := intrinsics_size_mismatch(query_dir / name, queries.cameras[name],
+                                                   queries.sources.get(name, "?"))):
+            errors[name] = mismatch
         else:
             names.append(name)
     timings: dict[str, float] = {}
@@ -192,7 +223,8 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
 
     for key, message in errors.items():
         report.results[key] = QueryResult(name=key, status="error", reason=message)
-        logger.error("%s", message)
+        if key not in queries.errors:  # read_queries has logged its own
+            logger.error("%s", message)
     stem = Path(poses_name).stem
     poses_path = write_poses(output_dir / poses_name, report.poses, prepend_camera_name)
     summary = report.summary()

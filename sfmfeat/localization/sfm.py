@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import pycolmap
-from ..progress import tqdm
 
 from ..errors import InputError, SfmfeatError
 from ..pairs import Pair
+from ..progress import tqdm
 from ..store import FeatureReader, MatchReader
 from .pose import PoseConfig, PoseResult, estimate_pose
 

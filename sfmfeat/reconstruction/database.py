@@ -13,10 +13,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pycolmap
-from ..progress import tqdm
 
-from ..errors import ConfigError, InputError, ReconstructionError, StoreError
+from ..errors import ConfigError, InputError, ReconstructionError
 from ..pairs import Pair
+from ..progress import tqdm
 from ..store import FeatureReader, MatchReader
 
 logger = logging.getLogger(__name__)
@@ -123,18 +123,12 @@ def write_matches(database_path: str | Path, image_ids: dict[str, int], matches:
     returns the number of pairs written."""
     written = 0
     with pycolmap.Database.open(database_path) as db, pycolmap.DatabaseTransaction(db):
-        num_keypoints = {name: db.num_keypoints_for_image(image_id)
-                         for name, image_id in image_ids.items()}
         for name0, name1 in tqdm(list(pairs), desc="import matches", unit="pair"):
             if name0 not in image_ids or name1 not in image_ids:
                 continue
             pair_matches, _ = matches.read(name0, name1)
             if len(pair_matches) < min_num_matches:
                 continue
-            if len(pair_matches) and (pair_matches.min() < 0 or np.any(
-                    pair_matches.max(axis=0) >= (num_keypoints[name0], num_keypoints[name1]))):
-                raise StoreError(f"{matches.path}: the matches of {name0!r} - {name1!r} index "
-                                 "keypoints that the features do not have; rerun the matching")
             db.write_matches(image_ids[name0], image_ids[name1],
                              pair_matches.astype(np.uint32))
             written += 1

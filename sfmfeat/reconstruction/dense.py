@@ -23,11 +23,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pycolmap
-from ..progress import tqdm
 
 from ..config import config_hash, config_to_dict
+from ..progress import tqdm
 from ..timing import StageTimer
 from ..errors import ConfigError, InputError, ReconstructionError
+from ..lineage import check_images_belong_to_model
 from . import mvs_cpu
 from .mvs_cpu import CpuMvsConfig
 
@@ -119,6 +120,7 @@ def check_inputs(rec: pycolmap.Reconstruction, image_dir: Path, model_dir: Path)
         raise InputError(
             f"{len(missing)} of the {len(registered)} images of the model are missing from "
             f"{image_dir} ({shown}); pass the image folder the model was built from")
+    check_images_belong_to_model(rec, model_dir, image_dir)  # before the native undistorter
     if rec.num_points3D() == 0:
         raise ReconstructionError(
             f"the model in {model_dir} has no 3D points; depth ranges and source views come "
@@ -336,14 +338,22 @@ def _fuse(workspace: Path, config: DenseConfig, names: list[str]) -> Path:
     return fused
 
 
-def _mesh(fused: Path, config: DenseConfig) -> Path:
+def _mesh(fused: Path, config: DenseConfig) -> Path | None:
+    """The Poisson mesh of the fused cloud, or None (with a warning) when it is empty."""
     mesh = fused.with_name("meshed-poisson.ply")
     tmp = fused.with_name("meshed-poisson.tmp.ply")
+    mesh.unlink(missing_ok=True)  # never leave an earlier mesh beside a new cloud
     options = pycolmap.PoissonMeshingOptions(depth=config.poisson_depth, trim=config.poisson_trim,
                                              num_threads=config.poisson_num_threads)
     pycolmap.poisson_meshing(str(fused), str(tmp), options)
     if not tmp.is_file():
         raise ReconstructionError(f"Poisson meshing of {fused} wrote no mesh")
+    if _ply_vertex_count(tmp) == 0:
+        tmp.unlink()
+        logger.warning("Poisson meshing of %s gave an empty mesh (trim %.1f removed every "
+                       "vertex, or the cloud is too sparse); no mesh written: lower "
+                       "poisson_trim or poisson_depth", fused, config.poisson_trim)
+        return None
     os.replace(tmp, mesh)
     return mesh
 
@@ -417,7 +427,7 @@ def densify(sfm_dir: str | Path, image_dir: str | Path, out_dir: str | Path,
             if state.get("mesh") == fusion_key and mesh_path.is_file():
                 logger.info("mesh %s exists; reusing it", mesh_path)
             else:
-                _mesh(fused, config)
+                mesh_path = _mesh(fused, config)
                 state["mesh"] = fusion_key
                 _write_state(workspace, state)
 

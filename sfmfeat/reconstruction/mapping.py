@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
-from ..progress import tqdm
 
 from ..errors import ReconstructionError
+from ..progress import tqdm
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
-from ..progress import tqdm
 
 from ..errors import InputError, ReconstructionError
 from ..pairs import Pair, unique_pairs
-from ..store import FeatureReader, MatchReader
+from ..progress import tqdm
+from ..store import FeatureReader, MatchReader, check_matches_lineage
 from .database import COLMAP_PIXEL_OFFSET, to_colmap_keypoints, verify_matches
 
 logger = logging.getLogger(__name__)
@@ -265,6 +265,9 @@ def triangulate_model(reference: str | Path | pycolmap.Reconstruction,
     """
     config = config or TriangulationConfig()
     output_dir = Path(output_dir)
+    if isinstance(reference, (str, Path)) and output_dir.resolve() == Path(reference).resolve():
+        raise InputError(f"the output {output_dir} is the reference model {reference}: "
+                         "triangulating into it would overwrite it; give another folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -279,6 +282,9 @@ def triangulate_model(reference: str | Path | pycolmap.Reconstruction,
     report = TriangulationReport(reconstruction=reference, database_path=database_path)
     timings["database"] = time.perf_counter() - start
     with FeatureReader(features) as feature_reader, MatchReader(matches) as match_reader:
+        check_matches_lineage(match_reader, feature_reader,
+                              [p for p in pairs if p[0] in feature_reader
+                               and p[1] in feature_reader])
         start = time.perf_counter()
         import_features_and_matches(reference, database_path, image_ids, feature_reader,
                                     match_reader, pairs, config, report)
