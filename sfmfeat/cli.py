@@ -11,7 +11,9 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import pkgutil
+import re
 import sys
 from collections.abc import Callable
 
@@ -52,9 +54,15 @@ def describe_os_error(err: OSError) -> str:
     """One line naming the path(s) and the cause of an OSError (disk full, permission,
     read-only file system, a file where a folder is expected, ...)."""
     paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
-    cause = err.strerror or str(err) or type(err).__name__
+    if not paths:  # HDF5 puts the file name into its (multi-line) message
+        named = re.search(r"(?:file)?name = '([^']+)'", str(err))
+        paths = named.group(1) if named else ""
+    if err.errno and paths:
+        cause = os.strerror(err.errno)
+    else:
+        cause = err.strerror or str(err) or type(err).__name__
     code = errno.errorcode.get(err.errno or -1)
-    text = f"{paths}: {cause}" if paths else cause
+    text = " ".join((f"{paths}: {cause}" if paths else cause).split())
     return f"{text} ({code})" if code else text
 
 

@@ -195,6 +195,7 @@ class StoreLock:
     its holder; a second holder fails at once with a StoreError naming it."""
 
     def __init__(self, target: str | Path, inside: bool = False) -> None:
+        self._fd: int | None = None
         target = Path(target)
         self.target = target
         self.path = (target / ".sfmfeat.lock" if inside
@@ -212,7 +213,7 @@ class StoreLock:
                              f"{holder}); wait for it to finish or write elsewhere") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd: int | None = fd
+        self._fd = fd
 
     def _holder(self) -> str:
         try:
@@ -254,6 +255,12 @@ class _ShardedWriter:
         self._closed = False
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory; give the path of an .h5 file")
+        for parent in self.path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise StoreError(f"{parent} is a file, not a folder: cannot write "
+                                     f"{self.path}")
+                break
         self._lock = StoreLock(self.path)
         try:
             self._resume(overwrite)
