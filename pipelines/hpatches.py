@@ -34,7 +34,6 @@ from sfmfeat.benchmarks.hpatches import (EXCLUDED_SEQUENCES, PLOT_THRESHOLDS, Ho
                                          save_cache, summarize_cache)
 from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.config import parse_overrides
-from sfmfeat.errors import InputError
 from sfmfeat.extractors import check_feature_names
 
 logger = logging.getLogger("pipelines.hpatches")
@@ -142,12 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
 
-    def job() -> None:
-        try:
-            args.outputs.mkdir(parents=True, exist_ok=True)
-            run(args)
-        except OSError as err:
-            raise InputError(str(err)) from err
+    def job() -> None:  # run_guarded turns an OSError into one line with path and cause
+        args.outputs.mkdir(parents=True, exist_ok=True)
+        run(args)
 
     return run_guarded("pipelines.hpatches", job)
 

@@ -21,6 +21,9 @@ name_b's feature records), so matches made from other keypoints are recomputed o
 
 Crash safety and resumption
 ---------------------------
+Datasets carry Fletcher-32 checksums: a file corrupted in place fails to read (a
+StoreError naming it) instead of returning other numbers.
+
 Writers never modify the final file in place. New results are buffered and flushed into
 shard files ``<file>.partial/shard-*.h5``, each written to a temporary name and renamed,
 so a shard is either whole or absent. Closing the writer merges the final file and the
@@ -317,7 +320,9 @@ class _ShardedWriter:
             for key, datasets, attrs in self._buffer:
                 group = handle.create_group(_item_path(self.info.kind, key))
                 for field, value in datasets.items():
-                    group.create_dataset(field, data=value)
+                    # checksummed, so that a corrupted file fails to read instead of
+                    # returning other numbers (HDF5 needs chunks, hence non-empty arrays)
+                    group.create_dataset(field, data=value, fletcher32=bool(np.size(value)))
                 for attr, value in attrs.items():
                     group.attrs[attr] = value
         _fsync_file(tmp)

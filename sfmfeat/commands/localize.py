@@ -58,8 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _db_features(args) -> Path:
-    if not args.model.is_dir():
-        raise InputError(f"model folder {args.model} does not exist")
     if args.db_features:
         return args.db_features
     for candidate in (args.model / "features.h5", args.model.parent / "features.h5"):
@@ -77,6 +75,8 @@ def run(args) -> int:
     from ..localization.run import run_localization
     from ..localization.sfm import LocalizationConfig
 
+    if not args.model.is_dir():
+        raise InputError(f"model folder {args.model} does not exist")
     if args.query_list:
         queries = read_query_lists(args.query_list)
     else:

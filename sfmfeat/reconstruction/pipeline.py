@@ -106,7 +106,7 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
         raise InputError(f"output {output_dir} is a file; give a folder")
     with StoreLock(output_dir, inside=True):
         _set_aside_previous_outputs(output_dir)
-        result = _reconstruct(image_dir, output_dir, config, image_names, device)
+        result = _resolve_and_run(image_dir, output_dir, config, image_names, device)
         shutil.rmtree(output_dir / PREVIOUS_DIR, ignore_errors=True)
     return result
 
@@ -129,9 +129,9 @@ def _set_aside_previous_outputs(output_dir: Path) -> None:
                 ", ".join(earlier), previous)
 
 
-def _reconstruct(image_dir: str | Path, output_dir: str | Path,
-                 config: ReconstructionConfig, image_names: list[str] | None,
-                 device: str | None) -> ReconstructionResult:
+def _resolve_and_run(image_dir: str | Path, output_dir: str | Path,
+                     config: ReconstructionConfig, image_names: list[str] | None,
+                     device: str | None) -> ReconstructionResult:
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     if image_names is None:
         image_names = list_images(image_dir)  # fails early on a missing or empty folder
