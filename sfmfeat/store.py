@@ -21,8 +21,9 @@ name_b's feature records), so matches made from other keypoints are recomputed o
 
 Crash safety and resumption
 ---------------------------
-Datasets carry Fletcher-32 checksums: a file corrupted in place fails to read (a
-StoreError naming it) instead of returning other numbers.
+Every record carries the CRC-32 of each of its datasets (attribute ``crc32``, JSON): a
+file corrupted in place fails to read (a StoreError naming it) instead of returning other
+numbers. (Not HDF5's Fletcher-32 filter: its chunked writes crash h5py on a full disk.)
 
 Writers never modify the final file in place. New results are buffered and flushed into
 shard files ``<file>.partial/shard-*.h5``, each written to a temporary name and renamed,
@@ -48,6 +49,7 @@ import os
 import shutil
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -320,9 +322,10 @@ class _ShardedWriter:
             for key, datasets, attrs in self._buffer:
                 group = handle.create_group(_item_path(self.info.kind, key))
                 for field, value in datasets.items():
-                    # checksummed, so that a corrupted file fails to read instead of
-                    # returning other numbers (HDF5 needs chunks, hence non-empty arrays)
-                    group.create_dataset(field, data=value, fletcher32=bool(np.size(value)))
+                    group.create_dataset(field, data=value)
+                group.attrs["crc32"] = json.dumps(
+                    {field: _crc32(value) for field, value in datasets.items()},
+                    sort_keys=True)
                 for attr, value in attrs.items():
                     group.attrs[attr] = value
         _fsync_file(tmp)
@@ -378,6 +381,24 @@ class _ShardedWriter:
             logger.debug("could not flush %s: %s", self.path, err)
         finally:
             self._lock.release()
+
+
+def _crc32(value: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(value).view(np.uint8))
+
+
+def _read_checked(group: h5py.Group, field: str, path: Path, what: str) -> np.ndarray:
+    """``group[field]`` verified against the record's checksum (when it has one)."""
+    try:
+        value = group[field][()]
+        checksums = group.attrs.get("crc32")
+    except (OSError, KeyError) as err:
+        raise StoreError(f"{path}: the {field} of {what} are unreadable ({err}); delete the "
+                         "file and rerun") from err
+    if checksums is not None and json.loads(checksums).get(field) not in (None, _crc32(value)):
+        raise StoreError(f"{path}: the {field} of {what} are corrupt (checksum mismatch); "
+                         "delete the file and rerun")
+    return value
 
 
 def _fsync_file(path: Path) -> None:
@@ -480,11 +501,7 @@ class FeatureReader(StoreReader):
         return self._dataset(self._group(name), name, "keypoints")
 
     def _dataset(self, group: h5py.Group, name: str, field: str) -> np.ndarray:
-        try:
-            return group[field][()]
-        except (OSError, KeyError) as err:
-            raise StoreError(f"{self.path}: the {field} of {name!r} are unreadable ({err}); "
-                             "delete the file and rerun") from err
+        return _read_checked(group, field, self.path, repr(name))
 
     def image_size(self, name: str) -> tuple[int, int]:
         width, height = self._group(name).attrs["image_size"]
@@ -567,11 +584,9 @@ class MatchReader(StoreReader):
         if path not in self._handle:
             raise StoreError(f"{self.path} has no matches for {name0!r} - {name1!r}")
         group = self._handle[path]
-        try:
-            matches, scores = group["matches"][()], group["scores"][()]
-        except (OSError, KeyError) as err:
-            raise StoreError(f"{self.path}: the record of {name0!r} - {name1!r} is unreadable "
-                             f"({err}); delete the file and rerun") from err
+        what = f"{name0!r} - {name1!r}"
+        matches = _read_checked(group, "matches", self.path, what)
+        scores = _read_checked(group, "scores", self.path, what)
         if swapped:
             matches = np.ascontiguousarray(matches[:, ::-1])
         return matches, scores

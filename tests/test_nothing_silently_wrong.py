@@ -139,7 +139,7 @@ def test_content_change_redoes_only_what_derives_from_the_image(tmp_path):
     images = _scene(tmp_path / "images", 10)
     out = tmp_path / "out"
     args = ["-q", "reconstruct", str(images), str(out), "--seed", "0", "--camera-mode",
-            "single"]
+            "single", "--deterministic"]
     assert main(args) == 0
     _change(images / "view_004.png")
     assert main(args) == 0
@@ -359,7 +359,8 @@ def _model_signature(out: Path) -> tuple:
         keypoints = {n: features.keypoints(n).tobytes() for n in features.names()}
         pairs = {p: matches.read(*p)[0].tobytes() for p in matches.pairs()}
     summary = json.loads((out / "summary.json").read_text())
-    return keypoints, pairs, summary["num_registered"], summary["num_verified_pairs"]
+    return (keypoints, pairs, summary["num_registered"], summary["num_verified_pairs"],
+            summary["num_points3D"], summary["num_observations"])
 
 
 @pytest.mark.slow
@@ -369,7 +370,7 @@ def test_enospc_at_random_points_is_one_line_and_the_rerun_completes(tmp_path, m
 
     def args(out):
         return ["-q", "reconstruct", str(images), str(out), "--seed", "0", "--camera-mode",
-                "single"]
+                "single", "--deterministic"]
 
     reached = _inject_enospc(monkeypatch, None)
     assert main(args(tmp_path / "reference")) == 0
@@ -414,7 +415,7 @@ def test_full_tmpfs_is_one_line_and_the_rerun_with_space_completes(tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     command = [sys.executable, "-m", "sfmfeat", "-q", "reconstruct", str(images),
-               str(mount / "out"), "--seed", "0", "--camera-mode", "single"]
+               str(mount / "out"), "--seed", "0", "--camera-mode", "single", "--deterministic"]
     try:
         full = subprocess.run(command, capture_output=True, text=True, env=env)
         assert full.returncode == 2
@@ -424,7 +425,7 @@ def test_full_tmpfs_is_one_line_and_the_rerun_with_space_completes(tmp_path):
         shutil.copytree(mount / "out", tmp_path / "out")
     finally:
         subprocess.run(["umount", str(mount)], check=False)
-    assert subprocess.run(command[:7] + [str(tmp_path / "reference")] + command[8:],
+    assert subprocess.run(command[:6] + [str(tmp_path / "reference")] + command[7:],
                           env=env).returncode == 0
     assert _model_signature(tmp_path / "out") == _model_signature(tmp_path / "reference")
 
