@@ -57,9 +57,12 @@ def test_benchmark_table_matches_summaries(scene_images, tmp_path, run_seed, fig
     argv = ["--images", str(scene_images), "--features", "sift,rootsift,no-such-feature",
             "--outputs", str(out), "--seed", str(run_seed), "--dense",
             "--dense-max-image-size", "160"]
-    assert pipeline.main(argv) == 1           # one feature failed: reported, not a crash
+    assert pipeline.main(argv) == 2           # an unknown name is refused before any run
+    assert not (out / "sift").exists()
+    argv[3] = "sift,rootsift"
+    assert pipeline.main(argv) == 0
     data = json.loads((out / "statistics.json").read_text())
-    assert "no-such-feature" in data["failures"]
+    assert data["failures"] == {}
     table = (out / "statistics.md").read_text()
     for name in ("sift", "rootsift"):
         summary = json.loads((out / name / "summary.json").read_text())

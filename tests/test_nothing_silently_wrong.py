@@ -430,6 +430,22 @@ def test_full_tmpfs_is_one_line_and_the_rerun_with_space_completes(tmp_path):
     assert _model_signature(tmp_path / "out") == _model_signature(tmp_path / "reference")
 
 
+def test_read_only_output_is_one_line(tmp_path):
+    images = _scene(tmp_path / "images", 3)
+    mount = tmp_path / "readonly"
+    if not _tmpfs(mount, "8m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        run = subprocess.run([sys.executable, "-m", "sfmfeat", "reconstruct", str(images),
+                              str(mount / "out")], capture_output=True, text=True, env=env)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    assert run.returncode == 2
+    assert "Read-only file system (EROFS)" in _one_error_line(run.stderr)
+
+
 @pytest.mark.parametrize("code, path, expected", [
     (errno.ENOSPC, "/o/features.h5", "/o/features.h5: No space left on device (ENOSPC)"),
     (errno.EACCES, "/o", "/o: Permission denied (EACCES)"),
