@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 import pycolmap
 import pytest
