@@ -89,22 +89,26 @@ def extract_features(image_dir: str | Path, output: str | Path, features: str = 
 def _images_to_extract(image_dir: Path, names: list[str], writer: FeatureWriter,
                        report: ExtractionReport) -> list[str]:
     """The names to (re-)extract: new ones and stored ones whose image file has changed."""
-    todo = []
+    todo, unknown = [], []
     for name in names:
         if name not in writer:
             todo.append(name)
             continue
         path = image_dir / name
         current = _fingerprint(path) if path.is_file() else None
+        stored = writer.stored_fingerprint(name)
         if current is None:  # gone or unreadable: the reader reports it below
             todo.append(name)
-        elif same_image_content(writer.stored_fingerprint(name), current):
+        elif same_image_content(stored, current):
             report.already_done.append(name)
         else:
-            report.changed.append(name)
+            (report.changed if stored else unknown).append(name)
             todo.append(name)
     if report.already_done:
         logger.info("%d of %d images already extracted", len(report.already_done), len(names))
+    if unknown:
+        logger.warning("%d stored record(s) carry no image fingerprint (an older sfmfeat made "
+                       "them); re-extracting them", len(unknown))
     if report.changed:
         logger.warning("%d stored image(s) changed since their features were extracted; "
                        "re-extracting: %s", len(report.changed),

@@ -272,8 +272,6 @@ class _ShardedWriter:
         except BaseException:
             self._lock.release()
             raise
-        if self.done:
-            logger.info("%s: %d items already stored, resuming", self.path, len(self.done))
 
     def _resume(self, overwrite: bool) -> None:
         if overwrite:
@@ -605,7 +603,7 @@ def _ordered_digests(value: Any, swapped: bool) -> tuple[str, str] | None:
     return (digest_b, digest_a) if swapped else (digest_a, digest_b)
 
 
-def check_matches_lineage(matches: MatchReader, features: Any,
+def check_matches_lineage(matches: MatchReader, features: FeatureReader,
                           pairs: Iterable[tuple[str, str]]) -> None:
     """Refuse (StoreError naming both files) when a pair's matches were made from other
     feature records than the FeatureReader ``features`` holds. Pairs of older stores, which
