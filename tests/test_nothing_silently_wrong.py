@@ -275,8 +275,8 @@ def test_failed_rerun_leaves_no_success_looking_outputs(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(pipeline, "run_mapping", failing_mapping)
     assert main(args) == 2
-    _one_error_line(capsys.readouterr().err)
     assert not (out / "summary.json").exists() and not (out / "sfm").exists()
+    _one_error_line(capsys.readouterr().err)
     previous = json.loads((out / "previous" / "summary.json").read_text())
     assert previous["run_id"] == first["run_id"]
     monkeypatch.undo()
