@@ -91,6 +91,10 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
         model = create_matcher(matcher, overrides, device=device,
                                features_method=readers[0].method)
         cache = _FeatureCache(readers)
+        for reader in readers:   # fail before any output is written
+            first = next((n for pair in pairs for n in pair if n in reader), None)
+            if first is not None:
+                model.check(cache(first))
         with MatchWriter(output, method=matcher, config_hash=model.config_hash,
                          config={"matcher": matcher, "config": config_to_dict(model.config)},
                          features_config_hash=features_identity(readers),

@@ -41,3 +41,20 @@ def weights_env(monkeypatch, shared_weights_dir):
     """Point SFMFEAT_WEIGHTS_DIR at the staged official weights."""
     monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(shared_weights_dir))
     return shared_weights_dir
+
+
+@pytest.fixture
+def lightglue_weights_env(monkeypatch):
+    """SFMFEAT_WEIGHTS_DIR holding the official LightGlue files (the fetched root of
+    ``export SFMFEAT_WEIGHTS_DIR=$(../shared/weights/lightglue/fetch)``, which also serves
+    every other method); skip locally, fail in CI when they are not there."""
+    root = Path(os.environ.get("SFMFEAT_WEIGHTS_DIR", "")).expanduser()
+    wanted = [root / "lightglue" / f"{name}_lightglue.pth" for name in ("aliked", "disk")]
+    if not os.environ.get("SFMFEAT_WEIGHTS_DIR") or not all(p.is_file() for p in wanted):
+        message = ("LightGlue weights missing: run "
+                   "`export SFMFEAT_WEIGHTS_DIR=$(../shared/weights/lightglue/fetch)`")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(root))
+    return root

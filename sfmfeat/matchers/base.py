@@ -50,6 +50,10 @@ class Matcher(abc.ABC):
         """How many pairs ``match_batch`` should be given at once."""
         return 1
 
+    def check(self, features: Features) -> None:
+        """Raise an SfmfeatError when ``features`` cannot be matched (e.g. a descriptor size
+        the weights do not take); called once per features file before any pair."""
+
     @abc.abstractmethod
     def match(self, features0: Features, features1: Features) -> MatchResult:
         """K×2 int32 matches (index into image 0, index into image 1) and K float32 scores

@@ -333,6 +333,12 @@ class LightGlue(Matcher):
 
     # ------------------------------------------------------------------ public entry points
 
+    def check(self, features: Features) -> None:
+        if features.descriptor_dim != INPUT_DIM:
+            raise InputError(f"lightglue ({self.config.weights}) expects {INPUT_DIM}-d "
+                             f"descriptors, got {features.descriptor_dim}-d (wrong features "
+                             "for these weights?)")
+
     def match(self, features0: Features, features1: Features) -> MatchResult:
         return self.match_batch([(features0, features1)])[0]
 
@@ -347,11 +353,8 @@ class LightGlue(Matcher):
     def forward_batch(self, pairs: Sequence[tuple[Features, Features]]
                       ) -> list[LightGlueOutput | None]:
         for f0, f1 in pairs:
-            for f in (f0, f1):
-                if f.descriptor_dim != INPUT_DIM:
-                    raise InputError(f"lightglue ({self.config.weights}) expects {INPUT_DIM}-d "
-                                     f"descriptors, got {f.descriptor_dim}-d (wrong features "
-                                     "for these weights?)")
+            self.check(f0)
+            self.check(f1)
         results: list[LightGlueOutput | None] = [None] * len(pairs)
         todo = [i for i, (f0, f1) in enumerate(pairs) if len(f0) >= 2 and len(f1) >= 2]
         if not todo:
