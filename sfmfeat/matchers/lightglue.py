@@ -148,42 +148,51 @@ class _CrossBlock(nn.Module):
         self.ffn = _ffn(DIM)
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor, mask0: torch.Tensor | None,
-                mask1: torch.Tensor | None, chunk_elements: int
+                mask1: torch.Tensor | None, chunk_elements: int, exact: bool
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        # as the official CPU path: both sides scaled by head_dim^(-1/4) and an exact softmax
-        # per direction (the fused attention kernel's approximate exp would move the matching
-        # scores by ~1e-4); the similarity is formed once per direction, in query blocks
+        # As the official CPU path: both sides scaled by head_dim^(-1/4), one similarity and
+        # an exact softmax along each axis. ``exact`` False (bf16) takes the fused attention
+        # kernel, whose approximate exp would move fp32 matching scores by ~1e-4.
         scale = (DIM // HEADS) ** -0.25
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.unflatten(-1, (HEADS, -1)).transpose(1, 2)
+            return t.unflatten(-1, (HEADS, -1)).transpose(1, 2).contiguous()
 
-        qk0, qk1 = heads(self.to_qk(x0)) * scale, heads(self.to_qk(x1)) * scale
+        qk0, qk1 = heads(self.to_qk(x0) * scale), heads(self.to_qk(x1) * scale)
         v0, v1 = heads(self.to_v(x0)), heads(self.to_v(x1))
-        m0 = _attention(qk0, qk1, v1, mask1, chunk_elements)
-        m1 = _attention(qk1, qk0, v0, mask0, chunk_elements)
+        b, h, n0, _ = qk0.shape
+        n1 = qk1.shape[2]
+        if not exact:
+            m0 = F.scaled_dot_product_attention(qk0, qk1, v1, attn_mask=mask1, scale=1.0)
+            m1 = F.scaled_dot_product_attention(qk1, qk0, v0, attn_mask=mask0, scale=1.0)
+        elif b * h * n0 * n1 <= chunk_elements:
+            sim = qk0 @ qk1.transpose(-1, -2)
+            m0 = _masked(sim, mask1).softmax(-1) @ v1
+            m1 = _masked(sim.transpose(-1, -2).contiguous(), mask0).softmax(-1) @ v0
+        else:
+            m0 = _attention(qk0, qk1, v1, mask1, chunk_elements)
+            m1 = _attention(qk1, qk0, v0, mask0, chunk_elements)
         m0 = self.to_out(m0.transpose(1, 2).flatten(-2))
         m1 = self.to_out(m1.transpose(1, 2).flatten(-2))
         return (x0 + self.ffn(torch.cat([x0, m0], -1)),
                 x1 + self.ffn(torch.cat([x1, m1], -1)))
 
 
+def _masked(sim: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """``sim`` with the padded keys (``key_mask`` False) at -inf."""
+    return sim if key_mask is None else sim.masked_fill(~key_mask, -torch.inf)
+
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                key_mask: torch.Tensor | None, chunk_elements: int) -> torch.Tensor:
     """softmax(q·kᵀ)·v with an exact softmax, in query blocks of at most ``chunk_elements``
     similarities; ``key_mask`` (B×1×1×n, True = real point) hides padded keys."""
-    b, h, n_q, _ = q.shape
     k_t = k.transpose(-1, -2)
-    bias = None if key_mask is None else torch.zeros(
-        key_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_mask, -torch.inf)
-    step = max(1, chunk_elements // (b * h * k.shape[2]))
-    if step >= n_q:
-        sim = q @ k_t
-        return (sim if bias is None else sim + bias).softmax(-1) @ v
+    step = max(1, chunk_elements // (q.shape[0] * q.shape[1] * k.shape[2]))
     out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    for start in range(0, n_q, step):
+    for start in range(0, q.shape[2], step):
         sim = q[:, :, start:start + step] @ k_t
-        out[:, :, start:start + step] = (sim if bias is None else sim + bias).softmax(-1) @ v
+        out[:, :, start:start + step] = _masked(sim, key_mask).softmax(-1) @ v
     return out
 
 
@@ -422,7 +431,8 @@ class LightGlue(Matcher):
         (d0, c0, s0, m0), (d1, c1, s1, m1) = stacked
         d0 = block.self_attn(d0, c0, s0, m0)
         d1 = block.self_attn(d1, c1, s1, m1)
-        d0, d1 = block.cross_attn(d0, d1, m0, m1, self.config.attention_chunk_elements)
+        d0, d1 = block.cross_attn(d0, d1, m0, m1, self.config.attention_chunk_elements,
+                                  exact=self.dtype == torch.float32)
         for k, desc in ((0, d0), (1, d1)):
             for b, side in enumerate(sides[k]):
                 side.desc = desc[b:b + 1, :side.desc.shape[1]]
