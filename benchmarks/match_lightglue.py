@@ -18,6 +18,10 @@ pairs with the official defaults. Printed: ms per pair (median of ``--repeat`` a
 warm-up), speed-ups, agreement of matches0 with the official output, the achieved GFLOP/s of
 the transformer and attention arithmetic, and the fp32 / bf16 GEMM rate measured in this run.
 
+``--parity FEATURES.h5`` instead compares matches, scores, stop and pruning with the official
+code on the first ``--num-pairs`` pairs of that features file (e.g. sfmfeat's own ALIKED or
+DISK features of the sacre_coeur images), adaptive off and at the defaults, fp32.
+
 ``--memory N`` runs our matcher once on N×N random keypoints (official defaults) in a fresh
 process and prints its peak resident memory above the loaded-model baseline.
 """
@@ -108,7 +112,7 @@ class Official:
             self.models[key] = self.module.LightGlue(features=weights, **conf).eval()
         return self.models[key]
 
-    def __call__(self, weights: str, adaptive: bool, sides):
+    def __call__(self, weights: str, adaptive: bool, sides, full: bool = False):
         import torch
 
         data = {f"image{i}": {"keypoints": torch.from_numpy(kp)[None],
@@ -117,6 +121,9 @@ class Official:
                 for i, (kp, desc, size) in enumerate(sides)}
         with torch.inference_mode():
             out = self.model(weights, adaptive)(data)
+        if full:
+            return {k: (v[0].numpy() if k != "stop" else int(v)) for k, v in out.items()
+                    if k not in ("matches", "scores")}
         return out["matches0"][0].numpy(), out["matching_scores0"][0].numpy(), int(out["stop"])
 
 
@@ -124,7 +131,8 @@ class Ours:
     def __init__(self) -> None:
         self.models: dict = {}
 
-    def __call__(self, weights: str, adaptive: bool, sides, precision: str = "fp32"):
+    def __call__(self, weights: str, adaptive: bool, sides, precision: str = "fp32",
+                 full: bool = False):
         from sfmfeat.extractors.base import Features
         from sfmfeat.matchers.lightglue import LightGlue, LightGlueConfig
 
@@ -136,6 +144,8 @@ class Ours:
         feats = [Features(keypoints=kp, descriptors=desc, scores=np.ones(len(kp)),
                           image_size=tuple(int(v) for v in size)) for kp, desc, size in sides]
         out = self.models[key].forward(*feats)
+        if full:
+            return out
         return out.matches0, out.matching_scores0, out.stop
 
 
@@ -152,6 +162,38 @@ def timed(run, repeat: int):
 def agreement(a, b) -> str:
     same = float(np.mean(a[0] == b[0])) * 100
     return f"{same:6.2f}% / {float(np.abs(a[1] - b[1]).max()):.1e}"
+
+
+def parity_table(features_path: Path, num_pairs: int, official, ours) -> None:
+    import itertools
+
+    from sfmfeat.matchers.lightglue import weights_for_features
+    from sfmfeat.store import FeatureReader
+
+    with FeatureReader(features_path) as reader:
+        weights = weights_for_features(reader.method)
+        names = sorted(reader.names())
+        feats = {n: reader.read(n) for n in names}
+    print(f"{features_path} ({reader.method}, LightGlue weights {weights}); matches0 / "
+          "matches1 identical, max |Δscore| (all entries), stop, prune identical")
+    for name0, name1 in list(itertools.combinations(names, 2))[:num_pairs]:
+        sides = [(feats[n].keypoints, feats[n].descriptors,
+                  np.asarray(feats[n].image_size, np.float32)) for n in (name0, name1)]
+        row = [f"{name0} {name1} ({len(feats[name0])}/{len(feats[name1])})"]
+        for adaptive in (False, True):
+            ref = official(weights, adaptive, sides, full=True)
+            got = ours(weights, adaptive, sides, full=True)
+            same0 = float(np.mean(ref["matches0"] == got.matches0)) * 100
+            same1 = float(np.mean(ref["matches1"] == got.matches1)) * 100
+            dscore = max(float(np.abs(ref["matching_scores0"] - got.matching_scores0).max()),
+                         float(np.abs(ref["matching_scores1"] - got.matching_scores1).max()))
+            prune = float(np.mean(np.concatenate([ref["prune0"] == got.prune0,
+                                                  ref["prune1"] == got.prune1]))) * 100
+            row.append(f"{'defaults' if adaptive else 'full'}: {same0:.2f}%/{same1:.2f}% "
+                       f"{dscore:.1e} stop {got.stop}/{ref['stop']} prune {prune:.1f}% "
+                       f"matches {int((got.matches0 >= 0).sum())}/"
+                       f"{int((ref['matches0'] >= 0).sum())}")
+        print(" | ".join(row), flush=True)
 
 
 def memory_run(n: int) -> dict:
@@ -180,6 +222,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--official", type=Path, default=OFFICIAL)
     parser.add_argument("--no-fixtures", action="store_true")
+    parser.add_argument("--parity", type=Path, help="features.h5: parity table instead")
+    parser.add_argument("--num-pairs", type=int, default=6)
     parser.add_argument("--memory", type=int, help="peak memory of one N×N pair instead")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -207,6 +251,11 @@ def main() -> None:
     else:
         print(f"no official checkout at {args.official}: timing sfmfeat only")
     ours = Ours()
+    if args.parity:
+        if official is None:
+            raise SystemExit("--parity needs the official checkout")
+        parity_table(args.parity, args.num_pairs, official, ours)
+        return
     fp32_peak, bf16_peak = gemm_rate(torch.float32), gemm_rate(torch.bfloat16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GEMM peak measured "
           f"now: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s")
