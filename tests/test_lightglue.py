@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from conftest import require_shared
-from sfmfeat.cli import main
 from sfmfeat.errors import ConfigError, InputError, WeightsError
 from sfmfeat.extractors.base import Features
 from sfmfeat.matchers import create_matcher

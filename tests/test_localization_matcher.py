@@ -73,6 +73,7 @@ def test_r2d2_model_is_localized_with_mnn_unless_overridden(tmp_path, weights_en
         assert status == 0
         with MatchReader(out / "query_matches.h5") as reader:
             assert reader.method == expected
-        said = [r.getMessage() for r in caplog.records if "localizing with matcher" in r.getMessage()]
+        said = [r.getMessage() for r in caplog.records
+                if "localizing with matcher" in r.getMessage()]
         assert said and said[0].startswith(f"localizing with matcher {expected} ")
         assert ("recorded in" in said[0]) == (given is None)

@@ -27,8 +27,7 @@ log-sum-exps, one for the argmaxes), and several pairs can go through the transf
 
 from __future__ import annotations
 
-import logging
-import math
+import copy
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -43,7 +42,6 @@ from ..extractors.base import Features
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
 from .base import Matcher, MatchResult
 
-logger = logging.getLogger(__name__)
 
 _RELEASE = "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv"
 WEIGHTS = {
@@ -329,8 +327,6 @@ class LightGlue(Matcher):
         if self.dtype == torch.float32:
             self._layers = net.transformers
         else:
-            import copy
-
             self._layers = copy.deepcopy(net.transformers).to(self.dtype)
         self._thresholds = torch.tensor(
             [float(np.clip(0.8 + 0.1 * np.exp(-4.0 * i / LAYERS), 0, 1)) for i in range(LAYERS)],
@@ -530,18 +526,16 @@ def _mutual_assignment(proj0: torch.Tensor, proj1: torch.Tensor, z0: torch.Tenso
         col_sum = col_sum * torch.exp(col_max - new_max) + torch.exp(sim - new_max).sum(0)
         col_max = new_max
     col_lse = col_max + torch.log(col_sum)
-    ls0 = F.logsigmoid(z0)
-    # per row i: S_ij - lse_i + S_ij - clse_j + ls0_i + ls1_j; column term folded into a bias
-    col_bias = F.logsigmoid(z1) - col_lse
-    row_bias = ls0 - row_lse
+    ls0, ls1 = F.logsigmoid(z0), F.logsigmoid(z1)
     best0 = torch.empty(n0, dtype=torch.long, device=proj0.device)
     score0 = torch.empty(n0, device=proj0.device)
     col_best = torch.full((n1,), -torch.inf, device=proj0.device)
     best1 = torch.zeros(n1, dtype=torch.long, device=proj0.device)
     for start in range(0, n0, rows):
         sim = proj0[start:start + rows] @ proj1_t
+        # the official sum: log_softmax_rows + log_softmax_cols + logsigmoid(z0) + logsigmoid(z1)
         total = (sim - row_lse[start:start + rows, None]) + (sim - col_lse) \
-            + ls0[start:start + rows, None] + F.logsigmoid(z1)
+            + ls0[start:start + rows, None] + ls1
         value, index = total.max(1)
         best0[start:start + rows] = index
         score0[start:start + rows] = value.exp()
@@ -549,7 +543,6 @@ def _mutual_assignment(proj0: torch.Tensor, proj1: torch.Tensor, z0: torch.Tenso
         better = chunk_value > col_best
         col_best = torch.where(better, chunk_value, col_best)
         best1 = torch.where(better, chunk_index + start, best1)
-    del col_bias, row_bias
     return best0, score0, best1
 
 
