@@ -2,11 +2,12 @@
 extractor.
 
     python benchmarks/night_query.py [sift disk r2d2 aliked-n16 ...] [--conf disk:max_edge=1600]
+        [--matcher mnn|lightglue|...]
 
 Every extractor preset named on the command line extracts features from
 ``query/night.jpg`` and the ten ``mapping`` images with its default settings. Each
 (query, mapping) pair is matched by mutual nearest neighbour (matcher preset ``mnn``, no
-ratio test) and verified by a fundamental matrix (OpenCV USAC_ACCURATE, 2 px
+ratio test; ``--matcher`` names another preset, e.g. ``lightglue``) and verified by a fundamental matrix (OpenCV USAC_ACCURATE, 2 px
 Sampson threshold, confidence 0.9999, 10000 iterations, RNG seed 0, identical for all
 extractors). A pair counts as verified when it keeps at least ``--min-inliers`` (15).
 The first extractor named (``sift`` by default) is the reference of the ratio column.
@@ -15,6 +16,7 @@ The first extractor named (``sift`` by default) is the reference of the ratio co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -47,6 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--conf", action="append", default=[], metavar="NAME:KEY=VALUE",
                         help="override a field of one extractor's config")
     parser.add_argument("--min-inliers", type=int, default=15)
+    parser.add_argument("--matcher", default="mnn", help="matcher preset (default mnn)")
     parser.add_argument("--data", type=Path, default=SHARED / "data/sacre_coeur")
     args = parser.parse_args(argv)
     os.environ.setdefault("SFMFEAT_WEIGHTS_DIR", str(SHARED / "weights"))
@@ -63,23 +66,23 @@ def main(argv=None) -> int:
     mapping = list_images(args.data / "mapping")
     query = read_image(args.data / "query" / "night.jpg")
     images = [read_image(args.data / "mapping" / n) for n in mapping]
-    matcher = create_matcher("mnn")
 
     results: dict[str, dict] = {}
     for name in args.extractors:
         extractor = create_extractor(name, parse_overrides(overrides.get(name)))
+        matcher = create_matcher(args.matcher, features_method=name)
         start = time.perf_counter()
-        fq = extractor.extract(query)
-        feats = [extractor.extract(im) for im in images]
+        fq, *feats = [dataclasses.replace(extractor.extract(im), image_size=im.shape[1::-1])
+                      for im in (query, *images)]
         seconds = time.perf_counter() - start
         mutual, inliers = [], []
         for f in feats:
-            m, _ = matcher.match(fq.descriptors, f.descriptors)
+            m, _ = matcher.match(fq, f)
             mutual.append(len(m))
             inliers.append(verified_inliers(fq.keypoints, f.keypoints, m))
         results[name] = {"n_query": len(fq), "mutual": mutual, "inliers": inliers,
                          "seconds": seconds}
-        print(f"{name}: {len(fq)} keypoints on the night query, {sum(mutual)} mutual NN "
+        print(f"{name}: {len(fq)} keypoints on the night query, {sum(mutual)} {args.matcher} "
               f"matches, {sum(inliers)} verified, extraction {seconds:.0f} s", flush=True)
 
     names = list(results)
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
                                               for n in names))
     print(f"{'pairs >= ' + str(args.min_inliers) + ' inliers':<28}" + "".join(
         f"{sum(v >= args.min_inliers for v in results[n]['inliers']):>12}" for n in names))
-    print(f"{'mutual NN matches':<28}" + "".join(f"{sum(results[n]['mutual']):>12}"
+    print(f"{args.matcher + ' matches':<28}" + "".join(f"{sum(results[n]['mutual']):>12}"
                                                  for n in names))
     print(f"{'query keypoints':<28}" + "".join(f"{results[n]['n_query']:>12}" for n in names))
     reference = names[0]

@@ -1,7 +1,7 @@
 """Aachen Day-Night v1.0 / v1.1: localize the queries against the reference model.
 
     python -m pipelines.aachen --dataset DIR --outputs DIR [--version 1.0|1.1]
-        [--features sift] [--conf KEY=VALUE] [--matcher mnn-ratio]
+        [--features sift] [--conf KEY=VALUE] [--matcher PRESET]
         [--protocol full|local] [--retrieval vlad|netvlad|exhaustive]
         [--num-covis 20] [--num-loc 50] [--query-pairs FILE] [--ground-truth POSES]
 
@@ -40,6 +40,7 @@ from sfmfeat.localization.queries import QueryList, read_query_lists
 from sfmfeat.localization.results import format_recall
 from sfmfeat.localization.run import netvlad_retrieval, run_localization, vlad_retrieval
 from sfmfeat.localization.sfm import LocalizationConfig
+from sfmfeat.extractors import default_matcher
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import Pair, exhaustive, read_pairs, write_pairs
 from sfmfeat.reconstruction.triangulation import (TriangulationConfig, load_reference,
@@ -244,7 +245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", default="sift")
     p.add_argument("--conf", action="append", metavar="KEY=VALUE",
                    help="extractor config override (repeatable)")
-    p.add_argument("--matcher", default="mnn-ratio")
+    p.add_argument("--matcher", help="matcher preset (default: the extractor's own)")
     p.add_argument("--matcher-conf", action="append", metavar="KEY=VALUE")
     p.add_argument("--protocol", default="full", choices=("full", "local"))
     p.add_argument("--retrieval", default="vlad", choices=("vlad", "netvlad", "exhaustive"))
@@ -271,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     dataset, outputs = args.dataset, args.outputs
+    if args.matcher is None:
+        args.matcher = default_matcher(args.features)
+        logger.info("matcher %s (the default of %s)", args.matcher, args.features)
     if not dataset.is_dir():
         raise InputError(f"dataset folder {dataset} does not exist")
     if not (dataset / IMAGES).is_dir():

@@ -1,7 +1,7 @@
 """InLoc: localize the iPhone 7 queries against the lidar cut-outs.
 
     python -m pipelines.inloc --dataset DIR --outputs DIR [--pairs FILE]
-        [--features sift] [--matcher mnn-ratio] [--retrieval vlad|netvlad]
+        [--features sift] [--matcher PRESET] [--retrieval vlad|netvlad]
         [--num-neighbors 40] [--ground-truth POSES]
 
 Steps: pairs (the given file, e.g. hloc's ``pairs-query-netvlad40.txt``, or retrieval
@@ -29,6 +29,7 @@ from sfmfeat.extract import extract_features
 from sfmfeat.images import list_images
 from sfmfeat.localization import inloc
 from sfmfeat.localization.results import read_poses, write_poses, write_query_log
+from sfmfeat.extractors import default_matcher
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import read_pairs, write_pairs
 from sfmfeat.runtime import resolve_seed
@@ -105,11 +106,14 @@ def retrieve(dataset: Path, outputs: Path, method: str, queries: list[str],
 
 
 def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = None,
-        features: str = "sift", matcher: str = "mnn-ratio", retrieval: str = "vlad",
+        features: str = "sift", matcher: str | None = None, retrieval: str = "vlad",
         num_neighbors: int = 40, ground_truth: str | Path | None = None,
         feature_overrides: dict | None = None, device: str | None = None,
         config: inloc.InLocConfig | None = None) -> dict:
     dataset, outputs = Path(dataset), Path(outputs)
+    if matcher is None:
+        matcher = default_matcher(features)
+        logger.info("matcher %s (the default of %s)", matcher, features)
     outputs.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     references = read_poses(ground_truth) if ground_truth else None
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=Path, help="query-cutout pairs file (else retrieval)")
     parser.add_argument("--features", default="sift", help="local feature preset")
     parser.add_argument("--conf", nargs="*", help="feature config overrides key=value")
-    parser.add_argument("--matcher", default="mnn-ratio")
+    parser.add_argument("--matcher", help="matcher preset (default: the extractor's own)")
     parser.add_argument("--retrieval", default="vlad", help="vlad (no weights) or netvlad")
     parser.add_argument("--num-neighbors", type=int, default=40)
     parser.add_argument("--ground-truth", type=Path, help="reference poses (name qw..tz)")

@@ -2,7 +2,7 @@
 
     python -m pipelines.localize --model RECONSTRUCTION_DIR --queries QUERY_DIR
         --outputs DIR [--query-list FILE] [--pairs exhaustive|FILE|retrieval:vlad:K]
-        [--ground-truth POSES_OR_MODEL] [--matcher mnn-ratio] [--covisibility-clustering]
+        [--ground-truth POSES_OR_MODEL] [--matcher PRESET] [--covisibility-clustering]
 
 ``RECONSTRUCTION_DIR`` is the output folder of ``sfmfeat reconstruct`` (``sfm/`` model and
 ``features.h5``); the queries are extracted with the same extractor and config. Without
@@ -33,13 +33,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="'name MODEL w h params...' per line (default: EXIF)")
     p.add_argument("--db-features", type=Path)
     p.add_argument("--pairs", default="exhaustive")
-    p.add_argument("--matcher", default="mnn-ratio")
+    p.add_argument("--matcher", help="default: the matcher the model was built with")
     p.add_argument("--ground-truth", type=Path)
     p.add_argument("--covisibility-clustering", action="store_true")
     p.add_argument("--seed", type=int, default=-1)
     args = p.parse_args(argv)
     command = ["localize", str(args.model), str(args.queries), str(args.outputs),
-               "--pairs", args.pairs, "--matcher", args.matcher, "--seed", str(args.seed)]
+               "--pairs", args.pairs, "--seed", str(args.seed)]
+    if args.matcher:
+        command += ["--matcher", args.matcher]
     for path in args.query_list or []:
         command += ["--query-list", str(path)]
     if args.db_features:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from .config import config_to_dict
 from .errors import InputError
+from .extractors.base import Features
 from .matchers import create_matcher
 from .pairs import Pair, unique_pairs
 from .progress import tqdm
@@ -31,22 +31,21 @@ class MatchingReport:
     seconds: float = 0.0
 
 
-class _DescriptorCache:
-    """Keeps the most recently used images' descriptors on the matcher's device."""
+class _FeatureCache:
+    """Keeps the most recently used images' features (image size included) in memory."""
 
-    def __init__(self, readers: list[FeatureReader], device: str, capacity: int = 64) -> None:
+    def __init__(self, readers: list[FeatureReader], capacity: int = 64) -> None:
         self.readers = readers
-        self.device = device
         self.capacity = capacity
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[str, Features] = OrderedDict()
 
-    def __call__(self, name: str) -> torch.Tensor:
+    def __call__(self, name: str) -> Features:
         if name in self._items:
             self._items.move_to_end(name)
             return self._items[name]
         for reader in self.readers:
             if name in reader:
-                values = torch.from_numpy(reader.read(name).descriptors).to(self.device)
+                values = reader.read(name)
                 break
         else:
             raise InputError(f"no features for image {name!r} in "
@@ -92,7 +91,6 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
     """
     start = time.perf_counter()
     pairs = unique_pairs(pairs)
-    model = create_matcher(matcher, overrides, device=device)
     paths = [Path(features)] + ([Path(reference_features)] if reference_features else [])
     readers = [FeatureReader(p) for p in paths]
     report = MatchingReport(output=Path(output))
@@ -106,9 +104,15 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
         if len({(r.method, r.config_hash) for r in readers}) > 1:
             raise InputError("query and reference features were made with different "
                              f"extractors/configs: {[(r.method, r.config_hash) for r in readers]}")
-        cache = _DescriptorCache(readers, model.device)
+        model = create_matcher(matcher, overrides, device=device,
+                               features_method=readers[0].method)
+        cache = _FeatureCache(readers)
+        for reader in readers:   # fail before any output is written
+            first = next((n for pair in pairs for n in pair if n in reader), None)
+            if first is not None:
+                model.check(cache(first))
         with MatchWriter(output, method=matcher, config_hash=model.config_hash,
-                         config={"matcher": matcher, "config": vars(model.config)},
+                         config={"matcher": matcher, "config": config_to_dict(model.config)},
                          features_config_hash=features_identity(readers),
                          overwrite=overwrite, flush_items=checkpoint_every) as writer:
             digests = _FeatureDigests(readers)
@@ -124,12 +128,17 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
                 logger.warning("%d stored pair(s) were matched from other features than %s "
                                "holds now; matching them again", report.rematched,
                                ", ".join(map(str, paths)))
-            for name0, name1 in tqdm(todo, desc=f"match {matcher}", unit="pair"):
-                matches, scores = model.match(cache(name0), cache(name1))
-                writer.write(name0, name1, matches, scores,
-                             features_digests=(digests(name0), digests(name1)))
-                report.num_matches[(name0, name1)] = len(matches)
-                report.matched += 1
+            batch = max(1, model.pairs_per_batch)
+            with tqdm(total=len(todo), desc=f"match {matcher}", unit="pair") as progress:
+                for first in range(0, len(todo), batch):
+                    chunk = todo[first:first + batch]
+                    results = model.match_batch([(cache(n0), cache(n1)) for n0, n1 in chunk])
+                    for (name0, name1), (matches, scores) in zip(chunk, results):
+                        writer.write(name0, name1, matches, scores,
+                                     features_digests=(digests(name0), digests(name1)))
+                        report.num_matches[(name0, name1)] = len(matches)
+                        report.matched += 1
+                    progress.update(len(chunk))
     finally:
         for reader in readers:
             reader.close()

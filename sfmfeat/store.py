@@ -493,7 +493,8 @@ class FeatureReader(StoreReader):
     def read(self, name: str) -> Features:
         group = self._group(name)
         values = {f: self._dataset(group, name, f) for f in _FEATURE_FIELDS if f in group}
-        return Features(**values)
+        width, height = group.attrs["image_size"]
+        return Features(**values, image_size=(int(width), int(height)))
 
     def keypoints(self, name: str) -> np.ndarray:
         return self._dataset(self._group(name), name, "keypoints")

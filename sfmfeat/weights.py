@@ -118,7 +118,8 @@ def load_torch_checkpoint(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError,
             OSError) as err:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({reason})") from err
 
 
 def load_state_dict_strict(module, state_dict: dict, source: Path | str) -> None:

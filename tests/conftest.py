@@ -109,3 +109,20 @@ def pytest_collection_modifyitems(config, items):
     kept = [item for item in items if "figures" in getattr(item, "fixturenames", ())]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = kept
+
+
+@pytest.fixture
+def lightglue_weights_env(monkeypatch):
+    """SFMFEAT_WEIGHTS_DIR holding the official LightGlue files (the fetched root of
+    ``export SFMFEAT_WEIGHTS_DIR=$(../shared/weights/lightglue/fetch)``, which also serves
+    every other method); skip locally, fail in CI when they are not there."""
+    root = Path(os.environ.get("SFMFEAT_WEIGHTS_DIR", "")).expanduser()
+    wanted = [root / "lightglue" / f"{name}_lightglue.pth" for name in ("aliked", "disk")]
+    if not os.environ.get("SFMFEAT_WEIGHTS_DIR") or not all(p.is_file() for p in wanted):
+        message = ("LightGlue weights missing: run "
+                   "`export SFMFEAT_WEIGHTS_DIR=$(../shared/weights/lightglue/fetch)`")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(root))
+    return root

@@ -31,6 +31,8 @@ Coordinates: keypoints are used as sfmfeat stores them (pixel centres at integer
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -218,14 +220,15 @@ FeatureSource = Callable[[str], Features]   # image name -> Features; raises on 
 
 def evaluate_sequences(dataset_dir: str | Path, sequences: Sequence[str],
                        read_features: FeatureSource,
-                       match: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                       match: Callable[[Features, Features], np.ndarray],
                        homography: HomographyConfig = HomographyConfig(),
                        top_k: int | None = None,
                        progress: Callable[[Iterable], Iterable] = iter) -> list[SequenceOutcome]:
     """Match image 1 against 2..6 in each sequence and measure every pair.
 
     ``read_features(name)`` returns the Features of an image or raises an SfmfeatError (e.g.
-    the image could not be read); ``match(desc0, desc1)`` returns K×2 index pairs.
+    the image could not be read); ``match(features0, features1)`` returns K×2 index pairs
+    (descriptors L2-normalised first).
     """
     root = Path(dataset_dir)
     outcomes = []
@@ -275,9 +278,9 @@ def _evaluate_pair(root: Path, sequence: str, index: int, features: dict,
     if truth is None or f0 is None or f1 is None or not len(f0) or not len(f1):
         return PairOutcome(sequence, index, 0, np.zeros(0), float("inf"),
                            "; ".join(failures) or "no features")
-    d0 = _unit(f0.descriptors)
-    d1 = _unit(f1.descriptors)
-    matches = np.asarray(match(d0, d1), dtype=np.int64).reshape(-1, 2)
+    f0 = dataclasses.replace(f0, descriptors=_unit(f0.descriptors))
+    f1 = dataclasses.replace(f1, descriptors=_unit(f1.descriptors))
+    matches = np.asarray(match(f0, f1), dtype=np.int64).reshape(-1, 2)
     errors = match_errors(f0.keypoints, f1.keypoints, matches, truth)
     estimate = estimate_homography(f0.keypoints[matches[:, 0]], f1.keypoints[matches[:, 1]],
                                    config) if len(matches) else None
@@ -432,7 +435,7 @@ def evaluate_method(dataset_dir: str | Path, sequences: Sequence[str], features:
                               overrides=overrides, device=device, extractor=extractor)
     for name, reason in report.rejected.items():
         logger.warning("%s: %s; its pairs count as failures", name, reason)
-    nn = create_matcher(matcher, matcher_overrides, device=device)
+    model = create_matcher(matcher, matcher_overrides, device=device, features_method=features)
 
     with FeatureReader(features_path) as reader:
         def read(name: str) -> Features:
@@ -441,7 +444,7 @@ def evaluate_method(dataset_dir: str | Path, sequences: Sequence[str], features:
             return reader.read(name)
 
         outcomes = evaluate_sequences(
-            dataset_dir, sequences, read, lambda d0, d1: nn.match(d0, d1)[0],
+            dataset_dir, sequences, read, lambda f0, f1: model.match(f0, f1)[0],
             homography=homography, top_k=top_k,
             progress=lambda items: tqdm(items, desc=f"hpatches {features}", unit="seq"))
     return MethodResult(features, outcomes, build_cache(outcomes), dict(report.rejected),

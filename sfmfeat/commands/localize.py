@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                       "of --db-features)")
     p.add_argument("--conf", action="append", metavar="KEY=VALUE",
                    help="extractor config override (repeatable)")
-    p.add_argument("--matcher", default="mnn-ratio")
+    p.add_argument("--matcher", help="matcher preset (default: the one the model was built "
+                                      "with, from MODEL's matches.h5 or summary.json, else "
+                                      "the extractor's default)")
     p.add_argument("--matcher-conf", action="append", metavar="KEY=VALUE")
     p.add_argument("--ransac-max-error", type=float, default=12.0, help="PnP threshold (px)")
     p.add_argument("--min-inliers", type=int, default=12)

@@ -37,6 +37,11 @@ def all_weight_files():
     for cls in extractor_classes():
         for entry in cls.weight_files:
             seen.setdefault(entry.relative_path, entry)
+    from ..matchers import MATCHER_CLASSES  # learned matchers (LightGlue)
+
+    for cls in MATCHER_CLASSES:
+        for entry in cls.weight_files:
+            seen.setdefault(entry.relative_path, entry)
     from ..localization.netvlad import WEIGHT_FILES as NETVLAD  # global descriptors
 
     for entry in NETVLAD.values():

@@ -30,6 +30,8 @@ class Features:
     descriptors:  N×D float32.
     scales:       optional N float32, keypoint diameter in pixels (OpenCV ``KeyPoint.size``).
     orientations: optional N float32, degrees in [0, 360) (OpenCV ``KeyPoint.angle``).
+    image_size:   optional (width, height) of the original image; matchers that normalise
+                  keypoints by it (LightGlue) read it. The store fills it in on reading.
     """
 
     keypoints: np.ndarray
@@ -37,6 +39,7 @@ class Features:
     descriptors: np.ndarray
     scales: np.ndarray | None = None
     orientations: np.ndarray | None = None
+    image_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         kp = np.asarray(self.keypoints, dtype=np.float32).reshape(-1, 2)
@@ -57,6 +60,11 @@ class Features:
                 if len(value) != n:
                     raise ValueError(f"{field} must have N={n} entries, got {len(value)}")
                 object.__setattr__(self, field, value)
+        if self.image_size is not None:
+            size = tuple(int(v) for v in np.asarray(self.image_size).reshape(-1))
+            if len(size) != 2 or min(size) <= 0:
+                raise ValueError(f"image_size must be (width, height) > 0, got {self.image_size}")
+            object.__setattr__(self, "image_size", size)
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -73,6 +81,7 @@ class Features:
             descriptors=self.descriptors[index],
             scales=None if self.scales is None else self.scales[index],
             orientations=None if self.orientations is None else self.orientations[index],
+            image_size=self.image_size,
         )
 
     def top_k(self, k: int | None) -> "Features":

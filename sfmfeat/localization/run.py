@@ -132,12 +132,37 @@ def resolve_pairs(source: PairsSource, query_names: list[str], db_names: list[st
     return list(source)
 
 
+def recorded_matcher(db_features: str | Path, features: str) -> tuple[str, dict[str, Any], str]:
+    """(preset, config overrides, where it was found) of the matcher a model was built with:
+    the ``matches.h5`` beside ``db_features``, else its ``summary.json``, else the default
+    matcher of the ``features`` preset."""
+    from ..extractors import default_matcher
+    from ..store import MatchReader
+
+    folder = Path(db_features).parent
+    matches = folder / "matches.h5"
+    if matches.is_file():
+        with MatchReader(matches) as reader:
+            recorded = reader.config.get("config", {})
+            return reader.method, dict(recorded), f"recorded in {matches}"
+    summary = folder / "summary.json"
+    if summary.is_file():
+        import json
+
+        config = json.loads(summary.read_text()).get("config", {})
+        if config.get("matcher"):
+            options = dict(config.get("matcher_options") or ())
+            return config["matcher"], options, f"recorded in {summary}"
+    return default_matcher(features), {}, f"the default of {features}; no matches.h5 or " \
+        f"summary.json in {folder}"
+
+
 def run_localization(model: str | Path | pycolmap.Reconstruction,
                      db_features: str | Path, query_dir: str | Path,
                      queries: QueryList, output_dir: str | Path,
                      pairs: PairsSource = "exhaustive", features: str | None = None,
                      feature_overrides: Mapping[str, Any] | None = None,
-                     matcher: str = "mnn-ratio",
+                     matcher: str | None = None,
                      matcher_overrides: Mapping[str, Any] | None = None,
                      config: LocalizationConfig | None = None,
                      ground_truth: str | Path | Mapping[str, pycolmap.Rigid3d] | None = None,
@@ -152,6 +177,7 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
     query_pairs.txt, query_matches.h5, <poses_name>, <stem>_log.json}`` and, with
     ``ground_truth``, ``<stem>_eval.json``. Every query gets a log entry; queries that fail
     (missing image, bad intrinsics line, no pairs, too few inliers) get no pose.
+    ``matcher`` None: the matcher the model was built with (``recorded_matcher``).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +196,12 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
             features = reader.method
             feature_overrides = {**extractor_overrides_like(reader),
                                  **dict(feature_overrides or {})}
+    if matcher is None:
+        matcher, recorded, origin = recorded_matcher(db_features, features)
+        matcher_overrides = {**recorded, **dict(matcher_overrides or {})}
+        logger.info("localizing with matcher %s (%s)", matcher, origin)
+    else:
+        logger.info("localizing with matcher %s (given)", matcher)
     errors: dict[str, str] = {}
     for where, message in queries.errors.items():
         errors[where] = message

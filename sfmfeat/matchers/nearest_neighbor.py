@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import config_hash
 from ..errors import InputError
-from ..extractors.base import resolve_device
+from ..extractors.base import Features
+from .base import Matcher
 
 
 @dataclass(frozen=True)
@@ -29,26 +29,30 @@ class NearestNeighborConfig:
     max_chunk_elements: int = 1 << 21   # similarities at once: 8 MiB in fp32, cache-sized
 
 
-class NearestNeighborMatcher:
+class NearestNeighborMatcher(Matcher):
+    """Reads only the descriptors; ``match`` also takes bare N×D arrays or tensors."""
+
     name = "nearest_neighbor"
+    config_class = NearestNeighborConfig
+    presets = {
+        "mnn": NearestNeighborConfig(mutual=True),
+        "mnn-ratio": NearestNeighborConfig(mutual=True, ratio=0.8),
+        "ratio": NearestNeighborConfig(mutual=False, ratio=0.8),
+        "nn": NearestNeighborConfig(mutual=False),
+    }
 
     def __init__(self, config: NearestNeighborConfig | None = None,
                  device: str | None = None) -> None:
-        self.config = config or NearestNeighborConfig()
+        super().__init__(config, device)
         if self.config.ratio is not None and not 0 < self.config.ratio <= 1:
             raise InputError(f"ratio must lie in (0, 1], got {self.config.ratio}")
-        self.device = resolve_device(device)
 
-    @property
-    def config_hash(self) -> str:
-        return config_hash(f"{__name__}.{type(self).__qualname__}", self.config)
-
-    def match(self, descriptors0: np.ndarray | torch.Tensor,
-              descriptors1: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def match(self, features0: Features | np.ndarray | torch.Tensor,
+              features1: Features | np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """K×2 int32 matches (index into set 0, index into set 1) and K float32 scores
         (the descriptors' dot product)."""
-        d0 = _as_tensor(descriptors0, self.device)
-        d1 = _as_tensor(descriptors1, self.device)
+        d0 = _as_tensor(features0, self.device)
+        d1 = _as_tensor(features1, self.device)
         if d0.shape[1] != d1.shape[1]:
             raise InputError(f"descriptor dimensions differ: {d0.shape[1]} vs {d1.shape[1]}")
         if len(d0) == 0 or len(d1) == 0:
@@ -59,7 +63,9 @@ class NearestNeighborMatcher:
                 scores.cpu().numpy().astype(np.float32))
 
 
-def _as_tensor(values: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
+def _as_tensor(values: Features | np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
+    if isinstance(values, Features):
+        values = values.descriptors
     tensor = torch.as_tensor(values)
     if tensor.ndim != 2:
         raise InputError(f"descriptors must be N×D, got shape {tuple(tensor.shape)}")
