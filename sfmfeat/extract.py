@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from .errors import ImageReadError, InputError
 from .extractors import create_extractor
-from .extractors.base import Extractor, Features
+from .extractors.base import Extractor
+from .features import Features
 from .images import list_images, read_image
 from .store import FeatureWriter
 

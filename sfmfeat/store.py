@@ -42,7 +42,7 @@ import numpy as np
 
 from . import __version__
 from .errors import StoreError
-from .extractors.base import Features
+from .features import Features
 
 logger = logging.getLogger(__name__)
 

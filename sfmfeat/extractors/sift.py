@@ -15,7 +15,8 @@ import numpy as np
 
 from ..images import to_grayscale
 from ..errors import ConfigError
-from .base import Extractor, Features
+from ..features import Features
+from .base import Extractor
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Sift(Extractor):
     }
 
     def __init__(self, config: SiftConfig | None = None, device: str | None = None) -> None:
-        super().__init__(config, device)
+        super().__init__(config, "cpu")   # OpenCV's SIFT runs on the CPU; torch is not needed
         self._sift = cv2.SIFT_create(
             nfeatures=0, nOctaveLayers=self.config.n_octave_layers,
             contrastThreshold=self.config.contrast_threshold,

@@ -195,7 +195,7 @@ class NetVladDescriber:
 
     def __init__(self, config: NetVladConfig = NetVladConfig(), device: str | None = None,
                  weights_path: str | Path | None = None) -> None:
-        from ..extractors.base import resolve_device
+        from ..features import resolve_device
 
         self.config = config
         self.device = resolve_device(device)

@@ -18,7 +18,7 @@ import torch
 
 from ..config import config_hash
 from ..errors import InputError
-from ..extractors.base import resolve_device
+from ..features import resolve_device
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from ..errors import InputError, ReconstructionError
 from ..extract import extract_features
 from ..extractors import default_matcher
 from ..images import list_images
-from ..match import match_pairs
 from ..pairs import exhaustive, read_pairs, sequential, write_pairs
 from ..store import FeatureReader, MatchReader
 from ..timing import StageTimer
@@ -92,6 +91,8 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
         pairs = _make_pairs(config, names)
         write_pairs(pairs_path, pairs)
     with timer.stage("match"):
+        from ..match import match_pairs   # torch: not imported before the first image
+
         match_pairs(pairs, features_path, matches_path, config.matcher,
                     overrides=dict(config.matcher_options), device=device)
     with timer.stage("database"):
