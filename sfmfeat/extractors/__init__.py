@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -21,7 +22,8 @@ from ..features import Features
 from .base import Describer, DetectAndDescribe, Extractor
 
 __all__ = ["Extractor", "Describer", "Features", "create_extractor", "available_presets",
-           "extractor_classes", "default_matcher", "preset_names", "PRESET_MODULES"]
+           "extractor_classes", "default_matcher", "preset_names", "PRESET_MODULES", "ExtractorSpec",
+           "resolve_spec"]
 
 PRESET_MODULES: dict[str, str] = {
     "sift": "sift", "sift-l2": "sift", "sift-upright": "sift", "rootsift": "sift",
@@ -85,29 +87,53 @@ def default_matcher(name: str) -> str:
     return _lookup(name)[0].default_matcher
 
 
-def create_extractor(name: str, overrides: dict[str, Any] | None = None,
-                     device: str | None = None) -> Extractor:
-    """Build the extractor of preset ``name`` (``desc+det`` for combinations).
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """What builds one extractor: the preset name as given, the overrides as given, and the
+    resolved (validated) config; ``detector`` is the detector's spec for a describer."""
 
-    ``overrides`` change fields of the preset's config; for a combination, keys prefixed
-    ``detector.`` go to the detector and the others to the describer.
-    """
+    name: str
+    overrides: dict[str, Any]
+    extractor_class: type[Extractor]
+    config: Any
+    detector: "ExtractorSpec | None" = None
+
+    def build(self, device: str | None = None) -> Extractor:
+        if self.detector is None:
+            return self.extractor_class(self.config, device=device)
+        describer = self.extractor_class(self.config, device=device)
+        detector = self.detector.build(device)
+        return DetectAndDescribe(detector, describer, self.detector.name,
+                                 self.name.partition("+")[0] if self.name not in PRESET_MODULES
+                                 else self.name)
+
+
+def resolve_spec(name: str, overrides: dict[str, Any] | None = None) -> ExtractorSpec:
+    """The validated spec of preset ``name`` (``desc+det`` for combinations) with
+    ``overrides``; builds no network. For a combination, keys prefixed ``detector.`` go to
+    the detector and the others to the describer."""
     overrides = dict(overrides or {})
     describer_name, _, detector_name = name.partition("+")
     if name in PRESET_MODULES:   # preset names may contain '+' (e.g. contextdesc++)
         describer_name, detector_name = name, ""
     cls, config = _lookup(describer_name)
-    if issubclass(cls, Describer):
-        detector_name = detector_name or cls.default_detector
-        detector_overrides = {k.removeprefix("detector."): v for k, v in overrides.items()
-                              if k.startswith("detector.")}
-        own = {k: v for k, v in overrides.items() if not k.startswith("detector.")}
-        describer = cls(apply_overrides(config, own), device=device)
-        detector = create_extractor(detector_name, detector_overrides, device=device)
-        if isinstance(detector, DetectAndDescribe):
-            raise ConfigError(f"{detector_name!r} cannot serve as a detector")
-        return DetectAndDescribe(detector, describer, detector_name, describer_name)
-    if detector_name:
-        raise ConfigError(f"{describer_name!r} detects its own keypoints; "
-                          f"'+{detector_name}' applies only to descriptor-only methods")
-    return cls(apply_overrides(config, overrides), device=device)
+    if not issubclass(cls, Describer):
+        if detector_name:
+            raise ConfigError(f"{describer_name!r} detects its own keypoints; "
+                              f"'+{detector_name}' applies only to descriptor-only methods")
+        return ExtractorSpec(name, overrides, cls, apply_overrides(config, overrides))
+    detector_name = detector_name or cls.default_detector
+    detector_overrides = {k.removeprefix("detector."): v for k, v in overrides.items()
+                          if k.startswith("detector.")}
+    own = {k: v for k, v in overrides.items() if not k.startswith("detector.")}
+    detector = resolve_spec(detector_name, detector_overrides)
+    if detector.detector is not None or issubclass(detector.extractor_class, Describer):
+        raise ConfigError(f"{detector_name!r} cannot serve as a detector")
+    return ExtractorSpec(name, overrides, cls, apply_overrides(config, own), detector)
+
+
+def create_extractor(name: str, overrides: dict[str, Any] | None = None,
+                     device: str | None = None) -> Extractor:
+    """Build the extractor of preset ``name`` (``desc+det`` for combinations) with
+    ``overrides`` applied to the preset's config (see ``resolve_spec``)."""
+    return resolve_spec(name, overrides).build(device)

@@ -56,7 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, WeightsError
+from ..config import ValidatedConfig, at_least, one_of
+from ..errors import WeightsError
 from ..images import resize_max_edge
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
 from .base import Extractor, Features
@@ -90,13 +91,16 @@ WEIGHT_FILES = {
 
 
 @dataclass(frozen=True)
-class AlikedConfig:
+class AlikedConfig(ValidatedConfig):
     model: str = "aliked-n16"            # aliked-t16 | aliked-n16 | aliked-n16rot | aliked-n32
     detection_threshold: float = 0.2     # keep peaks scoring above it; <= 0: above the map mean
     max_keypoints: int = 5000            # the strongest peaks kept in threshold mode
     top_k: int | None = None             # fixed count of peaks instead of the threshold
     nms_radius: int = 2                  # NMS, border and soft-argmax radius
     resize_max: int | None = 1024        # long side before extraction; None = full resolution
+
+    rules = {"model": one_of(*VARIANTS), "nms_radius": at_least(1),
+             "max_keypoints": at_least(1), "top_k": at_least(1), "resize_max": at_least(STRIDE)}
 
 
 # ---------------------------------------------------------------- deformable convolution
@@ -377,15 +381,6 @@ class Aliked(Extractor):
                  weights_path: str | Path | None = None) -> None:
         super().__init__(config, device)
         cfg = self.config
-        if cfg.model not in VARIANTS:
-            raise ConfigError(f"unknown ALIKED model {cfg.model!r}; choose one of: "
-                              + ", ".join(VARIANTS))
-        if cfg.nms_radius < 1:
-            raise ConfigError(f"nms_radius must be >= 1, got {cfg.nms_radius}")
-        if cfg.max_keypoints < 1:
-            raise ConfigError(f"max_keypoints must be >= 1, got {cfg.max_keypoints}")
-        if cfg.resize_max is not None and cfg.resize_max < STRIDE:
-            raise ConfigError(f"resize_max must be >= {STRIDE} or None, got {cfg.resize_max}")
         path = Path(weights_path) if weights_path else resolve(WEIGHT_FILES[cfg.model])
         self.net = load_network(cfg.model, path).to(self.device)
         self.descriptor_dim = VARIANTS[cfg.model][4]

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ValidatedConfig, at_least
 from ..errors import InputError, WeightsError
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
 from .base import Describer, Features
@@ -68,10 +69,12 @@ MIN_SIDE = 16                        # the coarse stride
 
 
 @dataclass(frozen=True)
-class CapsConfig:
+class CapsConfig(ValidatedConfig):
     normalize: bool = True           # L2-normalise the 256-d descriptor (official: no)
     max_edge: int | None = 1600      # resize a longer side to this (immatch's setting; the
                                      # official HPatches extractor never resizes); None = never
+
+    rules = {"max_edge": at_least(16)}
 
 
 # ---------------------------------------------------------------- ResNet50 layers 1-3

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..config import ValidatedConfig, at_least, greater_than, one_of
 from ..errors import ConfigError, WeightsError
 from ..images import to_grayscale
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
@@ -51,7 +52,7 @@ WEIGHT_FILES = {
 
 
 @dataclass(frozen=True)
-class ContextDescConfig:
+class ContextDescConfig(ValidatedConfig):
     variant: str = "contextdesc++"     # weights: contextdesc, contextdesc+, contextdesc++, ..._upright
     context: bool = True               # False: l2norm(local feature) only, no regional model
     max_keypoints: int | None = 8192   # SIFT top-n by response (official n_feature); None = all
@@ -67,6 +68,12 @@ class ContextDescConfig:
     # patches per local-model forward: 128 keeps the 32×32×32 maps in cache on CPU (1.3×
     # the throughput of 512, benchmarks/extract_contextdesc.py)
     batch_size: int = 128
+
+    rules = {"variant": one_of(*VARIANT_URLS), "max_keypoints": at_least(1),
+             "contrast_threshold": at_least(0), "edge_threshold": greater_than(0),
+             "n_octave_layers": at_least(1), "sigma": greater_than(0),
+             "regional_max_dim": at_least(32), "patch_sampler": one_of("opencv", "torch"),
+             "batch_size": at_least(1)}
 
 
 class ContextDesc(Extractor):
@@ -88,13 +95,6 @@ class ContextDesc(Extractor):
         from .contextdesc_nets import ContextDescNet, RegionalResNet50
 
         c = self.config
-        if c.variant not in VARIANT_URLS:
-            raise ConfigError(f"unknown ContextDesc variant {c.variant!r}; choose one of: "
-                              + ", ".join(VARIANT_URLS))
-        if c.patch_sampler not in ("opencv", "torch"):
-            raise ConfigError(f"patch_sampler must be 'opencv' or 'torch', got {c.patch_sampler!r}")
-        if c.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {c.batch_size}")
         self._torch = torch
         self.net = ContextDescNet(c.inverse_distance)
         _load(self.net, WEIGHT_FILES[c.variant])

@@ -60,6 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import ValidatedConfig, at_least, greater_than, one_of
 from ..errors import ConfigError, InputError, WeightsError
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
 from .base import Extractor, Features
@@ -86,7 +87,7 @@ WEIGHT_FILES = {
 
 
 @dataclass(frozen=True)
-class D2NetConfig:
+class D2NetConfig(ValidatedConfig):
     weights: str = "d2_tf.pth"          # d2_tf.pth | d2_ots.pth | d2_tf_no_phototourism.pth
     scales: tuple[float, ...] = (1.0,)  # image pyramid; the official multiscale is (.5, 1, 2)
     preprocessing: str = "caffe"        # caffe | torch
@@ -98,6 +99,11 @@ class D2NetConfig:
     precision: str = "fp32"             # fp32 | bf16 (CPU with BF16, or GPU) | fp16 (GPU)
     channels_last: bool = False         # fp32 trunk in NHWC: faster, but no longer bit-equal
     #                                     to the official (NCHW) dense map; bf16/fp16 use it always
+
+    rules = {"weights": one_of(*WEIGHT_FILES), "scales": greater_than(0),
+             "preprocessing": one_of("caffe", "torch"), "max_edge": at_least(STRIDE),
+             "max_sum_edges": at_least(2 * STRIDE), "edge_threshold": greater_than(0),
+             "max_keypoints": at_least(1), "precision": one_of("fp32", "bf16", "fp16")}
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -287,20 +293,8 @@ class D2Net(Extractor):
                  network: D2NetNetwork | None = None) -> None:
         super().__init__(config, device)
         conf = self.config
-        if conf.weights not in WEIGHT_FILES:
-            raise ConfigError(f"unknown D2-Net weights {conf.weights!r}; choose one of "
-                              + ", ".join(WEIGHT_FILES))
-        if conf.preprocessing not in ("caffe", "torch"):
-            raise ConfigError(f"unknown D2-Net preprocessing {conf.preprocessing!r}; "
-                              "use caffe or torch")
-        if conf.precision not in _DTYPES:
-            raise ConfigError(f"unknown precision {conf.precision!r}; use fp32, bf16 or fp16")
         if conf.precision == "fp16" and not self.device.startswith("cuda"):
             raise ConfigError("precision=fp16 needs a GPU; on CPU use bf16")
-        if not conf.scales or any(s <= 0 for s in conf.scales):
-            raise ConfigError(f"D2-Net scales must be positive, got {conf.scales!r}")
-        if conf.edge_threshold <= 0:
-            raise ConfigError(f"edge_threshold must be positive, got {conf.edge_threshold}")
         if network is None:
             network = D2NetNetwork(conf.use_relu)
             load_d2net_checkpoint(network, resolve(WEIGHT_FILES[conf.weights]))

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import weights as weights_mod
-from ..errors import ConfigError, WeightsError
+from ..config import ValidatedConfig, at_least, odd_at_least
+from ..errors import WeightsError
 from ..weights import WeightFile
 from .base import Extractor, Features
 
@@ -57,12 +58,15 @@ DESCRIPTOR_DIM = 128
 
 
 @dataclass(frozen=True)
-class DiskConfig:
+class DiskConfig(ValidatedConfig):
     max_keypoints: int | None = 5000   # top-k by heatmap logit; None keeps every NMS maximum
     nms_window: int = 5                # detect.py --window (odd)
     score_threshold: float = 0.0       # detect.py cutoff on the heatmap logit
     max_edge: int | None = 1024        # long side, bilinear antialiased resize; None = full res
     weights: str | None = None         # path to a checkpoint; None = the official depth-save.pth
+
+    rules = {"max_keypoints": at_least(1), "nms_window": odd_at_least(1),
+             "max_edge": at_least(STRIDE)}
 
 
 class _NormActConv(nn.Sequential):
@@ -193,9 +197,6 @@ class Disk(Extractor):
 
     def __init__(self, config: DiskConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
-        if self.config.nms_window < 1 or self.config.nms_window % 2 != 1:
-            raise ConfigError(f"disk: nms_window must be a positive odd number, "
-                              f"got {self.config.nms_window}")
         # channels-last was measured slower on CPU for this network (InstanceNorm), so
         # the default contiguous layout is kept
         self.net = load_disk_network(self.weights_path()).to(self.device)

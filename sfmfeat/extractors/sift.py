@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..config import ValidatedConfig, at_least, greater_than, one_of
 from ..images import to_grayscale
-from ..errors import ConfigError
 from ..features import Features
 from .base import Extractor
 
 
 @dataclass(frozen=True)
-class SiftConfig:
+class SiftConfig(ValidatedConfig):
     """Defaults follow COLMAP's SIFT extraction: peak threshold 0.02/3 per scale layer, edge
     threshold 10, the largest-scale features kept when capped, RootSIFT (L1-root)
     normalisation. The cap is higher than COLMAP's 8192 so that ~1-megapixel photos keep
@@ -39,10 +39,11 @@ class SiftConfig:
     precise_upscale: bool = False        # OpenCV's alternative 2x upsampling of octave -1
     max_edge: int | None = None          # resize the long side before detection; None = full res
 
-    def __post_init__(self) -> None:
-        if self.normalization not in ("l1-root", "l2"):
-            raise ConfigError(f"SIFT normalization must be 'l1-root' or 'l2', got "
-                              f"{self.normalization!r}")
+    rules = {"max_keypoints": at_least(1), "normalization": one_of("l1-root", "l2"),
+             "n_octave_layers": at_least(1), "contrast_threshold": at_least(0),
+             "edge_threshold": greater_than(0), "sigma": greater_than(0),
+             "max_octave": at_least(-1), "max_orientations": at_least(1),
+             "max_edge": at_least(16)}
 
 
 class Sift(Extractor):
