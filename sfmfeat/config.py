@@ -29,9 +29,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {value!r} in a config")
 
 
-def config_hash(kind: str, config: Any) -> str:
-    """A short stable hash of ``kind`` (e.g. the extractor class) and the resolved config."""
-    payload = json.dumps({"kind": kind, "config": config_to_dict(config)}, sort_keys=True)
+def config_hash(kind: str, config: Any, **identity: Any) -> str:
+    """A short stable hash of ``kind`` (a method's stable name, never a module path), the
+    resolved config and any further ``identity`` (e.g. ``weights=`` of the loaded file;
+    None values are left out, so adding an identity key keeps the other hashes)."""
+    payload = json.dumps({"kind": kind, "config": config_to_dict(config),
+                          **{k: v for k, v in identity.items() if v is not None}},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -57,6 +61,12 @@ def between(low: float, high: float) -> Rule:
 
 def one_of(*values: Any) -> Rule:
     return Rule("one of " + ", ".join(map(str, values)), lambda v: v in values)
+
+
+def registered_or_path(*names: str) -> Rule:
+    """A weights option: one of the registered file names, or a path (has a separator)."""
+    return Rule("one of " + ", ".join(names) + " or a path to a file",
+                lambda v: v in names or "/" in v or "\\" in v or v.startswith("~"))
 
 
 def odd_at_least(bound: int) -> Rule:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -100,12 +101,18 @@ class ExtractorSpec:
 
     def build(self, device: str | None = None) -> Extractor:
         if self.detector is None:
-            return self.extractor_class(self.config, device=device)
-        describer = self.extractor_class(self.config, device=device)
-        detector = self.detector.build(device)
-        return DetectAndDescribe(detector, describer, self.detector.name,
-                                 self.name.partition("+")[0] if self.name not in PRESET_MODULES
-                                 else self.name)
+            extractor = self.extractor_class(self.config, device=device)
+        else:
+            describer = self.extractor_class(self.config, device=device)
+            extractor = DetectAndDescribe(self.detector.build(device), describer,
+                                          self.detector.name, self.name.partition("+")[0])
+        extractor.spec = {"preset": self.name, "overrides": _json_ready(self.overrides)}
+        return extractor
+
+
+def _json_ready(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides as JSON keeps them: tuples as lists, paths as strings."""
+    return json.loads(json.dumps(overrides, default=str))
 
 
 def resolve_spec(name: str, overrides: dict[str, Any] | None = None) -> ExtractorSpec:

@@ -56,10 +56,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ValidatedConfig, at_least, one_of
+from ..config import ValidatedConfig, at_least, one_of, registered_or_path
 from ..errors import WeightsError
 from ..images import resize_max_edge
-from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
+from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Extractor, Features
 
 logger = logging.getLogger(__name__)
@@ -98,9 +98,11 @@ class AlikedConfig(ValidatedConfig):
     top_k: int | None = None             # fixed count of peaks instead of the threshold
     nms_radius: int = 2                  # NMS, border and soft-argmax radius
     resize_max: int | None = 1024        # long side before extraction; None = full resolution
+    weights: str | None = None           # a registered file or a path; None = `model`'s file
 
     rules = {"model": one_of(*VARIANTS), "nms_radius": at_least(1),
-             "max_keypoints": at_least(1), "top_k": at_least(1), "resize_max": at_least(STRIDE)}
+             "max_keypoints": at_least(1), "top_k": at_least(1), "resize_max": at_least(STRIDE),
+             "weights": registered_or_path(*(f"{v}.pth" for v in VARIANTS))}
 
 
 # ---------------------------------------------------------------- deformable convolution
@@ -377,11 +379,10 @@ class Aliked(Extractor):
     }
     weight_files = tuple(WEIGHT_FILES.values())
 
-    def __init__(self, config: AlikedConfig | None = None, device: str | None = None,
-                 weights_path: str | Path | None = None) -> None:
+    def __init__(self, config: AlikedConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
         cfg = self.config
-        path = Path(weights_path) if weights_path else resolve(WEIGHT_FILES[cfg.model])
+        path = self._weights(cfg.weights, WEIGHT_FILES, cfg.model)
         self.net = load_network(cfg.model, path).to(self.device)
         self.descriptor_dim = VARIANTS[cfg.model][4]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from ..config import config_hash, config_to_dict
 from ..errors import ConfigError
 from ..features import Features, resolve_device
-from ..weights import WeightFile
+from ..weights import WeightFile, resolve_weights
 
 
 class Extractor(abc.ABC):
@@ -39,6 +40,13 @@ class Extractor(abc.ABC):
     # the matcher preset the method's authors use; pipelines take it when none is given
     default_matcher: ClassVar[str] = "mnn-ratio"
 
+    #: identity of the loaded weight file (registered relative path or sha256 of a user's
+    #: file), part of the config hash; None for methods without weights
+    weights_id: str | None = None
+    #: {"preset": name, "overrides": {...}} when built from a preset: what the store records
+    #: so that ``extract.extractor_from_store`` can rebuild this extractor
+    spec: dict[str, Any] | None = None
+
     def __init__(self, config: Any = None, device: str | None = None) -> None:
         if config is None:
             config = self.config_class()
@@ -50,20 +58,26 @@ class Extractor(abc.ABC):
         self.config = config
         self.device = resolve_device(device)
 
+    def _weights(self, value: str | None, entries: dict[str, WeightFile],
+                 default: str) -> Path:
+        """The file of the config's ``weights`` option (see ``weights.resolve_weights``);
+        records its identity for the config hash."""
+        path, self.weights_id = resolve_weights(value, entries, default, self.name)
+        return path
+
     @abc.abstractmethod
     def extract(self, image: np.ndarray) -> Features:
         """Features of one H×W×3 uint8 RGB image."""
 
     @property
-    def kind(self) -> str:
-        return f"{type(self).__module__}.{type(self).__qualname__}"
-
-    @property
     def config_hash(self) -> str:
-        return config_hash(self.kind, self.config)
+        """Hash of the method's stable ``name``, its resolved config and the identity of its
+        weights: moving or renaming a class keeps it, custom weights change it."""
+        return config_hash(self.name, self.config, weights=self.weights_id)
 
     def describe_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "config": config_to_dict(self.config)}
+        return {"method": self.name, "config": config_to_dict(self.config),
+                "weights": self.weights_id}
 
 
 class Describer(Extractor):
@@ -109,11 +123,11 @@ class DetectAndDescribe(Extractor):
 
     @property
     def config_hash(self) -> str:
-        return config_hash(self.kind, _PairConfig(self.detector.describe_config(),
+        return config_hash(self.name, _PairConfig(self.detector.describe_config(),
                                                   self.describer.describe_config()))
 
     def describe_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "detector": self.detector.describe_config(),
+        return {"method": self.name, "detector": self.detector.describe_config(),
                 "describer": self.describer.describe_config()}
 
 

@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ValidatedConfig, at_least
+from ..config import ValidatedConfig, at_least, registered_or_path
 from ..errors import InputError, WeightsError
-from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
+from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Describer, Features
 
 logger = logging.getLogger(__name__)
@@ -59,9 +59,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS = WeightFile(
     method="caps", filename="caps-pretrained.pth",
     url="https://drive.google.com/file/d/1KfIQYyM7vlSvvQ3X7xi1YSPrietqeXYd/view?usp=sharing",
-    licence="MIT", sha256=None,
-    note="Google Drive only (README of qianqianwang68/caps): download it by hand into "
-         "<weights dir>/caps/caps-pretrained.pth",
+    licence="MIT", sha256=None, manual=True,
+    note="a Google Drive page (README of qianqianwang68/caps), no direct link",
 )
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,7 +73,9 @@ class CapsConfig(ValidatedConfig):
     max_edge: int | None = 1600      # resize a longer side to this (immatch's setting; the
                                      # official HPatches extractor never resizes); None = never
 
-    rules = {"max_edge": at_least(16)}
+    weights: str = "caps-pretrained.pth"  # the registered file or a path to a checkpoint
+
+    rules = {"max_edge": at_least(16), "weights": registered_or_path("caps-pretrained.pth")}
 
 
 # ---------------------------------------------------------------- ResNet50 layers 1-3
@@ -232,7 +233,8 @@ class Caps(Describer):
 
     def __init__(self, config: CapsConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
-        self.net = load_network(resolve(WEIGHTS)).to(self.device)
+        path = self._weights(self.config.weights, {"caps": WEIGHTS}, "caps")
+        self.net = load_network(path).to(self.device)
 
     def _resize(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         height, width = image.shape[:2]

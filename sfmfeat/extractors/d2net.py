@@ -60,9 +60,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ValidatedConfig, at_least, greater_than, one_of
+from ..config import ValidatedConfig, at_least, greater_than, one_of, registered_or_path
 from ..errors import ConfigError, InputError, WeightsError
-from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
+from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Extractor, Features
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class D2NetConfig(ValidatedConfig):
     channels_last: bool = False         # fp32 trunk in NHWC: faster, but no longer bit-equal
     #                                     to the official (NCHW) dense map; bf16/fp16 use it always
 
-    rules = {"weights": one_of(*WEIGHT_FILES), "scales": greater_than(0),
+    rules = {"weights": registered_or_path(*WEIGHT_FILES), "scales": greater_than(0),
              "preprocessing": one_of("caffe", "torch"), "max_edge": at_least(STRIDE),
              "max_sum_edges": at_least(2 * STRIDE), "edge_threshold": greater_than(0),
              "max_keypoints": at_least(1), "precision": one_of("fp32", "bf16", "fp16")}
@@ -297,7 +297,7 @@ class D2Net(Extractor):
             raise ConfigError("precision=fp16 needs a GPU; on CPU use bf16")
         if network is None:
             network = D2NetNetwork(conf.use_relu)
-            load_d2net_checkpoint(network, resolve(WEIGHT_FILES[conf.weights]))
+            load_d2net_checkpoint(network, self._weights(conf.weights, WEIGHT_FILES, "d2_tf.pth"))
         network.use_relu = conf.use_relu
         self.dtype = _DTYPES[conf.precision]
         self.memory_format = (torch.channels_last if conf.channels_last or conf.precision != "fp32"

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import weights as weights_mod
-from ..config import ValidatedConfig, at_least, odd_at_least
+from ..config import ValidatedConfig, at_least, odd_at_least, registered_or_path
 from ..errors import WeightsError
 from ..weights import WeightFile
 from .base import Extractor, Features
@@ -63,9 +63,10 @@ class DiskConfig(ValidatedConfig):
     nms_window: int = 5                # detect.py --window (odd)
     score_threshold: float = 0.0       # detect.py cutoff on the heatmap logit
     max_edge: int | None = 1024        # long side, bilinear antialiased resize; None = full res
-    weights: str | None = None         # path to a checkpoint; None = the official depth-save.pth
+    weights: str = "depth-save.pth"    # the registered file or a path to a checkpoint
 
     rules = {"max_keypoints": at_least(1), "nms_window": odd_at_least(1),
+             "weights": registered_or_path("depth-save.pth"),
              "max_edge": at_least(STRIDE)}
 
 
@@ -199,15 +200,8 @@ class Disk(Extractor):
         super().__init__(config, device)
         # channels-last was measured slower on CPU for this network (InstanceNorm), so
         # the default contiguous layout is kept
-        self.net = load_disk_network(self.weights_path()).to(self.device)
-
-    def weights_path(self) -> Path:
-        if self.config.weights:
-            path = Path(self.config.weights).expanduser()
-            if not path.is_file():
-                raise WeightsError(f"disk: weight file {path} not found")
-            return path
-        return weights_mod.resolve(DISK_DEPTH)
+        path = self._weights(self.config.weights, {"depth": DISK_DEPTH}, "depth")
+        self.net = load_disk_network(path).to(self.device)
 
     def extract(self, image: np.ndarray) -> Features:
         height, width = image.shape[:2]

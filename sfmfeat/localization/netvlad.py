@@ -40,13 +40,13 @@ WEIGHT_FILES = {
         url="https://cvg-data.inf.ethz.ch/hloc/netvlad/Pitts30K_struct.mat",
         licence=_LICENCE,
         note="official VGG16-NetVLAD-Pitts30k (+WPCA 4096) MatConvNet model as a MATLAB "
-             "struct"),
+             "struct", format="mat"),
     "tokyotm": WeightFile(
         method="netvlad", filename="TokyoTM_struct.mat",
         url="https://cvg-data.inf.ethz.ch/hloc/netvlad/TokyoTM_struct.mat",
         licence=_LICENCE,
         note="official VGG16-NetVLAD-TokyoTM (+WPCA 4096) MatConvNet model as a MATLAB "
-             "struct"),
+             "struct", format="mat"),
 }
 
 # VGG16 feature layers up to conv5_3: channel counts, "M" = 2×2 max pooling
