@@ -4,9 +4,8 @@ of Local Features", CVPR 2019): one CNN whose feature map both describes and det
 A port of the official inference code (mihaidusmanu/d2-net @ 0a3356c, Clear BSD licence):
 ``lib/model_test.py`` (network, hard detection, handcrafted localisation), ``lib/pyramid.py``
 (single- and multi-scale extraction) and ``extract_features.py`` (resizing, preprocessing).
-It reads the official checkpoints and reproduces the official keypoints, scores and
-descriptors (up to convolution rounding); only the keypoint coordinates are expressed in
-sfmfeat's convention (see "Coordinates" below).
+It reads the official checkpoints and reproduces the official keypoints (positions included,
+see "Coordinates" below), scores and descriptors (up to convolution rounding).
 
 Speed: the official code runs eight depth-wise 3×3 convolutions and a max-pool over the whole
 512-channel map to evaluate the detection and localisation rules everywhere. A position can
@@ -17,7 +16,18 @@ cost. The trunk runs channels-last under ``torch.inference_mode``; ``precision="
 runs it in bfloat16 (AMX/AVX-512 BF16 on CPU) and does everything after it in float32.
 
 Coordinates. The official code maps a (refined) feature-map position p to the network
-input with ``upscale_positions``: ``p*2 + 0.5`` twice, i.e. ``4p + 1.5``. ``2q + 0.5`` is the
+input with ``upscale_positions``: ``p*2 + 0.5`` twice, i.e. ``4p + 1.5``, then scales it by
+``h_init / h_level`` (pyramid level -> network input) and ``fact = H / H_resized`` (network
+input -> original image). That is the default here (``positions="official"``), because the
+official training (``lib/loss.py``) supervises correspondences through the same
+``upscale_positions``/``downscale_positions``: the network learned that cell p *is* pixel
+``4p + 1.5`` (pixel centres at integers), and one mapping for every level keeps multiscale
+keypoints consistent with each other. The parity test compares with the official raw output,
+no conversion applied.
+
+``positions="receptive-field"`` keeps an alternative, documented for comparison only (it
+moves keypoints 2 px right/down at scale 1 and by level-dependent amounts elsewhere, away
+from where the network was trained to put them): ``2q + 0.5`` is the
 exact pixel-centre map of a 2×2/stride-2 pooling in the convention where pixel centres sit
 at integers (cell q covers pixels 2q and 2q+1), which is sfmfeat's convention; but the
 ``AvgPool2d(2, stride=1)`` after conv3_3 shifts the grid by another half cell of the
@@ -30,10 +40,9 @@ are made with ``F.interpolate(..., align_corners=True)``, whose exact pixel-cent
 ``v = u * (H_in - 1) / (H_level - 1)``; the network input is made from the original by a
 PIL bilinear resize (pixel areas, half-pixel centres), whose exact map is
 ``x = (v + 0.5) * H / H_in - 0.5``. We return ``x`` (per axis, in float64 then float32).
-So with ``k = official value / fact * H_level / H_in`` (= 4p + 1.5), ours is
+So with ``k = official value / fact * H_level / H_in`` (= 4p + 1.5), the alternative is
 ``((k + 2) * (H_in - 1) / (H_level - 1) + 0.5) * fact - 0.5`` (the ratio is 1 at scale 1);
-without resizing and at scale 1 this is simply ``official + 2``. The parity test applies
-exactly this conversion to the official outputs.
+without resizing and at scale 1 this is simply ``official + 2``.
 
 Keypoint scale: the official third column is ``1 / level scale``; ``Features.scales`` holds
 the diameter of one feature-map cell in original pixels, ``4 / level scale * fact``
@@ -97,13 +106,15 @@ class D2NetConfig(ValidatedConfig):
     edge_threshold: float = 5.0         # ratio of principal curvatures (Lowe's r)
     max_keypoints: int | None = None    # keep the top-k by score; None keeps all
     precision: str = "fp32"             # fp32 | bf16 (CPU with BF16, or GPU) | fp16 (GPU)
+    positions: str = "official"         # official (4p + 1.5, as trained) | receptive-field
     channels_last: bool = False         # fp32 trunk in NHWC: faster, but no longer bit-equal
     #                                     to the official (NCHW) dense map; bf16/fp16 use it always
 
     rules = {"weights": registered_or_path(*WEIGHT_FILES), "scales": greater_than(0),
              "preprocessing": one_of("caffe", "torch"), "max_edge": at_least(STRIDE),
              "max_sum_edges": at_least(2 * STRIDE), "edge_threshold": greater_than(0),
-             "max_keypoints": at_least(1), "precision": one_of("fp32", "bf16", "fp16")}
+             "max_keypoints": at_least(1), "precision": one_of("fp32", "bf16", "fp16"),
+             "positions": one_of("official", "receptive-field")}
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -268,10 +279,13 @@ def sample_descriptors(fmap: torch.Tensor, pos_i: torch.Tensor, pos_j: torch.Ten
 
 
 def fmap_to_image(pos: np.ndarray, level_size: int, input_size: int,
-                  original_size: int) -> np.ndarray:
+                  original_size: int, positions: str = "official") -> np.ndarray:
     """Feature-map coordinates (one axis) -> original-image pixels, pixel centres at integers;
-    see the module docstring for the derivation."""
-    u = np.asarray(pos, np.float64) * STRIDE + 3.5  # receptive-field centre (official: +1.5)
+    see the module docstring for both conventions."""
+    pos = np.asarray(pos, np.float64)
+    if positions == "official":   # upscale_positions, then the official pure ratios
+        return (pos * STRIDE + 1.5) * (input_size / level_size) * (original_size / input_size)
+    u = pos * STRIDE + 3.5  # receptive-field centre
     if level_size != input_size:
         u = u * (input_size - 1) / max(level_size - 1, 1)
     return (u + 0.5) * (original_size / input_size) - 0.5
@@ -379,8 +393,8 @@ class D2Net(Extractor):
                     continue
                 previous = dense
                 pos = pos.double().cpu().numpy()
-                kp_y = fmap_to_image(pos[:, 0], lvl_h, in_h, height)
-                kp_x = fmap_to_image(pos[:, 1], lvl_w, in_w, width)
+                kp_y = fmap_to_image(pos[:, 0], lvl_h, in_h, height, self.config.positions)
+                kp_x = fmap_to_image(pos[:, 1], lvl_w, in_w, width, self.config.positions)
                 keypoints.append(np.stack([kp_x, kp_y], axis=1))
                 cell = STRIDE / scale * 0.5 * (height / in_h + width / in_w)
                 scales.append(np.full(len(pos), cell))
