@@ -219,7 +219,8 @@ def test_newton_step_of_half_a_cell_drops_the_detection():
 def test_feature_map_positions_map_to_image_pixels():
     # official (default): upscale_positions 4p + 1.5, then pure ratios level -> input -> image
     assert D.fmap_to_image(np.array([0.0, 10.0]), 50, 50, 50).tolist() == [1.5, 41.5]
-    assert D.fmap_to_image(np.array([0.0]), 50, 50, 100).tolist() == [3.0]
+    # input resized 2x smaller than the original: the half-pixel map 2(v + .5) - .5
+    assert D.fmap_to_image(np.array([0.0]), 50, 50, 100).tolist() == [3.5]
     assert D.fmap_to_image(np.array([2.0]), 25, 50, 50).tolist() == [19.0]
     rf = "receptive-field"
     # the alternative: cell r's receptive field is centred on pixel 4r + 3.5
@@ -318,8 +319,9 @@ def test_huge_image_follows_the_resize_rules():
     image = np.zeros((6000, 8000, 3), np.uint8)
     features = D.D2Net(network=trunk).extract(image)
     assert trunk.seen == [(1200, 1600)]
-    x = (4 * 200 + 1.5) * 5   # official: upscale_positions, then fact = 8000 / 1600
-    y = (4 * 150 + 1.5) * 5
+    # upscale_positions (4p + 1.5), then the half-pixel map of the 5x PIL resize
+    x = ((4 * 200 + 1.5) + 0.5) * 5 - 0.5
+    y = ((4 * 150 + 1.5) + 0.5) * 5 - 0.5
     assert len(features) == 1 and np.abs(features.keypoints[0] - [x, y]).max() < 1e-2
     assert features.scales[0] == pytest.approx(20.0)
 

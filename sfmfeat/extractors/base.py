@@ -18,19 +18,28 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import config_hash, config_to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..features import Features, resolve_device
+from ..images import max_edge_size, resize_image, to_grayscale
 from ..weights import WeightFile, resolve_weights
 
 
 class Extractor(abc.ABC):
-    """A local-feature method. Subclasses set the class attributes and implement ``extract``.
+    """A local-feature method. Subclasses set the class attributes and write ``_forward``.
 
     name:          method name, also the weights sub-folder (e.g. "d2net").
     config_class:  a frozen dataclass; its defaults are the method's ``default_conf``.
     presets:       preset name -> config instance, e.g. {"d2net-ss": D2NetConfig()}.
     weight_files:  official weight files this method can load (see sfmfeat.weights).
     default_matcher: matcher preset used when the user names none.
+
+    The template ``extract`` owns what every method shares: it checks the image (H×W×3
+    uint8; H×W is replicated to RGB), resizes it to ``network_size`` (the config's
+    ``max_edge``) with the declared ``resize_backend``, converts it to grayscale when
+    ``grayscale``, calls ``_forward`` on that network input, maps the keypoints back to
+    original pixels ((x + 0.5) * W / w - 0.5 per axis, pixel centres at integers; scales by
+    the mean factor) and returns ``Features.empty`` when ``_forward`` finds nothing.
+    Pyramid methods (D2-Net, R2D2) keep their level-to-input mapping inside ``_forward``.
     """
 
     name: ClassVar[str]
@@ -46,6 +55,12 @@ class Extractor(abc.ABC):
     #: {"preset": name, "overrides": {...}} when built from a preset: what the store records
     #: so that ``extract.extractor_from_store`` can rebuild this extractor
     spec: dict[str, Any] | None = None
+
+    #: see sfmfeat.images.RESIZE_BACKENDS; the official code's resize of each method
+    resize_backend: ClassVar[str] = "cv2-area"
+    grayscale: ClassVar[bool] = False        # _forward gets H×W luminance (OpenCV weights)
+    descriptor_dim: int = 0                  # of the empty Features
+    with_geometry: ClassVar[bool] = False    # Features carry scales and orientations
 
     def __init__(self, config: Any = None, device: str | None = None) -> None:
         if config is None:
@@ -65,9 +80,28 @@ class Extractor(abc.ABC):
         path, self.weights_id = resolve_weights(value, entries, default, self.name)
         return path
 
-    @abc.abstractmethod
     def extract(self, image: np.ndarray) -> Features:
-        """Features of one H×W×3 uint8 RGB image."""
+        """Features of one H×W×3 uint8 RGB image, keypoints in its pixels."""
+        image = checked_image(image)
+        height, width = image.shape[:2]
+        size = self.network_size(height, width)
+        network_image = image if size == (height, width) else \
+            resize_image(image, size, self.resize_backend)
+        if self.grayscale:
+            network_image = to_grayscale(network_image)
+        features = self._forward(network_image)
+        if features is None or len(features) == 0:
+            return Features.empty(self.descriptor_dim, with_geometry=self.with_geometry)
+        return to_original_pixels(features, (width / size[1], height / size[0]))
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the network input for an H×W image: the config's ``max_edge`` rule."""
+        return max_edge_size(height, width, getattr(self.config, "max_edge", None))
+
+    def _forward(self, image: np.ndarray) -> Features | None:
+        """Features of the network input (keypoints in its pixels), or None for none."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _forward nor "
+                                  "extract")
 
     @property
     def config_hash(self) -> str:
@@ -80,6 +114,38 @@ class Extractor(abc.ABC):
                 "weights": self.weights_id}
 
 
+def checked_image(image: np.ndarray) -> np.ndarray:
+    """``image`` as H×W×3 (a 2-D image is replicated), or InputError."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise InputError(f"expected an H×W×3 RGB image, got shape {image.shape}")
+    return image
+
+
+def to_original_pixels(features: Features, factor: tuple[float, float]) -> Features:
+    """Features of a network input resized by 1/``factor`` = (W/w, H/h), in original
+    pixels (pixel centres at integers in both images)."""
+    if factor == (1.0, 1.0):
+        return features
+    fx, fy = factor
+    xy = features.keypoints.astype(np.float64)
+    xy = np.c_[(xy[:, 0] + 0.5) * fx - 0.5, (xy[:, 1] + 0.5) * fy - 0.5]
+    scales = None if features.scales is None else features.scales * (0.5 * (fx + fy))
+    return Features(xy.astype(np.float32), features.scores, features.descriptors,
+                    scales, features.orientations)
+
+
+def to_network_pixels(xy: np.ndarray, factor: tuple[float, float]) -> np.ndarray:
+    """Original-image keypoints (N×2) in the pixels of a network input resized by
+    1/``factor``: the inverse of ``to_original_pixels``."""
+    if factor == (1.0, 1.0):
+        return xy
+    xy = xy.astype(np.float64)
+    return np.c_[(xy[:, 0] + 0.5) / factor[0] - 0.5, (xy[:, 1] + 0.5) / factor[1] - 0.5]
+
+
 class Describer(Extractor):
     """A descriptor-only method: it describes keypoints that a detector found.
 
@@ -88,9 +154,36 @@ class Describer(Extractor):
 
     default_detector: ClassVar[str] = "sift"
 
-    @abc.abstractmethod
     def describe(self, image: np.ndarray, keypoints: Features) -> Features:
-        """Features at the given keypoints (same order; scales/orientations kept)."""
+        """Features at the given keypoints (same order; scales/orientations kept): the
+        template resizes the image as ``extract`` does, moves the keypoints into the
+        network input's pixels and calls ``_describe``."""
+        xy = keypoints.keypoints
+        if not np.isfinite(xy).all():
+            raise InputError(f"{self.name}: keypoints with non-finite coordinates")
+        image = checked_image(image)
+        height, width = image.shape[:2]
+        size = self.network_size(height, width)
+        network_image = image if size == (height, width) else \
+            resize_image(image, size, self.resize_backend)
+        if self.grayscale:
+            network_image = to_grayscale(network_image)
+        if len(xy) == 0:
+            return Features(xy, keypoints.scores, np.zeros((0, self.descriptor_dim),
+                            np.float32), keypoints.scales, keypoints.orientations)
+        factor = (width / size[1], height / size[0])
+        descriptors = self._describe(network_image, to_network_pixels(xy, factor), keypoints)
+        if descriptors is None:
+            return Features.empty(self.descriptor_dim,
+                                  with_geometry=keypoints.scales is not None)
+        return Features(xy, keypoints.scores, descriptors, keypoints.scales,
+                        keypoints.orientations)
+
+    def _describe(self, image: np.ndarray, xy: np.ndarray,
+                  keypoints: Features) -> np.ndarray | None:
+        """N×D descriptors of the network input at ``xy`` (its pixels); None: none possible."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _describe nor "
+                                  "describe")
 
     def extract(self, image: np.ndarray) -> Features:
         raise ConfigError(

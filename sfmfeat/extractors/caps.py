@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ValidatedConfig, at_least, registered_or_path
-from ..errors import InputError, WeightsError
+from ..errors import WeightsError
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Describer, Features
 
@@ -230,20 +230,13 @@ class Caps(Describer):
     # keypoints of OpenCV's default SIFT detector (the papers' and the official extractors'
     # setting), the 8192 strongest by response
     default_detector = "rootsift"
+    resize_backend = "cv2-area"
+    descriptor_dim = 256
 
     def __init__(self, config: CapsConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
         path = self._weights(self.config.weights, {"caps": WEIGHTS}, "caps")
         self.net = load_network(path).to(self.device)
-
-    def _resize(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        height, width = image.shape[:2]
-        if not self.config.max_edge or max(height, width) <= self.config.max_edge:
-            return image, 1.0
-        import cv2
-
-        scale = self.config.max_edge / max(height, width)
-        return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
 
     @torch.inference_mode()
     def feature_maps(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,26 +245,15 @@ class Caps(Describer):
         return self.net(preprocess(image).to(self.device))
 
     @torch.inference_mode()
-    def describe(self, image: np.ndarray, keypoints: Features) -> Features:
-        xy = keypoints.keypoints.reshape(-1, 2)
-        if not np.isfinite(xy).all():
-            raise InputError("caps: keypoints with non-finite coordinates")
+    def _describe(self, image: np.ndarray, xy: np.ndarray,
+                  keypoints: Features) -> np.ndarray | None:
         height, width = image.shape[:2]
-        if len(xy) == 0:
-            return Features(xy, keypoints.scores, np.zeros((0, 256), np.float32),
-                            keypoints.scales, keypoints.orientations)
         if min(height, width) < MIN_SIDE:
             logger.warning("caps: image %dx%d is smaller than the %d px stride; no features",
                            width, height, MIN_SIDE)
-            return Features.empty(256, with_geometry=keypoints.scales is not None)
-        image, scale = self._resize(image)
+            return None
         coarse, fine = self.feature_maps(image)
-        if scale != 1.0:  # keypoints into the network image's pixels (centres at integers)
-            xy_net = (xy.astype(np.float64) + 0.5) * scale - 0.5
-        else:
-            xy_net = xy
-        desc = describe_from_maps(coarse, fine, xy_net, image.shape[:2])
+        desc = describe_from_maps(coarse, fine, xy, image.shape[:2])
         if self.config.normalize:
             desc = F.normalize(desc, dim=1)
-        return Features(xy, keypoints.scores, desc.float().cpu().numpy(), keypoints.scales,
-                        keypoints.orientations)
+        return desc.float().cpu().numpy()

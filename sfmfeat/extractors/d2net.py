@@ -17,13 +17,16 @@ runs it in bfloat16 (AMX/AVX-512 BF16 on CPU) and does everything after it in fl
 
 Coordinates. The official code maps a (refined) feature-map position p to the network
 input with ``upscale_positions``: ``p*2 + 0.5`` twice, i.e. ``4p + 1.5``, then scales it by
-``h_init / h_level`` (pyramid level -> network input) and ``fact = H / H_resized`` (network
-input -> original image). That is the default here (``positions="official"``), because the
+``h_init / h_level`` (pyramid level -> network input). That is the default here
+(``positions="official"``), because the
 official training (``lib/loss.py``) supervises correspondences through the same
 ``upscale_positions``/``downscale_positions``: the network learned that cell p *is* pixel
 ``4p + 1.5`` (pixel centres at integers), and one mapping for every level keeps multiscale
 keypoints consistent with each other. The parity test compares with the official raw output,
-no conversion applied.
+no conversion applied. From the network input to the original image (when the official
+resize rules shrink it) the base template's exact half-pixel map of the PIL resize is used,
+``x = (v + 0.5) * H / H_in - 0.5``; the official ``v * fact`` differs from it by
+``0.5 (fact - 1)`` px, a geometric slip of the official code unrelated to training.
 
 ``positions="receptive-field"`` keeps an alternative, documented for comparison only (it
 moves keypoints 2 px right/down at scale 1 and by level-dependent amounts elsewhere, away
@@ -70,7 +73,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ValidatedConfig, at_least, greater_than, one_of, registered_or_path
-from ..errors import ConfigError, InputError, WeightsError
+from ..errors import ConfigError, WeightsError
+from ..images import resize_image
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Extractor, Features
 
@@ -283,8 +287,9 @@ def fmap_to_image(pos: np.ndarray, level_size: int, input_size: int,
     """Feature-map coordinates (one axis) -> original-image pixels, pixel centres at integers;
     see the module docstring for both conventions."""
     pos = np.asarray(pos, np.float64)
-    if positions == "official":   # upscale_positions, then the official pure ratios
-        return (pos * STRIDE + 1.5) * (input_size / level_size) * (original_size / input_size)
+    if positions == "official":   # upscale_positions, then the official level ratio
+        v = (pos * STRIDE + 1.5) * (input_size / level_size)
+        return (v + 0.5) * (original_size / input_size) - 0.5
     u = pos * STRIDE + 3.5  # receptive-field centre
     if level_size != input_size:
         u = u * (input_size - 1) / max(level_size - 1, 1)
@@ -302,6 +307,8 @@ class D2Net(Extractor):
     }
     weight_files = tuple(WEIGHT_FILES.values())
     default_matcher = "mnn"  # the paper's and hloc's D2-Net matching: mutual NN, no ratio
+    resize_backend = "pil-bilinear"   # the official scipy.misc.imresize (PIL bilinear)
+    descriptor_dim = DESCRIPTOR_DIM
 
     def __init__(self, config: D2NetConfig | None = None, device: str | None = None,
                  network: D2NetNetwork | None = None) -> None:
@@ -323,17 +330,19 @@ class D2Net(Extractor):
 
     # -- steps -------------------------------------------------------------------------
 
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        return network_input_size(height, width, self.config.max_edge,
+                                  self.config.max_sum_edges)
+
     def network_input(self, image: np.ndarray) -> torch.Tensor:
         """Resize (official rules, PIL bilinear) and preprocess: 1×3×h×w float32 on the
         device (a channels-last view of the H×W×3 buffer)."""
-        height, width = image.shape[:2]
-        size = network_input_size(height, width, self.config.max_edge,
-                                  self.config.max_sum_edges)
-        if size != (height, width):
-            from PIL import Image
+        size = self.network_size(*image.shape[:2])
+        if size != image.shape[:2]:
+            image = resize_image(image, size, self.resize_backend)
+        return self._preprocessed(image)
 
-            image = np.asarray(Image.fromarray(np.ascontiguousarray(image, np.uint8))
-                               .resize((size[1], size[0]), Image.BILINEAR))
+    def _preprocessed(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(preprocess(image, self.config.preprocessing))
         return x.permute(2, 0, 1)[None].to(self.device)  # an HWC buffer is channels-last
 
@@ -361,13 +370,10 @@ class D2Net(Extractor):
         positions = torch.stack([pos_i[ids], pos_j[ids]], dim=1)
         return positions, scores, descriptors, detected
 
-    def extract(self, image: np.ndarray) -> Features:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-            raise InputError(f"D2-Net expects an H×W×3 RGB image, got shape {image.shape}")
-        height, width = image.shape[:2]
+    def _forward(self, image: np.ndarray) -> Features | None:
+        """The pyramid on the (resized) network input; keypoints in its pixels."""
         with torch.inference_mode():
-            x = self.network_input(image)
+            x = self._preprocessed(image)
             in_h, in_w = x.shape[2:]
             keypoints, scales, scores, descriptors = [], [], [], []
             previous, banned = None, None
@@ -393,18 +399,15 @@ class D2Net(Extractor):
                     continue
                 previous = dense
                 pos = pos.double().cpu().numpy()
-                kp_y = fmap_to_image(pos[:, 0], lvl_h, in_h, height, self.config.positions)
-                kp_x = fmap_to_image(pos[:, 1], lvl_w, in_w, width, self.config.positions)
+                positions = self.config.positions
+                kp_y = fmap_to_image(pos[:, 0], lvl_h, in_h, in_h, positions)
+                kp_x = fmap_to_image(pos[:, 1], lvl_w, in_w, in_w, positions)
                 keypoints.append(np.stack([kp_x, kp_y], axis=1))
-                cell = STRIDE / scale * 0.5 * (height / in_h + width / in_w)
-                scales.append(np.full(len(pos), cell))
+                scales.append(np.full(len(pos), STRIDE / scale))
                 scores.append((level_scores / (idx + 1)).cpu().numpy())
                 descriptors.append(desc.cpu().numpy())
         if not keypoints:  # e.g. an image smaller than the network's receptive grid
-            return Features(keypoints=np.zeros((0, 2), np.float32),
-                            scores=np.zeros(0, np.float32),
-                            descriptors=np.zeros((0, DESCRIPTOR_DIM), np.float32),
-                            scales=np.zeros(0, np.float32))
+            return None
         features = Features(
             keypoints=np.concatenate(keypoints).astype(np.float32),
             scores=np.concatenate(scores),

@@ -195,6 +195,8 @@ class Disk(Extractor):
     config_class = DiskConfig
     presets = {"disk": DiskConfig()}
     weight_files = (DISK_DEPTH,)
+    resize_backend = "torch-antialias"   # detect.py's F.interpolate(antialias=True)
+    descriptor_dim = DESCRIPTOR_DIM
 
     def __init__(self, config: DiskConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
@@ -203,20 +205,17 @@ class Disk(Extractor):
         path = self._weights(self.config.weights, {"depth": DISK_DEPTH}, "depth")
         self.net = load_disk_network(path).to(self.device)
 
-    def extract(self, image: np.ndarray) -> Features:
-        height, width = image.shape[:2]
+    def _forward(self, image: np.ndarray) -> Features | None:
+        """``image``: the (resized, float in [0, 1]) or original (uint8) network input."""
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        x = x.permute(2, 0, 1)[None].float() / 255.0
-        new_h, new_w = height, width
-        if self.config.max_edge and max(height, width) > self.config.max_edge:
-            scale = self.config.max_edge / max(height, width)
-            new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False,
-                              antialias=True)
+        x = x.permute(2, 0, 1)[None].float()
+        if image.dtype == np.uint8:
+            x /= 255.0
+        new_h, new_w = image.shape[:2]
         pad_h, pad_w = -new_h % STRIDE, -new_w % STRIDE
         # below one stride, or a single pixel at the U-Net's bottom (InstanceNorm needs two)
         if min(new_h, new_w) < STRIDE or (new_h + pad_h) * (new_w + pad_w) <= STRIDE ** 2:
-            return Features.empty(DESCRIPTOR_DIM)
+            return None
         x = F.pad(x, (0, pad_w, 0, pad_h))
 
         with torch.inference_mode():
@@ -228,11 +227,8 @@ class Disk(Extractor):
             keep &= (kx < new_w) & (ky < new_h)          # drop the padding
             kx, ky, scores = kx[keep], ky[keep], scores[keep]
             desc = F.normalize(self.net.describe(trunk, kx, ky), dim=1)
-
-        xy = torch.stack([kx, ky], dim=1).double().cpu().numpy()
-        xy[:, 0] = (xy[:, 0] + 0.5) * (width / new_w) - 0.5
-        xy[:, 1] = (xy[:, 1] + 0.5) * (height / new_h) - 0.5
-        return Features(keypoints=xy.astype(np.float32), scores=scores.float().cpu().numpy(),
+        xy = torch.stack([kx, ky], dim=1).float().cpu().numpy()
+        return Features(keypoints=xy, scores=scores.float().cpu().numpy(),
                         descriptors=desc.float().cpu().numpy())
 
 
