@@ -97,9 +97,10 @@ def resolve_weights(value: str | None, entries: dict[str, WeightFile],
     path = Path(name).expanduser()
     if not path.is_file():
         raise WeightsError(
-            f"{method}: weights={name!r} is neither a registered file ("
+            f"{method}: weight file {path} not found (weights={name!r} is neither a "
+            "registered file: "
             + ", ".join(sorted({e.filename for e in entries.values()}))
-            + ") nor an existing file")
+            + ", nor an existing file)")
     return path, f"sha256:{sha256_of(path)}"
 
 

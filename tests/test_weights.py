@@ -103,7 +103,7 @@ def test_resolve_weights_names_paths_and_identity(tmp_path, monkeypatch):
     torch.save({"x": 1}, mine)
     path, identity = resolve_weights(str(mine), entries, "main", "demo")
     assert path == mine and identity == f"sha256:{sha256_of(mine)}"
-    with pytest.raises(WeightsError, match="neither a registered file"):
+    with pytest.raises(WeightsError, match="not found .weights=.* is neither a registered file"):
         resolve_weights(str(tmp_path / "absent.pth"), entries, "main", "demo")
 
 
