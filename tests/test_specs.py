@@ -3,15 +3,13 @@ from a store, config hashes are stable (golden values) and old schemas are refus
 
 from __future__ import annotations
 
-import lzma
-import shutil
-
 import cv2
 import h5py
 import numpy as np
 import pytest
 
 from conftest import require_shared
+from helpers import build_weights_dir
 from sfmfeat.errors import StoreError
 from sfmfeat.extract import extract_features, extractor_from_store
 from sfmfeat.extractors import create_extractor
@@ -36,19 +34,9 @@ ROUND_TRIP = [(name, {}) for name in GOLDEN] + [
 
 @pytest.fixture(scope="module")
 def every_weight(tmp_path_factory):
-    """A weights dir with the shared official files and the D2-Net / CAPS parity fixtures
-    (random weights in the official format) under their registry names."""
-    shared = require_shared("weights")
-    root = tmp_path_factory.mktemp("weights")
-    for method in ("aliked", "disk", "r2d2", "deepdesc"):
-        (root / method).symlink_to(shared / method)
-    for method, fixture, name in (("d2net", "d2net/d2_tf.pth.xz", "d2_tf.pth"),
-                                  ("caps", "caps/caps_rand.pth.xz", "caps-pretrained.pth")):
-        (root / method).mkdir()
-        with lzma.open(require_shared(f"fixtures/{fixture}")) as src, \
-                open(root / method / name, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return root
+    require_shared("fixtures/d2net/d2_tf.pth.xz")
+    require_shared("fixtures/caps/caps_rand.pth.xz")
+    return build_weights_dir(tmp_path_factory.mktemp("weights"), require_shared("weights").parent)
 
 
 def test_golden_config_hashes(every_weight, monkeypatch):
