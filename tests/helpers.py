@@ -45,6 +45,16 @@ def make_bad_input_folder(source: Path, target: Path) -> dict[str, str]:
     return kinds
 
 
+def write_scene_split(scene, database: Path, queries: Path, query_views) -> None:
+    """Render every view of a SyntheticScene into ``database`` or, for ``query_views``,
+    ``queries`` (image files named as the scene names them)."""
+    for view, name in enumerate(scene.names):
+        folder = queries if view in query_views else database
+        folder.mkdir(parents=True, exist_ok=True)
+        rgb, _ = scene.render(view)
+        cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
 def build_weights_dir(root: Path, shared: Path) -> Path:
     """A weights dir serving every preset: the shared official files, the D2-Net and CAPS
     parity fixtures (random weights in the official format) and default-initialised (seeded)

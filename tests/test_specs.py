@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import require_shared
-from helpers import build_weights_dir
+from helpers import build_weights_dir, write_scene_split
 from sfmfeat.errors import StoreError
 from sfmfeat.extract import extract_features, extractor_from_store
 from sfmfeat.extractors import create_extractor
@@ -129,11 +129,7 @@ def test_deepdesc_with_detector_override_localizes_with_default_flags(tmp_path, 
                                        camera_model="SIMPLE_RADIAL", seed=1))
     queries = (2, 5)
     database, query_dir = tmp_path / "database", tmp_path / "queries"
-    for view, name in enumerate(scene.names):
-        folder = query_dir if view in queries else database
-        folder.mkdir(exist_ok=True)
-        rgb, _ = scene.render(view)
-        cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    write_scene_split(scene, database, query_dir, queries)
     recon = tmp_path / "recon"
     assert cli.main(["-q", "reconstruct", str(database), str(recon), "--features", "deepdesc",
                      "--conf", "detector.max_keypoints=1024", "--seed", "0"]) == 0

@@ -82,6 +82,14 @@ class Extractor(abc.ABC):
 
     def extract(self, image: np.ndarray) -> Features:
         """Features of one H×W×3 uint8 RGB image, keypoints in its pixels."""
+        network_image, factor = self._network_image(image)
+        features = self._forward(network_image)
+        if features is None or len(features) == 0:
+            return Features.empty(self.descriptor_dim, with_geometry=self.with_geometry)
+        return to_original_pixels(features, factor)
+
+    def _network_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+        """The checked, resized (and grayscale) network input, and the factor (W/w, H/h)."""
         image = checked_image(image)
         height, width = image.shape[:2]
         size = self.network_size(height, width)
@@ -89,10 +97,7 @@ class Extractor(abc.ABC):
             resize_image(image, size, self.resize_backend)
         if self.grayscale:
             network_image = to_grayscale(network_image)
-        features = self._forward(network_image)
-        if features is None or len(features) == 0:
-            return Features.empty(self.descriptor_dim, with_geometry=self.with_geometry)
-        return to_original_pixels(features, (width / size[1], height / size[0]))
+        return network_image, (width / size[1], height / size[0])
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the network input for an H×W image: the config's ``max_edge`` rule."""
@@ -161,17 +166,10 @@ class Describer(Extractor):
         xy = keypoints.keypoints
         if not np.isfinite(xy).all():
             raise InputError(f"{self.name}: keypoints with non-finite coordinates")
-        image = checked_image(image)
-        height, width = image.shape[:2]
-        size = self.network_size(height, width)
-        network_image = image if size == (height, width) else \
-            resize_image(image, size, self.resize_backend)
-        if self.grayscale:
-            network_image = to_grayscale(network_image)
         if len(xy) == 0:
             return Features(xy, keypoints.scores, np.zeros((0, self.descriptor_dim),
                             np.float32), keypoints.scales, keypoints.orientations)
-        factor = (width / size[1], height / size[0])
+        network_image, factor = self._network_image(image)
         descriptors = self._describe(network_image, to_network_pixels(xy, factor), keypoints)
         if descriptors is None:
             return Features.empty(self.descriptor_dim,
