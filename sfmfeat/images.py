@@ -170,6 +170,13 @@ def resize_image(image: np.ndarray, size: tuple[int, int], backend: str) -> np.n
     raise ValueError(f"unknown resize backend {backend!r}; one of {RESIZE_BACKENDS}")
 
 
+def rescale_pixels(xy: np.ndarray, factor: tuple[float, float]) -> np.ndarray:
+    """N×2 (x, y) pixels of an image in the pixels of the same image resized by ``factor``
+    = (w_new / w, h_new / h), pixel centres at integers in both: (x + 0.5) * f - 0.5."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    return np.c_[(xy[:, 0] + 0.5) * factor[0] - 0.5, (xy[:, 1] + 0.5) * factor[1] - 0.5]
+
+
 def resize_max_edge(image: np.ndarray, max_edge: int | None) -> tuple[np.ndarray, float]:
     """Downscale (OpenCV area) so that max(H, W) <= max_edge; the image and the scale."""
     height, width = image.shape[:2]

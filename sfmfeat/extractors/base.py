@@ -20,7 +20,7 @@ import numpy as np
 from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, InputError
 from ..features import Features, resolve_device
-from ..images import max_edge_size, resize_image, to_grayscale
+from ..images import max_edge_size, rescale_pixels, resize_image, to_grayscale
 from ..weights import WeightFile, resolve_weights
 
 
@@ -134,10 +134,8 @@ def to_original_pixels(features: Features, factor: tuple[float, float]) -> Featu
     pixels (pixel centres at integers in both images)."""
     if factor == (1.0, 1.0):
         return features
-    fx, fy = factor
-    xy = features.keypoints.astype(np.float64)
-    xy = np.c_[(xy[:, 0] + 0.5) * fx - 0.5, (xy[:, 1] + 0.5) * fy - 0.5]
-    scales = None if features.scales is None else features.scales * (0.5 * (fx + fy))
+    xy = rescale_pixels(features.keypoints, factor)
+    scales = None if features.scales is None else features.scales * (0.5 * sum(factor))
     return Features(xy.astype(np.float32), features.scores, features.descriptors,
                     scales, features.orientations)
 
@@ -147,8 +145,7 @@ def to_network_pixels(xy: np.ndarray, factor: tuple[float, float]) -> np.ndarray
     1/``factor``: the inverse of ``to_original_pixels``."""
     if factor == (1.0, 1.0):
         return xy
-    xy = xy.astype(np.float64)
-    return np.c_[(xy[:, 0] + 0.5) / factor[0] - 0.5, (xy[:, 1] + 0.5) / factor[1] - 0.5]
+    return rescale_pixels(xy, (1.0 / factor[0], 1.0 / factor[1]))
 
 
 class Describer(Extractor):
