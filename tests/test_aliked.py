@@ -266,6 +266,7 @@ OFFICIAL_TOP5 = [
 ]
 
 
+@pytest.mark.slow
 def test_regression_against_official_figures(regression_features):
     f = regression_features
     assert abs(len(f) - OFFICIAL_COUNT) <= 3
@@ -356,6 +357,7 @@ def test_grayscale_and_16bit_files(n16, regression_image, tmp_path):
 
 # ------------------------------------------------------------------ end to end
 
+@pytest.mark.slow
 def test_reconstruct_sacre_coeur_with_aliked(sacre_coeur_dir, weights_env, tmp_path):
     from sfmfeat.cli import main
 

@@ -49,6 +49,7 @@ def scene_images(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_benchmark_table_matches_summaries(scene_images, tmp_path):
     from pipelines import benchmark_reconstruction as pipeline
 

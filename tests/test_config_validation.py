@@ -50,6 +50,7 @@ def _check_valid(config):
         assert config.max_keypoints >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PRESETS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())

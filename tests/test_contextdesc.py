@@ -258,6 +258,7 @@ def test_regional_model_strict_loads_the_official_variable_listing():
 # ---------------------------------------------------------------- parity with official outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", IMAGES)
 def test_patches_match_the_official_crops(name):
     d = _npz(name)
@@ -277,6 +278,7 @@ def test_patches_match_the_official_crops(name):
     assert resize_for_regional(rgb, 1024).shape[:2] == tuple(d["regional_input_shape"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", IMAGES)
 def test_local_features_and_matchability_match_official(fixture_net, name):
     d = _npz(name)
@@ -393,6 +395,7 @@ def test_quantisation_round_trip_within_one_step():
 # ---------------------------------------------------------------- extractor, end to end
 
 
+@pytest.mark.slow
 def test_extractor_outputs_and_bad_input(random_env, sacre_coeur_dir):
     from sfmfeat.extractors import create_extractor
     from sfmfeat.images import read_image
@@ -415,6 +418,7 @@ def test_extractor_outputs_and_bad_input(random_env, sacre_coeur_dir):
         create_extractor("contextdesc+")                     # weights not converted
 
 
+@pytest.mark.slow
 def test_reconstruct_end_to_end_with_random_weights(random_env, sacre_coeur_dir, tmp_path):
     import h5py
 
@@ -451,6 +455,7 @@ def test_augmentation_handles_zero_and_one_keypoint():
     assert torch.isfinite(one).all() and one.shape == (1, 1, 128)
 
 
+@pytest.mark.slow
 def test_regional_model_serves_retrieval_pairs(random_env, sacre_coeur_dir, tmp_path):
     import shutil
 

@@ -367,6 +367,7 @@ def compare_with_official(features, reference, prefix, height, width, max_px):
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FIXTURE_IMAGES)
 def test_parity_single_scale(name, fixture_weights, monkeypatch):
     monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(fixture_weights))
@@ -386,6 +387,7 @@ def test_parity_single_scale(name, fixture_weights, monkeypatch):
     assert report["cos_min"] >= 0.9999 and report["cos_min_first64"] >= 0.9999, report
 
 
+@pytest.mark.slow
 def test_parity_multiscale(fixture_weights, monkeypatch):
     """Tolerance: the fixture README measured the official code against itself (1 vs 2
     threads) at 1.5e-3 px on multiscale keypoints (the bilinear pyramid resizes round with
@@ -407,6 +409,7 @@ def test_parity_multiscale(fixture_weights, monkeypatch):
 
 # -------------------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 def test_reconstruct_cli_with_d2net(fixture_weights, monkeypatch, sacre_coeur_dir, tmp_path):
     """``sfmfeat reconstruct --features d2net-ss`` on the Sacre-Coeur images with the random
     fixture checkpoint. The network input is capped at 480 px (``--conf max_edge=480``) to fit

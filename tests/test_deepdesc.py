@@ -201,6 +201,7 @@ def _verified(kp0, kp1, matches):
     return 0 if mask is None else int(mask.sum())
 
 
+@pytest.mark.slow
 def test_on_par_with_sift_on_a_sacre_coeur_pair(deepdesc):
     """A wrong port (patch geometry, normalisation, layers) loses most matches here; the
     full figures come from benchmarks/deepdesc_matching.py."""
@@ -228,6 +229,7 @@ def test_on_par_with_sift_on_a_sacre_coeur_pair(deepdesc):
     assert deep_inliers >= 0.4 * len(deep_matches)
 
 
+@pytest.mark.slow
 def test_reconstruct_sacre_coeur_registers_all(weights_env, sacre_coeur_dir, tmp_path):
     import json
 

@@ -251,6 +251,7 @@ def test_grayscale_and_16bit_files(tmp_path, small_disk, real_image):
 
 # --- end to end --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_reconstruct_sacre_coeur_with_disk(sacre_coeur_dir, weights_env, tmp_path):
     import json
 

@@ -190,6 +190,7 @@ def _check_poses(results_path, truth, report):
         assert dt < 0.05 and dr < 0.5, f"{name}: {dt:.3f} units, {dr:.2f} deg"
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_with_pairs_file(dataset, tmp_path):
     from pipelines.inloc import main, run
 
@@ -225,6 +226,7 @@ def test_pipeline_end_to_end_with_pairs_file(dataset, tmp_path):
     assert main(["--dataset", str(root), "--outputs", str(out), "--pairs", str(empty)]) == 2
 
 
+@pytest.mark.slow
 def test_pipeline_with_vlad_retrieval(dataset, tmp_path):
     from pipelines.inloc import run
 

@@ -47,6 +47,7 @@ def sacre_coeur_setup(tmp_path_factory):
     return images, work, reference, pairs
 
 
+@pytest.mark.slow
 def test_leave_one_out_sacre_coeur(sacre_coeur_setup):
     images, work, reference, pairs = sacre_coeur_setup
     assert reference.num_reg_images() == 10

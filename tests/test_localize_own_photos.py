@@ -4,6 +4,7 @@ through the database camera centres, then the query poses are compared)."""
 
 from __future__ import annotations
 
+import pytest
 import json
 
 import numpy as np
@@ -19,6 +20,7 @@ from sfmfeat.synthetic import SceneConfig, SyntheticScene
 QUERIES = (2, 5)
 
 
+@pytest.mark.slow
 def test_own_photos_against_a_reconstruct_model(tmp_path, capsys):
     scene = SyntheticScene(SceneConfig(num_views=9, width=480, height=360, supersample=1,
                                        camera_model="SIMPLE_RADIAL", seed=1))

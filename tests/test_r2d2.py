@@ -169,6 +169,7 @@ def real_features(small_r2d2, real_image):
     return small_r2d2.extract(real_image)
 
 
+@pytest.mark.slow
 def test_regression_against_official_figures(real_features):
     f = real_features
     assert abs(len(f) - OFFICIAL_N) <= 2
@@ -243,6 +244,7 @@ def test_grayscale_and_16bit_files(tmp_path, small_r2d2, real_image):
 
 # --- end to end --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_reconstruct_sacre_coeur_with_r2d2(sacre_coeur_dir, weights_env, tmp_path):
     """R2D2 is matched as in its paper, mutual nearest neighbours without a ratio test
     (with the default mnn-ratio 0.8 only 7/10 register). The pyramid is capped at 640 px

@@ -34,6 +34,7 @@ def sift_run(tmp_path_factory):
     return images, out
 
 
+@pytest.mark.slow
 def test_sacre_coeur_sift_meets_acceptance(sift_run):
     _, out = sift_run
     for name in ("database.db", "features.h5", "matches.h5", "pairs.txt", "summary.json",
@@ -51,6 +52,7 @@ def test_sacre_coeur_sift_meets_acceptance(sift_run):
     assert model.num_points3D() == summary["num_points3D"]
 
 
+@pytest.mark.slow
 def test_global_mapper_registers_all(sift_run, tmp_path):
     images, out = sift_run
     for name in ("features.h5", "matches.h5"):  # reused: only mapping differs
@@ -62,6 +64,7 @@ def test_global_mapper_registers_all(sift_run, tmp_path):
     assert summary["timings"]["extract"] < 5  # resumed from the copied store
 
 
+@pytest.mark.slow
 def test_bad_input_folder_completes_and_names_rejected(tmp_path, sacre_coeur_dir, capsys):
     images = tmp_path / "images"
     kinds = make_bad_input_folder(sacre_coeur_dir, images)
@@ -131,6 +134,7 @@ def _kill_after_shards(command, shard_dir, min_shards=2, timeout=300):
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_during_extraction_and_matching_resumes_identically(tmp_path,
                                                                      sacre_coeur_dir):
     from sfmfeat.pairs import exhaustive, write_pairs
@@ -170,6 +174,7 @@ def test_sigkill_during_extraction_and_matching_resumes_identically(tmp_path,
             np.testing.assert_array_equal(ref.read(*pair)[0], got.read(*pair)[0])
 
 
+@pytest.mark.slow
 def test_reconstruct_with_dense_on_synthetic_scene(tmp_path):
     from sfmfeat.synthetic import SceneConfig, SyntheticScene
 

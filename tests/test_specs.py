@@ -21,8 +21,8 @@ from sfmfeat.store import FeatureReader
 GOLDEN = {
     "sift": "7a718fc168bd065a", "sift-l2": "c62a1c82e0a25969", "sift-upright": "5e4f3ce368953410",
     "rootsift": "0744e08781ba3848", "disk": "c43ea3908b088391", "r2d2": "3882bbf9bd06ba63",
-    "aliked-n16": "a10c21310be04640", "aliked-n32": "8fe9e29aba718e3c", "aliked-t16": "4a97f60a3314460f",
-    "aliked-n16rot": "9a5c07be893d72c8", "deepdesc": "4899c4ae76841d16", "d2net-ss": "6e64e62ab2db708a",
+    "aliked-n16": "2eafc46942e8a317", "aliked-n32": "c706d46fde588167", "aliked-t16": "98b43f686128e09f",
+    "aliked-n16rot": "fe24ae1ff854aa60", "deepdesc": "4899c4ae76841d16", "d2net-ss": "6e64e62ab2db708a",
     "d2net-ms": "de0ca1ab9508a952", "caps": "18e212cc72d11b64",
 }
 ROUND_TRIP = [(name, {}) for name in GOLDEN] + [
