@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     resized = [resize_max_edge(im, resize_max)[0] for im in images]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     for model in args.models:
-        extractor = create_extractor(model, {"resize_max": resize_max}, device="cpu")
+        extractor = create_extractor(model, {"max_edge": resize_max}, device="cpu")
         official = run_official(args.official, args.official_python, model, resized)
         n_off = n_ours = n_ok = 0
         cosines = []

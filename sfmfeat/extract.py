@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageReadError, InputError
+from .errors import ImageReadError, InputError, StoreError
 from .extractors import create_extractor
-from .extractors.base import Extractor, Features
+from .extractors.base import Extractor
+from .features import Features
 from .images import list_images, read_image
 from .progress import tqdm
 from .store import FeatureWriter, image_fingerprint, same_image_content
@@ -59,7 +60,7 @@ def extract_features(image_dir: str | Path, output: str | Path, features: str = 
     report = ExtractionReport(output=Path(output))
     with FeatureWriter(output, method=features, config_hash=extractor.config_hash,
                        config=extractor.describe_config(), overwrite=overwrite,
-                       flush_items=checkpoint_every) as writer:
+                       spec=extractor.spec, flush_items=checkpoint_every) as writer:
         todo = _images_to_extract(image_dir, names, writer, report)
         # decode the next image while the current one is being processed
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -115,6 +116,25 @@ def _images_to_extract(image_dir: Path, names: list[str], writer: FeatureWriter,
                        ", ".join(report.changed[:10]) + (" ..." if len(report.changed) > 10
                                                          else ""))
     return todo
+
+
+def extractor_from_store(path: str | Path, device: str | None = None) -> Extractor:
+    """The extractor that made the features store ``path``, rebuilt from the preset name and
+    overrides it records; refused (StoreError) unless its config hash is the store's."""
+    from .store import FeatureReader
+
+    with FeatureReader(path) as reader:
+        spec, stored_hash = reader.spec, reader.config_hash
+    if not spec:
+        raise StoreError(f"{path} does not record the extractor that made it (written by "
+                         "hand or by an older sfmfeat); pass --features/--conf explicitly")
+    extractor = create_extractor(spec["preset"], spec["overrides"], device=device)
+    if extractor.config_hash != stored_hash:
+        raise StoreError(
+            f"{path} was made by {spec['preset']} with overrides {spec['overrides']} and "
+            f"config {stored_hash}, but the same spec gives config {extractor.config_hash} "
+            "here (other weights or another sfmfeat version): re-extract it with --overwrite")
+    return extractor
 
 
 def _fingerprint(path: Path) -> dict[str, Any] | None:

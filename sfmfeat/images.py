@@ -134,12 +134,54 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
-def resize_max_edge(image: np.ndarray, max_edge: int | None,
-                    interpolation: int = cv2.INTER_AREA) -> tuple[np.ndarray, float]:
-    """Downscale so that max(H, W) <= max_edge; returns the image and the scale applied."""
-    height, width = image.shape[:2]
+#: resize backends an extractor can declare (``Extractor.resize_backend``): OpenCV area
+#: averaging, PIL bilinear (D2-Net's official scipy/PIL resize), torch bilinear with
+#: antialiasing (DISK's official resize; returns float32 in [0, 1])
+RESIZE_BACKENDS = ("cv2-area", "pil-bilinear", "torch-antialias")
+
+
+def max_edge_size(height: int, width: int, max_edge: int | None) -> tuple[int, int]:
+    """(H, W) after a downscale to a long side of at most ``max_edge`` (rounded sides)."""
     if not max_edge or max(height, width) <= max_edge:
-        return image, 1.0
+        return height, width
     scale = max_edge / max(height, width)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, new_size, interpolation=interpolation), scale
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int], backend: str) -> np.ndarray:
+    """``image`` (H×W[×C] uint8) resized to ``size`` = (h, w) with ``backend``. The pixel
+    map is the half-pixel one of all three: x_small = (x + 0.5) * w / W - 0.5."""
+    height, width = size
+    if backend == "cv2-area":
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    if backend == "pil-bilinear":
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image, np.uint8))
+                          .resize((width, height), Image.BILINEAR))
+    if backend == "torch-antialias":
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
+        x = x.permute(2, 0, 1)[None] if x.ndim == 3 else x[None, None]
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
+                          antialias=True)[0]
+        return (x.permute(1, 2, 0) if image.ndim == 3 else x[0]).numpy()
+    raise ValueError(f"unknown resize backend {backend!r}; one of {RESIZE_BACKENDS}")
+
+
+def rescale_pixels(xy: np.ndarray, factor: tuple[float, float]) -> np.ndarray:
+    """N×2 (x, y) pixels of an image in the pixels of the same image resized by ``factor``
+    = (w_new / w, h_new / h), pixel centres at integers in both: (x + 0.5) * f - 0.5."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    return np.c_[(xy[:, 0] + 0.5) * factor[0] - 0.5, (xy[:, 1] + 0.5) * factor[1] - 0.5]
+
+
+def resize_max_edge(image: np.ndarray, max_edge: int | None) -> tuple[np.ndarray, float]:
+    """Downscale (OpenCV area) so that max(H, W) <= max_edge; the image and the scale."""
+    height, width = image.shape[:2]
+    size = max_edge_size(height, width, max_edge)
+    if size == (height, width):
+        return image, 1.0
+    return resize_image(image, size, "cv2-area"), max_edge / max(height, width)

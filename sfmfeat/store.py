@@ -59,11 +59,13 @@ import numpy as np
 
 from . import __version__
 from .errors import StoreError
-from .extractors.base import Features
+from .features import Features
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: hashes over the method's stable name and weights identity; the extractor spec
+# (preset name + overrides) recorded
+SCHEMA_VERSION = 2
 _FEATURE_FIELDS = ("keypoints", "scores", "descriptors", "scales", "orientations")
 
 
@@ -98,12 +100,14 @@ class StoreInfo:
     """Identity of a store file: what made it and with which config."""
 
     def __init__(self, kind: str, method: str, config_hash: str, config: dict[str, Any],
-                 extra: dict[str, str] | None = None) -> None:
+                 extra: dict[str, str] | None = None,
+                 spec: dict[str, Any] | None = None) -> None:
         self.kind = kind
         self.method = method
         self.config_hash = config_hash
         self.config = config
         self.extra = dict(extra or {})
+        self.spec = spec   # how to rebuild the producer (recorded, not compared)
 
     def write_attrs(self, handle: h5py.File) -> None:
         handle.attrs["schema_version"] = SCHEMA_VERSION
@@ -112,16 +116,15 @@ class StoreInfo:
         handle.attrs["config_hash"] = self.config_hash
         handle.attrs["config"] = json.dumps(self.config, sort_keys=True)
         handle.attrs["sfmfeat_version"] = __version__
+        if self.spec is not None:
+            handle.attrs["spec"] = json.dumps(self.spec, sort_keys=True)
         for key, value in self.extra.items():
             handle.attrs[key] = value
 
     def check(self, handle: h5py.File, path: Path) -> None:
         """Raise StoreError unless ``handle`` was made by this exact method and config."""
         attrs = handle.attrs
-        version = attrs.get("schema_version")
-        if version is None or int(version) != SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema version {version}, this sfmfeat reads "
-                             f"{SCHEMA_VERSION}; write to a new file")
+        check_schema(attrs, path)
         if attrs.get("kind") != self.kind:
             raise StoreError(f"{path} holds {attrs.get('kind')}, not {self.kind}")
         theirs = (attrs.get("method"), attrs.get("config_hash"))
@@ -136,6 +139,17 @@ class StoreInfo:
                 + ". Results of different configs are never mixed: choose another output "
                 "file or delete this one"
             )
+
+
+def check_schema(attrs: Any, path: Path) -> None:
+    """Refuse a file of another schema version, saying how to rebuild it."""
+    version = attrs.get("schema_version")
+    if version is None or int(version) != SCHEMA_VERSION:
+        made_by = attrs.get("sfmfeat_version", "an unknown version")
+        raise StoreError(
+            f"{path}: schema version {version} (written by sfmfeat {made_by}); this sfmfeat "
+            f"{__version__} reads version {SCHEMA_VERSION} only. Rebuild it: rerun the command "
+            "that made it with --overwrite (or delete it), or write to a new file")
 
 
 def _open_h5(path: Path, mode: str = "r") -> h5py.File:
@@ -424,12 +438,12 @@ class StoreReader:
         attrs = self._handle.attrs
         if attrs.get("kind") != self.kind:
             raise StoreError(f"{self.path} holds {attrs.get('kind')}, not {self.kind}")
-        if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {attrs.get('schema_version')}, "
-                             f"expected {SCHEMA_VERSION}")
+        check_schema(attrs, self.path)
         self.method = str(attrs["method"])
         self.config_hash = str(attrs["config_hash"])
         self.config = json.loads(attrs["config"])
+        # {"preset": name, "overrides": {...}} of the extractor that made the file
+        self.spec = json.loads(attrs["spec"]) if "spec" in attrs else None
 
     def close(self) -> None:
         self._handle.close()
@@ -449,8 +463,9 @@ class FeatureWriter(_ShardedWriter):
     tracked_attrs = ("fingerprint",)
 
     def __init__(self, path: str | Path, method: str, config_hash: str,
-                 config: dict[str, Any], overwrite: bool = False, **kwargs: Any) -> None:
-        super().__init__(path, StoreInfo("features", method, config_hash, config),
+                 config: dict[str, Any], overwrite: bool = False,
+                 spec: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(path, StoreInfo("features", method, config_hash, config, spec=spec),
                          overwrite=overwrite, **kwargs)
 
     def __contains__(self, name: str) -> bool:

@@ -2,7 +2,14 @@
 
 Files live in ``<weights dir>/<method>/<file>``. The weights dir is
 ``$SFMFEAT_WEIGHTS_DIR`` when set, else ``~/.cache/sfmfeat/weights``.
-Each extractor class lists its files in ``Extractor.weight_files``.
+Each extractor class lists its files in ``Extractor.weight_files``; an extractor's
+``weights`` option (a registered file name or a path) is turned into a file by
+``resolve_weights``, the one place that does it.
+
+Files whose host gives no direct link (Google Drive, OneDrive pages) are ``manual``: a
+missing one raises a WeightsError with the link and the note, and nothing is downloaded.
+A download enters the cache only after its checksum (when known) and its format (an HTML
+page is never a weight file; a ``torch`` file must load with ``torch.load``) are checked.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ class WeightFile:
     sha256: str | None = None
     non_commercial: bool = False
     note: str = ""
+    manual: bool = False    # no direct download (a web page): the user fetches it by hand
+    format: str = "torch"   # torch | t7 | mat: what a download must load as
 
     @property
     def relative_path(self) -> str:
@@ -56,6 +65,12 @@ def resolve(entry: WeightFile, download: bool = True) -> Path:
     path = weights_dir() / entry.method / entry.filename
     if path.is_file():
         return path
+    if entry.manual:
+        raise WeightsError(
+            f"weight file {path} not found and it cannot be downloaded automatically: "
+            f"download it by hand from {entry.url}"
+            + (f" ({entry.note})" if entry.note else "")
+            + f", then `sfmfeat weights install FILE`, or set {ENV_VAR}")
     if not download:
         raise WeightsError(
             f"weight file {path} not found; download it from {entry.url} "
@@ -63,6 +78,30 @@ def resolve(entry: WeightFile, download: bool = True) -> Path:
         )
     _download(entry, path)
     return path
+
+
+def resolve_weights(value: str | None, entries: dict[str, WeightFile],
+                    default: str, method: str) -> tuple[Path, str]:
+    """The file of an extractor's ``weights`` option and its identity for config hashes.
+
+    ``value`` is a key or file name of ``entries`` (the method's registered files), a path
+    to a file, or None for ``entries[default]``. The identity is the registered relative
+    path, or ``sha256:<digest>`` of a user's file, so custom weights never share the
+    official config hash.
+    """
+    name = default if value is None else value
+    by_name = {**{e.filename: e for e in entries.values()}, **entries}
+    if name in by_name:
+        entry = by_name[name]
+        return resolve(entry), entry.relative_path
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"{method}: weight file {path} not found (weights={name!r} is neither a "
+            "registered file: "
+            + ", ".join(sorted({e.filename for e in entries.values()}))
+            + ", nor an existing file)")
+    return path, f"sha256:{sha256_of(path)}"
 
 
 def _download(entry: WeightFile, path: Path) -> None:
@@ -86,6 +125,7 @@ def _download(entry: WeightFile, path: Path) -> None:
                 f"checksum mismatch for {entry.url}: expected sha256 {entry.sha256}; "
                 "the download is corrupt or the file changed upstream"
             )
+        check_format(Path(tmp_name), entry)
         os.replace(tmp_name, path)
     except OSError as err:
         raise WeightsError(
@@ -97,10 +137,33 @@ def _download(entry: WeightFile, path: Path) -> None:
             os.unlink(tmp_name)
 
 
+def check_format(path: Path, entry: WeightFile) -> None:
+    """Raise WeightsError unless ``path`` holds ``entry.format`` (never an HTML page)."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<!--")):
+        raise WeightsError(
+            f"{entry.url} returned a web page, not {entry.filename}; download the file by "
+            f"hand and install it with `sfmfeat weights install FILE`")
+    if entry.format == "torch":
+        load_torch_checkpoint(path)
+    elif entry.format == "t7":
+        import torchfile
+
+        try:
+            torchfile.load(str(path))
+        except Exception as err:  # torchfile raises many types on foreign bytes
+            raise WeightsError(f"{entry.url}: not a Torch7 file ({err})") from err
+    elif entry.format == "mat" and not head.startswith(b"matlab"):
+        raise WeightsError(f"{entry.url}: not a MATLAB .mat file")
+
+
 def copy_into_cache(entry: WeightFile, source: Path) -> Path:
-    """Install a file the user downloaded by hand; checks the checksum when known."""
+    """Install a file the user downloaded by hand; checks the checksum when known and the
+    format."""
     if entry.sha256 and sha256_of(source) != entry.sha256:
         raise WeightsError(f"{source}: sha256 differs from the official {entry.filename}")
+    check_format(source, entry)
     target = weights_dir() / entry.method / entry.filename
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)

@@ -105,6 +105,7 @@ def _check(poses_path: Path, truth: dict[str, pycolmap.Rigid3d], names) -> None:
         assert dt < 0.05 and dr < 0.5, (name, dt, dr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version,retrieval", [("1.0", "vlad"), ("1.1", "exhaustive")])
 @pytest.mark.slow
 def test_aachen_full_protocol_end_to_end(tmp_path, version, retrieval, capsys, run_seed,
@@ -147,6 +148,7 @@ def test_aachen_full_protocol_end_to_end(tmp_path, version, retrieval, capsys, r
         assert log["summary"]["num_localized"] == 3
 
 
+@pytest.mark.slow
 def test_aachen_local_protocol_registers_night_queries(tmp_path, capsys, run_seed):
     truth = make_aachen(tmp_path / "aachen", "1.0", local=True)
     outputs = tmp_path / "outputs"

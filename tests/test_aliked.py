@@ -26,7 +26,7 @@ from sfmfeat.images import read_image
 
 from conftest import require_shared
 
-REGRESSION_IMAGE = "71295362_4051449754.jpg"  # 1012×675: no resize at resize_max 1024
+REGRESSION_IMAGE = "71295362_4051449754.jpg"  # 1012×675: no resize at max_edge 1024
 
 
 # ------------------------------------------------------------------ deformable conv
@@ -238,7 +238,7 @@ def n16(module_weights_env):
 @pytest.fixture(scope="module")
 def n16_320(module_weights_env):
     """aliked-n16 resizing to 320 px: cheap resize tests."""
-    return create_extractor("aliked-n16", {"resize_max": 320}, device="cpu")
+    return create_extractor("aliked-n16", {"max_edge": 320}, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +266,7 @@ OFFICIAL_TOP5 = [
 ]
 
 
+@pytest.mark.slow
 def test_regression_against_official_figures(regression_features):
     f = regression_features
     assert abs(len(f) - OFFICIAL_COUNT) <= 3

@@ -61,6 +61,7 @@ def with_config(caps, **changes):
     return clone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FIXTURE_IMAGES)
 def test_parity_with_official_code(caps_model, name):
     fixture = np.load(require_shared(f"fixtures/caps/{name}.npz"))

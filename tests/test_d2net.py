@@ -114,7 +114,7 @@ def test_registry_entries_and_presets():
     assert D.D2NetConfig().weights == "d2_tf.pth"
     assert D.D2Net.presets["d2net-ss"].scales == (1.0,)
     assert D.D2Net.presets["d2net-ms"].scales == (0.5, 1.0, 2.0)
-    with pytest.raises(ConfigError, match="unknown D2-Net weights"):
+    with pytest.raises(ConfigError, match=r"D2NetConfig.weights=.d2.pth.: must be one of d2_ots"):
         D.D2Net(D.D2NetConfig(weights="d2.pth"), network=D.D2NetNetwork())
     with pytest.raises(ConfigError, match="preprocessing"):
         D.D2Net(D.D2NetConfig(preprocessing="tf"), network=D.D2NetNetwork())
@@ -217,12 +217,18 @@ def test_newton_step_of_half_a_cell_drops_the_detection():
 
 
 def test_feature_map_positions_map_to_image_pixels():
-    # cell r's receptive field is centred on pixel 4r + 3.5 (pixel centres at integers)
-    assert D.fmap_to_image(np.array([0.0, 10.0]), 50, 50, 50).tolist() == [3.5, 43.5]
+    # official (default): upscale_positions 4p + 1.5, then pure ratios level -> input -> image
+    assert D.fmap_to_image(np.array([0.0, 10.0]), 50, 50, 50).tolist() == [1.5, 41.5]
+    # input resized 2x smaller than the original: the half-pixel map 2(v + .5) - .5
+    assert D.fmap_to_image(np.array([0.0]), 50, 50, 100).tolist() == [3.5]
+    assert D.fmap_to_image(np.array([2.0]), 25, 50, 50).tolist() == [19.0]
+    rf = "receptive-field"
+    # the alternative: cell r's receptive field is centred on pixel 4r + 3.5
+    assert D.fmap_to_image(np.array([0.0, 10.0]), 50, 50, 50, rf).tolist() == [3.5, 43.5]
     # input resized 2x smaller than the original: half-pixel map x = 2(u + .5) - .5
-    assert D.fmap_to_image(np.array([0.0]), 50, 50, 100).tolist() == [7.5]
+    assert D.fmap_to_image(np.array([0.0]), 50, 50, 100, rf).tolist() == [7.5]
     # a pyramid level made with align_corners=True: u * (in - 1) / (level - 1)
-    assert D.fmap_to_image(np.array([0.0]), 25, 50, 50) == pytest.approx(3.5 * 49 / 24)
+    assert D.fmap_to_image(np.array([0.0]), 25, 50, 50, rf) == pytest.approx(3.5 * 49 / 24)
 
 
 def identity_trunk() -> D.D2NetNetwork:
@@ -244,13 +250,17 @@ def identity_trunk() -> D.D2NetNetwork:
 
 def test_keypoint_lands_on_the_blob_centre_in_image_pixels():
     """End to end through the real trunk layout: a blob centred at pixel (4r+3.5) in x and
-    y gives a keypoint there (the official 4p+1.5 would be 2 px off)."""
+    y peaks at cell r; the receptive-field convention puts the keypoint on the blob, the
+    official default (4p + 1.5, what the network was trained with) 2 px up and left."""
     height, width = 64, 72
     x0, y0 = 4 * 9 + 3.5, 4 * 7 + 3.5
     yy, xx = np.mgrid[:height, :width]
     image = 200.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 5.0**2))
     image = np.repeat(np.round(image).astype(np.uint8)[:, :, None], 3, axis=2)
-    features = D.D2Net(network=identity_trunk()).extract(image).top_k(1)
+    official = D.D2Net(network=identity_trunk()).extract(image).top_k(1)
+    assert np.abs(official.keypoints[0] - [x0 - 2, y0 - 2]).max() < 1e-3
+    features = D.D2Net(D.D2NetConfig(positions="receptive-field"),
+                       network=identity_trunk()).extract(image).top_k(1)
     assert np.abs(features.keypoints[0] - [x0, y0]).max() < 1e-3
     assert features.scales[0] == 4.0
     assert np.linalg.norm(features.descriptors[0]) == pytest.approx(1.0)
@@ -259,7 +269,8 @@ def test_keypoint_lands_on_the_blob_centre_in_image_pixels():
 def test_multiscale_bans_positions_taken_at_a_coarser_scale():
     # level images: scale .5 -> 40 px, scale 1 -> 80 px; maps of (h/4 - 1) cells: 9 and 19.
     # The banned mask is resized with nearest (floor(dst * 9/19)): coarse cell 3 covers
-    # fine cells 7 and 8, and coarse cell 3 maps to 15.5 * 79/39 = 31.4 px, fine 7 to 31.5 px.
+    # fine cells 7 and 8. Official positions: coarse cell 3 -> 13.5 * 80/40 = 27 px, fine 14
+    # -> 57.5 px.
     coarse = torch.zeros(2, 9, 9)
     coarse[0] = blob(9, 9, 3, 3, si=0.8, sj=0.8)
     fine = torch.zeros(2, 19, 19)
@@ -270,8 +281,8 @@ def test_multiscale_bans_positions_taken_at_a_coarser_scale():
     features = ext.extract(np.zeros((80, 80, 3), np.uint8))
     assert trunk.seen == [(40, 40), (80, 80)]
     assert features.scales.tolist() == [8.0, 4.0]  # one coarse and one fine keypoint
-    np.testing.assert_allclose(features.keypoints[0], 15.5 * 79 / 39, atol=1e-3)
-    np.testing.assert_allclose(features.keypoints[1], 4 * 14 + 3.5, atol=1e-3)
+    np.testing.assert_allclose(features.keypoints[0], 13.5 * 80 / 40, atol=1e-3)
+    np.testing.assert_allclose(features.keypoints[1], 4 * 14 + 1.5, atol=1e-3)
     # score = activation of the accumulated map / (level index + 1)
     assert features.scores.tolist() == pytest.approx([float(coarse[0, 3, 3]),
                                                       float(fine[1, 14, 14]) / 2], rel=1e-4)
@@ -308,8 +319,9 @@ def test_huge_image_follows_the_resize_rules():
     image = np.zeros((6000, 8000, 3), np.uint8)
     features = D.D2Net(network=trunk).extract(image)
     assert trunk.seen == [(1200, 1600)]
-    x = ((4 * 200 + 3.5) + 0.5) * 5 - 0.5
-    y = ((4 * 150 + 3.5) + 0.5) * 5 - 0.5
+    # upscale_positions (4p + 1.5), then the half-pixel map of the 5x PIL resize
+    x = ((4 * 200 + 1.5) + 0.5) * 5 - 0.5
+    y = ((4 * 150 + 1.5) + 0.5) * 5 - 0.5
     assert len(features) == 1 and np.abs(features.keypoints[0] - [x, y]).max() < 1e-2
     assert features.scales[0] == pytest.approx(20.0)
 
@@ -327,23 +339,11 @@ def fixture_weights(tmp_path_factory):
     return root
 
 
-def official_to_ours(keypoints: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The official (x, y, 1/scale) rows of an unresized image in sfmfeat's convention:
-    official = (4p + 1.5) * in / level; ours = (4p + 3.5) * (in - 1) / (level - 1)."""
-    out = np.empty((len(keypoints), 2))
-    for col, size in ((0, width), (1, height)):
-        level = np.floor(size / keypoints[:, 2].astype(np.float64))
-        k = keypoints[:, col].astype(np.float64) * level / size
-        ratio = np.where(level == size, 1.0, (size - 1) / np.maximum(level - 1, 1))
-        out[:, col] = (k + 2.0) * ratio
-    return out
-
-
 def compare_with_official(features, reference, prefix, height, width, max_px):
     from scipy.spatial import cKDTree
 
     ref_kp = reference[f"{prefix}_keypoints"]
-    expected = official_to_ours(ref_kp, height, width)
+    expected = ref_kp[:, :2].astype(np.float64)   # the official raw output, no conversion
     level_ref = np.round(np.log2(ref_kp[:, 2])).astype(int)
     level_ours = np.round(np.log2(features.scales / 4.0)).astype(int)
     # match rows by (position, level); levels are kept apart by a large offset
@@ -367,6 +367,7 @@ def compare_with_official(features, reference, prefix, height, width, max_px):
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FIXTURE_IMAGES)
 def test_parity_single_scale(name, fixture_weights, monkeypatch):
     monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(fixture_weights))
@@ -386,6 +387,7 @@ def test_parity_single_scale(name, fixture_weights, monkeypatch):
     assert report["cos_min"] >= 0.9999 and report["cos_min_first64"] >= 0.9999, report
 
 
+@pytest.mark.slow
 def test_parity_multiscale(fixture_weights, monkeypatch):
     """Tolerance: the fixture README measured the official code against itself (1 vs 2
     threads) at 1.5e-3 px on multiscale keypoints (the bilinear pyramid resizes round with

@@ -201,6 +201,7 @@ def _verified(kp0, kp1, matches):
     return 0 if mask is None else int(mask.sum())
 
 
+@pytest.mark.slow
 def test_on_par_with_sift_on_a_sacre_coeur_pair(deepdesc):
     """A wrong port (patch geometry, normalisation, layers) loses most matches here; the
     full figures come from benchmarks/deepdesc_matching.py."""

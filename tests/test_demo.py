@@ -1,5 +1,6 @@
 """`sfmfeat demo`: the embedded default job must register every synthetic view accurately."""
 
+import pytest
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from sfmfeat.cli import main
 from sfmfeat.evaluation import aligned_pose_errors, rotation_angle_deg
 
 
+@pytest.mark.slow
 def test_demo_registers_all_views_within_limits(tmp_path, capsys):
     assert main(["-q", "demo", str(tmp_path)]) == 0
     printed = capsys.readouterr().out

@@ -97,6 +97,7 @@ def test_densify_uses_patch_match_when_pycolmap_has_cuda(tmp_path, monkeypatch, 
 
 # CPU MVS accuracy ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cpu_depth_maps_accurate_on_synthetic_scene(synthetic_run):
     """Acceptance: median relative depth error <= 1 %, >= 60 % of textured pixels kept."""
     scene, _, _, result = synthetic_run
@@ -152,6 +153,7 @@ def test_geometric_filter_rejects_inconsistent_depths():
 
 # Resume -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_written_depth_maps(synthetic_run, tmp_path, monkeypatch):
     scene, sfm, images, result = synthetic_run
     workspace = tmp_path / "mvs"

@@ -203,6 +203,7 @@ def mini_hpatches(tmp_path_factory):
     return root, names
 
 
+@pytest.mark.slow
 def test_pipeline_on_mini_hpatches(mini_hpatches, tmp_path, caplog):
     from pipelines import hpatches as pipeline
 

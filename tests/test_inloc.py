@@ -230,6 +230,7 @@ def test_pipeline_end_to_end_with_pairs_file(dataset, tmp_path, run_seed, figure
     assert main(["--dataset", str(root), "--outputs", str(out), "--pairs", str(empty)]) == 2
 
 
+@pytest.mark.slow
 def test_pipeline_with_vlad_retrieval(dataset, tmp_path):
     from pipelines.inloc import run
 

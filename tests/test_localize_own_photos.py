@@ -4,12 +4,14 @@ through the database camera centres, then the query poses are compared)."""
 
 from __future__ import annotations
 
+import pytest
 import json
 
 import numpy as np
 import pycolmap
 import pytest
 
+from helpers import write_scene_split
 from pipelines import localize as localize_pipeline
 from sfmfeat import cli
 from sfmfeat.localization.queries import write_queries
@@ -24,13 +26,7 @@ def test_own_photos_against_a_reconstruct_model(tmp_path, capsys, run_seed, figu
     scene = SyntheticScene(SceneConfig(num_views=9, width=480, height=360, supersample=1,
                                        camera_model="SIMPLE_RADIAL", seed=1))
     database, queries = tmp_path / "database", tmp_path / "queries"
-    for view, name in enumerate(scene.names):
-        folder = queries if view in QUERIES else database
-        folder.mkdir(exist_ok=True)
-        rgb, _ = scene.render(view)
-        import cv2
-
-        cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    write_scene_split(scene, database, queries, QUERIES)
     recon = tmp_path / "recon"
     assert cli.main(["-q", "reconstruct", str(database), str(recon), "--features", "sift",
                      "--conf", "max_keypoints=2048", "--seed", str(run_seed)]) == 0

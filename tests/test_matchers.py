@@ -22,6 +22,7 @@ def _reference(a, b, mutual, ratio, max_distance):
     return np.stack([rows.numpy(), indices[rows, 0].numpy()], 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["mnn", "mnn-ratio", "ratio", "nn"])
 @pytest.mark.parametrize("chunk", [37, 1 << 25])
 @pytest.mark.parametrize("normalised", [True, False])

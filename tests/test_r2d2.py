@@ -169,6 +169,7 @@ def real_features(small_r2d2, real_image):
     return small_r2d2.extract(real_image)
 
 
+@pytest.mark.slow
 def test_regression_against_official_figures(real_features):
     f = real_features
     assert abs(len(f) - OFFICIAL_N) <= 2

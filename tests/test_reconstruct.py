@@ -142,6 +142,7 @@ def _run_killed(command, shard_dir, kill_after=2):
     return run.returncode == -signal.SIGKILL and len(list(shard_dir.glob("shard-*.h5"))) >= 2
 
 
+@pytest.mark.slow
 def test_sigkill_during_extraction_and_matching_resumes_identically(tmp_path,
                                                                      sacre_coeur_dir):
     from sfmfeat.pairs import exhaustive, write_pairs

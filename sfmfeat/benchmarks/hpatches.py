@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError, SfmfeatError
-from ..extractors.base import Features
+from ..features import Features
 
 logger = logging.getLogger(__name__)
 

@@ -56,9 +56,11 @@ def _run_list(args) -> int:
     rows = []
     for entry in all_weight_files():
         present = (root / entry.relative_path).is_file()
+        status = "present" if present else (
+            "missing (manual download)" if entry.manual else "missing")
         licence = entry.licence + (" (non-commercial)" if entry.non_commercial else "")
-        rows.append((entry.relative_path, "present" if present else "missing", licence,
-                     entry.url))
+        rows.append((entry.relative_path, status, licence,
+                     entry.url + (f" [{entry.note}]" if entry.manual and not present else "")))
     sys.stdout.write(f"weights dir: {root} (set SFMFEAT_WEIGHTS_DIR to change)\n")
     for row in rows:
         sys.stdout.write("  ".join(row) + "\n")

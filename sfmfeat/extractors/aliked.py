@@ -16,7 +16,7 @@ removed, then either the ``top_k`` strongest peaks or every peak above
 its 5×5 neighbourhood and scored by bilinear interpolation of the score map there.
 
 Preprocessing follows hloc's ``aliked-n16`` configuration: RGB scaled to [0, 1], the long
-side reduced to ``resize_max`` (1024) with area interpolation, keypoints mapped back by
+side reduced to ``max_edge`` (1024) with area interpolation, keypoints mapped back by
 ``(x + 0.5) · s - 0.5`` per axis. The network pads the image to a multiple of 32 by
 border replication, as the official code does. Detection defaults (threshold 0.2, at most
 5000 keypoints) are those of the official ``ALIKED`` class and demo (hloc, through
@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, WeightsError
-from ..images import resize_max_edge
-from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
+from ..config import ValidatedConfig, at_least, one_of, registered_or_path
+from ..errors import WeightsError
+from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Extractor, Features
 
 logger = logging.getLogger(__name__)
@@ -90,13 +90,18 @@ WEIGHT_FILES = {
 
 
 @dataclass(frozen=True)
-class AlikedConfig:
+class AlikedConfig(ValidatedConfig):
     model: str = "aliked-n16"            # aliked-t16 | aliked-n16 | aliked-n16rot | aliked-n32
     detection_threshold: float = 0.2     # keep peaks scoring above it; <= 0: above the map mean
     max_keypoints: int = 5000            # the strongest peaks kept in threshold mode
     top_k: int | None = None             # fixed count of peaks instead of the threshold
     nms_radius: int = 2                  # NMS, border and soft-argmax radius
-    resize_max: int | None = 1024        # long side before extraction; None = full resolution
+    max_edge: int | None = 1024          # long side before extraction; None = full resolution
+    weights: str | None = None           # a registered file or a path; None = `model`'s file
+
+    rules = {"model": one_of(*VARIANTS), "nms_radius": at_least(1),
+             "max_keypoints": at_least(1), "top_k": at_least(1), "max_edge": at_least(STRIDE),
+             "weights": registered_or_path(*(f"{v}.pth" for v in VARIANTS))}
 
 
 # ---------------------------------------------------------------- deformable convolution
@@ -372,46 +377,26 @@ class Aliked(Extractor):
         "aliked-n16rot": AlikedConfig(model="aliked-n16rot"),
     }
     weight_files = tuple(WEIGHT_FILES.values())
+    resize_backend = "cv2-area"
 
-    def __init__(self, config: AlikedConfig | None = None, device: str | None = None,
-                 weights_path: str | Path | None = None) -> None:
+    def __init__(self, config: AlikedConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
         cfg = self.config
-        if cfg.model not in VARIANTS:
-            raise ConfigError(f"unknown ALIKED model {cfg.model!r}; choose one of: "
-                              + ", ".join(VARIANTS))
-        if cfg.nms_radius < 1:
-            raise ConfigError(f"nms_radius must be >= 1, got {cfg.nms_radius}")
-        if cfg.max_keypoints < 1:
-            raise ConfigError(f"max_keypoints must be >= 1, got {cfg.max_keypoints}")
-        if cfg.resize_max is not None and cfg.resize_max < STRIDE:
-            raise ConfigError(f"resize_max must be >= {STRIDE} or None, got {cfg.resize_max}")
-        path = Path(weights_path) if weights_path else resolve(WEIGHT_FILES[cfg.model])
+        path = self._weights(cfg.weights, WEIGHT_FILES, cfg.model)
         self.net = load_network(cfg.model, path).to(self.device)
         self.descriptor_dim = VARIANTS[cfg.model][4]
 
-    def extract(self, image: np.ndarray) -> Features:
-        cfg = self.config
-        if image.ndim == 2:  # grayscale: the network expects three channels
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        height, width = image.shape[:2]
-        if min(height, width) < STRIDE:
-            return Features.empty(self.descriptor_dim)
-        resized, _ = resize_max_edge(image, cfg.resize_max)
-        h, w = resized.shape[:2]
-        if min(h, w) < STRIDE:
-            return Features.empty(self.descriptor_dim)
-        tensor = torch.from_numpy(np.ascontiguousarray(resized)).to(self.device)
+    def _forward(self, image: np.ndarray) -> Features | None:
+        if min(image.shape[:2]) < STRIDE:
+            return None
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         tensor = tensor.permute(2, 0, 1)[None].float() / 255.0
         with torch.inference_mode():
-            keypoints, scores, descriptors = self._forward(tensor)
-        # (x + 0.5) * s - 0.5 per axis: pixel centres at integers in both images
-        scale = np.array([width / w, height / h], np.float32)
-        keypoints = (keypoints.cpu().numpy() + 0.5) * scale - 0.5
-        return Features(keypoints=keypoints, scores=scores.cpu().numpy(),
+            keypoints, scores, descriptors = self._network_forward(tensor)
+        return Features(keypoints=keypoints.cpu().numpy(), scores=scores.cpu().numpy(),
                         descriptors=descriptors.cpu().numpy())
 
-    def _forward(self, image: torch.Tensor):
+    def _network_forward(self, image: torch.Tensor):
         cfg = self.config
         score_map, features_at = self.net.sparse(image)
         h, w = score_map.shape

@@ -12,132 +12,34 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..config import config_hash, config_to_dict
-from ..errors import ConfigError
-from ..weights import WeightFile
-
-
-@dataclass(frozen=True, eq=False)
-class Features:
-    """Local features of one image.
-
-    keypoints:    N×2 float32, (x, y) in original-image pixels, pixel centre at integers.
-    scores:       N float32, detection confidence (higher is better).
-    descriptors:  N×D float32.
-    scales:       optional N float32, keypoint diameter in pixels (OpenCV ``KeyPoint.size``).
-    orientations: optional N float32, degrees in [0, 360) (OpenCV ``KeyPoint.angle``).
-    image_size:   optional (width, height) of the original image; matchers that normalise
-                  keypoints by it (LightGlue) read it. The store fills it in on reading.
-    """
-
-    keypoints: np.ndarray
-    scores: np.ndarray
-    descriptors: np.ndarray
-    scales: np.ndarray | None = None
-    orientations: np.ndarray | None = None
-    image_size: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        kp = np.asarray(self.keypoints, dtype=np.float32).reshape(-1, 2)
-        n = len(kp)
-        desc = np.asarray(self.descriptors, dtype=np.float32)
-        if desc.ndim != 2 or len(desc) != n:
-            raise ValueError(f"descriptors must be N×D with N={n}, got shape {desc.shape}")
-        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        if len(scores) != n:
-            raise ValueError(f"scores must have N={n} entries, got {len(scores)}")
-        object.__setattr__(self, "keypoints", kp)
-        object.__setattr__(self, "descriptors", desc)
-        object.__setattr__(self, "scores", scores)
-        for field in ("scales", "orientations"):
-            value = getattr(self, field)
-            if value is not None:
-                value = np.asarray(value, dtype=np.float32).reshape(-1)
-                if len(value) != n:
-                    raise ValueError(f"{field} must have N={n} entries, got {len(value)}")
-                object.__setattr__(self, field, value)
-        if self.image_size is not None:
-            size = tuple(int(v) for v in np.asarray(self.image_size).reshape(-1))
-            if len(size) != 2 or min(size) <= 0:
-                raise ValueError(f"image_size must be (width, height) > 0, got {self.image_size}")
-            object.__setattr__(self, "image_size", size)
-
-    def __len__(self) -> int:
-        return len(self.keypoints)
-
-    @property
-    def descriptor_dim(self) -> int:
-        return self.descriptors.shape[1]
-
-    def subset(self, index: np.ndarray) -> "Features":
-        """The features at ``index`` (an index array or a boolean mask)."""
-        return Features(
-            keypoints=self.keypoints[index],
-            scores=self.scores[index],
-            descriptors=self.descriptors[index],
-            scales=None if self.scales is None else self.scales[index],
-            orientations=None if self.orientations is None else self.orientations[index],
-            image_size=self.image_size,
-        )
-
-    def top_k(self, k: int | None) -> "Features":
-        """The ``k`` highest-scoring features (stable order for ties); all when k is None."""
-        if k is None or k <= 0 or len(self) <= k:
-            return self
-        order = np.argsort(-self.scores, kind="stable")[:k]
-        return self.subset(np.sort(order))
-
-    @classmethod
-    def empty(cls, descriptor_dim: int, with_geometry: bool = False) -> "Features":
-        zeros = np.zeros(0, np.float32)
-        return cls(
-            keypoints=np.zeros((0, 2), np.float32),
-            scores=zeros,
-            descriptors=np.zeros((0, descriptor_dim), np.float32),
-            scales=zeros if with_geometry else None,
-            orientations=zeros if with_geometry else None,
-        )
-
-
-def resolve_device(device: str | None) -> str:
-    """``device`` or, when None, "cuda" if a GPU is present else "cpu".
-
-    Raises ConfigError for a device torch does not know or a CUDA device without CUDA."""
-    try:
-        import torch
-    except ImportError:
-        if device not in (None, "cpu"):
-            raise ConfigError(f"device {device!r}: torch is not installed; use cpu") from None
-        return "cpu"
-    if not device:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as err:
-        raise ConfigError(f"device {device!r} is not a torch device ({err}); use cpu or "
-                          "cuda") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: this torch has no usable CUDA device; use "
-                          "--device cpu or leave --device out")
-    if parsed.type == "cuda" and parsed.index is not None \
-            and parsed.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
-                          "device(s) present")
-    return device
+from ..errors import ConfigError, InputError
+from ..features import Features, resolve_device
+from ..images import max_edge_size, rescale_pixels, resize_image, to_grayscale
+from ..weights import WeightFile, resolve_weights
 
 
 class Extractor(abc.ABC):
-    """A local-feature method. Subclasses set the class attributes and implement ``extract``.
+    """A local-feature method. Subclasses set the class attributes and write ``_forward``.
 
     name:          method name, also the weights sub-folder (e.g. "d2net").
     config_class:  a frozen dataclass; its defaults are the method's ``default_conf``.
     presets:       preset name -> config instance, e.g. {"d2net-ss": D2NetConfig()}.
     weight_files:  official weight files this method can load (see sfmfeat.weights).
     default_matcher: matcher preset used when the user names none.
+
+    The template ``extract`` owns what every method shares: it checks the image (H×W×3
+    uint8; H×W is replicated to RGB), resizes it to ``network_size`` (the config's
+    ``max_edge``) with the declared ``resize_backend``, converts it to grayscale when
+    ``grayscale``, calls ``_forward`` on that network input, maps the keypoints back to
+    original pixels ((x + 0.5) * W / w - 0.5 per axis, pixel centres at integers; scales by
+    the mean factor) and returns ``Features.empty`` when ``_forward`` finds nothing.
+    Pyramid methods (D2-Net, R2D2) keep their level-to-input mapping inside ``_forward``.
     """
 
     name: ClassVar[str]
@@ -146,6 +48,19 @@ class Extractor(abc.ABC):
     weight_files: ClassVar[tuple[WeightFile, ...]] = ()
     # the matcher preset the method's authors use; pipelines take it when none is given
     default_matcher: ClassVar[str] = "mnn-ratio"
+
+    #: identity of the loaded weight file (registered relative path or sha256 of a user's
+    #: file), part of the config hash; None for methods without weights
+    weights_id: str | None = None
+    #: {"preset": name, "overrides": {...}} when built from a preset: what the store records
+    #: so that ``extract.extractor_from_store`` can rebuild this extractor
+    spec: dict[str, Any] | None = None
+
+    #: see sfmfeat.images.RESIZE_BACKENDS; the official code's resize of each method
+    resize_backend: ClassVar[str] = "cv2-area"
+    grayscale: ClassVar[bool] = False        # _forward gets H×W luminance (OpenCV weights)
+    descriptor_dim: int = 0                  # of the empty Features
+    with_geometry: ClassVar[bool] = False    # Features carry scales and orientations
 
     def __init__(self, config: Any = None, device: str | None = None) -> None:
         if config is None:
@@ -158,20 +73,79 @@ class Extractor(abc.ABC):
         self.config = config
         self.device = resolve_device(device)
 
-    @abc.abstractmethod
-    def extract(self, image: np.ndarray) -> Features:
-        """Features of one H×W×3 uint8 RGB image."""
+    def _weights(self, value: str | None, entries: dict[str, WeightFile],
+                 default: str) -> Path:
+        """The file of the config's ``weights`` option (see ``weights.resolve_weights``);
+        records its identity for the config hash."""
+        path, self.weights_id = resolve_weights(value, entries, default, self.name)
+        return path
 
-    @property
-    def kind(self) -> str:
-        return f"{type(self).__module__}.{type(self).__qualname__}"
+    def extract(self, image: np.ndarray) -> Features:
+        """Features of one H×W×3 uint8 RGB image, keypoints in its pixels."""
+        network_image, factor = self._network_image(image)
+        features = self._forward(network_image)
+        if features is None or len(features) == 0:
+            return Features.empty(self.descriptor_dim, with_geometry=self.with_geometry)
+        return to_original_pixels(features, factor)
+
+    def _network_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+        """The checked, resized (and grayscale) network input, and the factor (W/w, H/h)."""
+        image = checked_image(image)
+        height, width = image.shape[:2]
+        size = self.network_size(height, width)
+        network_image = image if size == (height, width) else \
+            resize_image(image, size, self.resize_backend)
+        if self.grayscale:
+            network_image = to_grayscale(network_image)
+        return network_image, (width / size[1], height / size[0])
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the network input for an H×W image: the config's ``max_edge`` rule."""
+        return max_edge_size(height, width, getattr(self.config, "max_edge", None))
+
+    def _forward(self, image: np.ndarray) -> Features | None:
+        """Features of the network input (keypoints in its pixels), or None for none."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _forward nor "
+                                  "extract")
 
     @property
     def config_hash(self) -> str:
-        return config_hash(self.kind, self.config)
+        """Hash of the method's stable ``name``, its resolved config and the identity of its
+        weights: moving or renaming a class keeps it, custom weights change it."""
+        return config_hash(self.name, self.config, weights=self.weights_id)
 
     def describe_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "config": config_to_dict(self.config)}
+        return {"method": self.name, "config": config_to_dict(self.config),
+                "weights": self.weights_id}
+
+
+def checked_image(image: np.ndarray) -> np.ndarray:
+    """``image`` as H×W×3 (a 2-D image is replicated), or InputError."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise InputError(f"expected an H×W×3 RGB image, got shape {image.shape}")
+    return image
+
+
+def to_original_pixels(features: Features, factor: tuple[float, float]) -> Features:
+    """Features of a network input resized by 1/``factor`` = (W/w, H/h), in original
+    pixels (pixel centres at integers in both images)."""
+    if factor == (1.0, 1.0):
+        return features
+    xy = rescale_pixels(features.keypoints, factor)
+    scales = None if features.scales is None else features.scales * (0.5 * sum(factor))
+    return Features(xy.astype(np.float32), features.scores, features.descriptors,
+                    scales, features.orientations)
+
+
+def to_network_pixels(xy: np.ndarray, factor: tuple[float, float]) -> np.ndarray:
+    """Original-image keypoints (N×2) in the pixels of a network input resized by
+    1/``factor``: the inverse of ``to_original_pixels``."""
+    if factor == (1.0, 1.0):
+        return xy
+    return rescale_pixels(xy, (1.0 / factor[0], 1.0 / factor[1]))
 
 
 class Describer(Extractor):
@@ -182,9 +156,29 @@ class Describer(Extractor):
 
     default_detector: ClassVar[str] = "sift"
 
-    @abc.abstractmethod
     def describe(self, image: np.ndarray, keypoints: Features) -> Features:
-        """Features at the given keypoints (same order; scales/orientations kept)."""
+        """Features at the given keypoints (same order; scales/orientations kept): the
+        template resizes the image as ``extract`` does, moves the keypoints into the
+        network input's pixels and calls ``_describe``."""
+        xy = keypoints.keypoints
+        if not np.isfinite(xy).all():
+            raise InputError(f"{self.name}: keypoints with non-finite coordinates")
+        if len(xy) == 0:
+            return Features(xy, keypoints.scores, np.zeros((0, self.descriptor_dim),
+                            np.float32), keypoints.scales, keypoints.orientations)
+        network_image, factor = self._network_image(image)
+        descriptors = self._describe(network_image, to_network_pixels(xy, factor), keypoints)
+        if descriptors is None:
+            return Features.empty(self.descriptor_dim,
+                                  with_geometry=keypoints.scales is not None)
+        return Features(xy, keypoints.scores, descriptors, keypoints.scales,
+                        keypoints.orientations)
+
+    def _describe(self, image: np.ndarray, xy: np.ndarray,
+                  keypoints: Features) -> np.ndarray | None:
+        """N×D descriptors of the network input at ``xy`` (its pixels); None: none possible."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _describe nor "
+                                  "describe")
 
     def extract(self, image: np.ndarray) -> Features:
         raise ConfigError(
@@ -217,11 +211,11 @@ class DetectAndDescribe(Extractor):
 
     @property
     def config_hash(self) -> str:
-        return config_hash(self.kind, _PairConfig(self.detector.describe_config(),
+        return config_hash(self.name, _PairConfig(self.detector.describe_config(),
                                                   self.describer.describe_config()))
 
     def describe_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "detector": self.detector.describe_config(),
+        return {"method": self.name, "detector": self.detector.describe_config(),
                 "describer": self.describer.describe_config()}
 
 

@@ -49,8 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError, WeightsError
-from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
+from ..config import ValidatedConfig, at_least, registered_or_path
+from ..errors import WeightsError
+from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Describer, Features
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS = WeightFile(
     method="caps", filename="caps-pretrained.pth",
     url="https://drive.google.com/file/d/1KfIQYyM7vlSvvQ3X7xi1YSPrietqeXYd/view?usp=sharing",
-    licence="MIT", sha256=None,
-    note="Google Drive only (README of qianqianwang68/caps): download it by hand into "
-         "<weights dir>/caps/caps-pretrained.pth",
+    licence="MIT", sha256=None, manual=True,
+    note="a Google Drive page (README of qianqianwang68/caps), no direct link",
 )
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -68,10 +68,14 @@ MIN_SIDE = 16                        # the coarse stride
 
 
 @dataclass(frozen=True)
-class CapsConfig:
+class CapsConfig(ValidatedConfig):
     normalize: bool = True           # L2-normalise the 256-d descriptor (official: no)
     max_edge: int | None = 1600      # resize a longer side to this (immatch's setting; the
                                      # official HPatches extractor never resizes); None = never
+
+    weights: str = "caps-pretrained.pth"  # the registered file or a path to a checkpoint
+
+    rules = {"max_edge": at_least(16), "weights": registered_or_path("caps-pretrained.pth")}
 
 
 # ---------------------------------------------------------------- ResNet50 layers 1-3
@@ -226,19 +230,13 @@ class Caps(Describer):
     # keypoints of OpenCV's default SIFT detector (the papers' and the official extractors'
     # setting), the 8192 strongest by response
     default_detector = "rootsift"
+    resize_backend = "cv2-area"
+    descriptor_dim = 256
 
     def __init__(self, config: CapsConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
-        self.net = load_network(resolve(WEIGHTS)).to(self.device)
-
-    def _resize(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        height, width = image.shape[:2]
-        if not self.config.max_edge or max(height, width) <= self.config.max_edge:
-            return image, 1.0
-        import cv2
-
-        scale = self.config.max_edge / max(height, width)
-        return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
+        path = self._weights(self.config.weights, {"caps": WEIGHTS}, "caps")
+        self.net = load_network(path).to(self.device)
 
     @torch.inference_mode()
     def feature_maps(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,26 +245,15 @@ class Caps(Describer):
         return self.net(preprocess(image).to(self.device))
 
     @torch.inference_mode()
-    def describe(self, image: np.ndarray, keypoints: Features) -> Features:
-        xy = keypoints.keypoints.reshape(-1, 2)
-        if not np.isfinite(xy).all():
-            raise InputError("caps: keypoints with non-finite coordinates")
+    def _describe(self, image: np.ndarray, xy: np.ndarray,
+                  keypoints: Features) -> np.ndarray | None:
         height, width = image.shape[:2]
-        if len(xy) == 0:
-            return Features(xy, keypoints.scores, np.zeros((0, 256), np.float32),
-                            keypoints.scales, keypoints.orientations)
         if min(height, width) < MIN_SIDE:
             logger.warning("caps: image %dx%d is smaller than the %d px stride; no features",
                            width, height, MIN_SIDE)
-            return Features.empty(256, with_geometry=keypoints.scales is not None)
-        image, scale = self._resize(image)
+            return None
         coarse, fine = self.feature_maps(image)
-        if scale != 1.0:  # keypoints into the network image's pixels (centres at integers)
-            xy_net = (xy.astype(np.float64) + 0.5) * scale - 0.5
-        else:
-            xy_net = xy
-        desc = describe_from_maps(coarse, fine, xy_net, image.shape[:2])
+        desc = describe_from_maps(coarse, fine, xy, image.shape[:2])
         if self.config.normalize:
             desc = F.normalize(desc, dim=1)
-        return Features(xy, keypoints.scores, desc.float().cpu().numpy(), keypoints.scales,
-                        keypoints.orientations)
+        return desc.float().cpu().numpy()

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from ..errors import ConfigError, WeightsError
+from ..config import ValidatedConfig, at_least, greater_than, one_of, registered_or_path
+from ..errors import ConfigError
 from ..images import to_grayscale
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
 from .base import Extractor, Features
@@ -45,13 +47,14 @@ REGIONAL_NAME = "retrieval_model"
 REGIONAL_URL = "https://1drv.ms/u/s!Anl8gFgW1C7LknXMylr9bnoXQVlE?e=lHWQor"
 
 WEIGHT_FILES = {
-    name: WeightFile("contextdesc", f"{name}.pth", url, _LICENCE, note=_CONVERT_NOTE)
+    name: WeightFile("contextdesc", f"{name}.pth", url, _LICENCE, note=_CONVERT_NOTE,
+                     manual=True)
     for name, url in {**VARIANT_URLS, REGIONAL_NAME: REGIONAL_URL}.items()
 }
 
 
 @dataclass(frozen=True)
-class ContextDescConfig:
+class ContextDescConfig(ValidatedConfig):
     variant: str = "contextdesc++"     # weights: contextdesc, contextdesc+, contextdesc++, ..._upright
     context: bool = True               # False: l2norm(local feature) only, no regional model
     max_keypoints: int | None = 8192   # SIFT top-n by response (official n_feature); None = all
@@ -67,6 +70,14 @@ class ContextDescConfig:
     # patches per local-model forward: 128 keeps the 32×32×32 maps in cache on CPU (1.3×
     # the throughput of 512, benchmarks/extract_contextdesc.py)
     batch_size: int = 128
+    weights: str | None = None         # local model: registered file or path; None = `variant`'s
+
+    rules = {"variant": one_of(*VARIANT_URLS), "max_keypoints": at_least(1),
+             "contrast_threshold": at_least(0), "edge_threshold": greater_than(0),
+             "n_octave_layers": at_least(1), "sigma": greater_than(0),
+             "regional_max_dim": at_least(32), "patch_sampler": one_of("opencv", "torch"),
+             "batch_size": at_least(1),
+             "weights": registered_or_path(*(f"{v}.pth" for v in VARIANT_URLS))}
 
 
 class ContextDesc(Extractor):
@@ -88,23 +99,16 @@ class ContextDesc(Extractor):
         from .contextdesc_nets import ContextDescNet, RegionalResNet50
 
         c = self.config
-        if c.variant not in VARIANT_URLS:
-            raise ConfigError(f"unknown ContextDesc variant {c.variant!r}; choose one of: "
-                              + ", ".join(VARIANT_URLS))
-        if c.patch_sampler not in ("opencv", "torch"):
-            raise ConfigError(f"patch_sampler must be 'opencv' or 'torch', got {c.patch_sampler!r}")
-        if c.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {c.batch_size}")
         self._torch = torch
         self.net = ContextDescNet(c.inverse_distance)
-        _load(self.net, WEIGHT_FILES[c.variant])
+        _load(self.net, self._weights(c.weights, WEIGHT_FILES, c.variant))
         self.net.to(self.device).eval().requires_grad_(False)
         self.net.local.fold_bn()
         self.net.aug.fold_bn()
         self.regional = None
         if c.context:
             self.regional = RegionalResNet50()
-            _load(self.regional, WEIGHT_FILES[REGIONAL_NAME])
+            _load(self.regional, resolve(WEIGHT_FILES[REGIONAL_NAME]))
             self.regional.to(self.device).eval().requires_grad_(False)
             self.regional.fold_bn()
         self._sift = cv2.SIFT_create(0, c.n_octave_layers, c.contrast_threshold,
@@ -210,15 +214,7 @@ class ContextDesc(Extractor):
 # ---------------------------------------------------------------------- helpers
 
 
-def _load(module, entry: WeightFile) -> None:
-    try:
-        path = resolve(entry, download=False)
-    except WeightsError as err:
-        raise WeightsError(
-            f"ContextDesc weights {entry.relative_path} not found in the weights dir (set "
-            f"SFMFEAT_WEIGHTS_DIR to change it): download the official TensorFlow archive from "
-            f"{entry.url}, then run `sfmfeat weights convert contextdesc ARCHIVE_OR_DIR`"
-        ) from err
+def _load(module, path: Path) -> None:
     state = load_torch_checkpoint(path)
     load_state_dict_strict(module, state, path)
 

@@ -4,9 +4,8 @@ of Local Features", CVPR 2019): one CNN whose feature map both describes and det
 A port of the official inference code (mihaidusmanu/d2-net @ 0a3356c, Clear BSD licence):
 ``lib/model_test.py`` (network, hard detection, handcrafted localisation), ``lib/pyramid.py``
 (single- and multi-scale extraction) and ``extract_features.py`` (resizing, preprocessing).
-It reads the official checkpoints and reproduces the official keypoints, scores and
-descriptors (up to convolution rounding); only the keypoint coordinates are expressed in
-sfmfeat's convention (see "Coordinates" below).
+It reads the official checkpoints and reproduces the official keypoints (positions included,
+see "Coordinates" below), scores and descriptors (up to convolution rounding).
 
 Speed: the official code runs eight depth-wise 3×3 convolutions and a max-pool over the whole
 512-channel map to evaluate the detection and localisation rules everywhere. A position can
@@ -17,7 +16,21 @@ cost. The trunk runs channels-last under ``torch.inference_mode``; ``precision="
 runs it in bfloat16 (AMX/AVX-512 BF16 on CPU) and does everything after it in float32.
 
 Coordinates. The official code maps a (refined) feature-map position p to the network
-input with ``upscale_positions``: ``p*2 + 0.5`` twice, i.e. ``4p + 1.5``. ``2q + 0.5`` is the
+input with ``upscale_positions``: ``p*2 + 0.5`` twice, i.e. ``4p + 1.5``, then scales it by
+``h_init / h_level`` (pyramid level -> network input). That is the default here
+(``positions="official"``), because the
+official training (``lib/loss.py``) supervises correspondences through the same
+``upscale_positions``/``downscale_positions``: the network learned that cell p *is* pixel
+``4p + 1.5`` (pixel centres at integers), and one mapping for every level keeps multiscale
+keypoints consistent with each other. The parity test compares with the official raw output,
+no conversion applied. From the network input to the original image (when the official
+resize rules shrink it) the base template's exact half-pixel map of the PIL resize is used,
+``x = (v + 0.5) * H / H_in - 0.5``; the official ``v * fact`` differs from it by
+``0.5 (fact - 1)`` px, a geometric slip of the official code unrelated to training.
+
+``positions="receptive-field"`` keeps an alternative, documented for comparison only (it
+moves keypoints 2 px right/down at scale 1 and by level-dependent amounts elsewhere, away
+from where the network was trained to put them): ``2q + 0.5`` is the
 exact pixel-centre map of a 2×2/stride-2 pooling in the convention where pixel centres sit
 at integers (cell q covers pixels 2q and 2q+1), which is sfmfeat's convention; but the
 ``AvgPool2d(2, stride=1)`` after conv3_3 shifts the grid by another half cell of the
@@ -30,10 +43,9 @@ are made with ``F.interpolate(..., align_corners=True)``, whose exact pixel-cent
 ``v = u * (H_in - 1) / (H_level - 1)``; the network input is made from the original by a
 PIL bilinear resize (pixel areas, half-pixel centres), whose exact map is
 ``x = (v + 0.5) * H / H_in - 0.5``. We return ``x`` (per axis, in float64 then float32).
-So with ``k = official value / fact * H_level / H_in`` (= 4p + 1.5), ours is
+So with ``k = official value / fact * H_level / H_in`` (= 4p + 1.5), the alternative is
 ``((k + 2) * (H_in - 1) / (H_level - 1) + 0.5) * fact - 0.5`` (the ratio is 1 at scale 1);
-without resizing and at scale 1 this is simply ``official + 2``. The parity test applies
-exactly this conversion to the official outputs.
+without resizing and at scale 1 this is simply ``official + 2``.
 
 Keypoint scale: the official third column is ``1 / level scale``; ``Features.scales`` holds
 the diameter of one feature-map cell in original pixels, ``4 / level scale * fact``
@@ -60,8 +72,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError, InputError, WeightsError
-from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
+from ..config import ValidatedConfig, at_least, greater_than, one_of, registered_or_path
+from ..errors import ConfigError, WeightsError
+from ..images import resize_image
+from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Extractor, Features
 
 logger = logging.getLogger(__name__)
@@ -86,7 +100,7 @@ WEIGHT_FILES = {
 
 
 @dataclass(frozen=True)
-class D2NetConfig:
+class D2NetConfig(ValidatedConfig):
     weights: str = "d2_tf.pth"          # d2_tf.pth | d2_ots.pth | d2_tf_no_phototourism.pth
     scales: tuple[float, ...] = (1.0,)  # image pyramid; the official multiscale is (.5, 1, 2)
     preprocessing: str = "caffe"        # caffe | torch
@@ -96,8 +110,15 @@ class D2NetConfig:
     edge_threshold: float = 5.0         # ratio of principal curvatures (Lowe's r)
     max_keypoints: int | None = None    # keep the top-k by score; None keeps all
     precision: str = "fp32"             # fp32 | bf16 (CPU with BF16, or GPU) | fp16 (GPU)
+    positions: str = "official"         # official (4p + 1.5, as trained) | receptive-field
     channels_last: bool = False         # fp32 trunk in NHWC: faster, but no longer bit-equal
     #                                     to the official (NCHW) dense map; bf16/fp16 use it always
+
+    rules = {"weights": registered_or_path(*WEIGHT_FILES), "scales": greater_than(0),
+             "preprocessing": one_of("caffe", "torch"), "max_edge": at_least(STRIDE),
+             "max_sum_edges": at_least(2 * STRIDE), "edge_threshold": greater_than(0),
+             "max_keypoints": at_least(1), "precision": one_of("fp32", "bf16", "fp16"),
+             "positions": one_of("official", "receptive-field")}
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -262,10 +283,14 @@ def sample_descriptors(fmap: torch.Tensor, pos_i: torch.Tensor, pos_j: torch.Ten
 
 
 def fmap_to_image(pos: np.ndarray, level_size: int, input_size: int,
-                  original_size: int) -> np.ndarray:
+                  original_size: int, positions: str = "official") -> np.ndarray:
     """Feature-map coordinates (one axis) -> original-image pixels, pixel centres at integers;
-    see the module docstring for the derivation."""
-    u = np.asarray(pos, np.float64) * STRIDE + 3.5  # receptive-field centre (official: +1.5)
+    see the module docstring for both conventions."""
+    pos = np.asarray(pos, np.float64)
+    if positions == "official":   # upscale_positions, then the official level ratio
+        v = (pos * STRIDE + 1.5) * (input_size / level_size)
+        return (v + 0.5) * (original_size / input_size) - 0.5
+    u = pos * STRIDE + 3.5  # receptive-field centre
     if level_size != input_size:
         u = u * (input_size - 1) / max(level_size - 1, 1)
     return (u + 0.5) * (original_size / input_size) - 0.5
@@ -282,28 +307,18 @@ class D2Net(Extractor):
     }
     weight_files = tuple(WEIGHT_FILES.values())
     default_matcher = "mnn"  # the paper's and hloc's D2-Net matching: mutual NN, no ratio
+    resize_backend = "pil-bilinear"   # the official scipy.misc.imresize (PIL bilinear)
+    descriptor_dim = DESCRIPTOR_DIM
 
     def __init__(self, config: D2NetConfig | None = None, device: str | None = None,
                  network: D2NetNetwork | None = None) -> None:
         super().__init__(config, device)
         conf = self.config
-        if conf.weights not in WEIGHT_FILES:
-            raise ConfigError(f"unknown D2-Net weights {conf.weights!r}; choose one of "
-                              + ", ".join(WEIGHT_FILES))
-        if conf.preprocessing not in ("caffe", "torch"):
-            raise ConfigError(f"unknown D2-Net preprocessing {conf.preprocessing!r}; "
-                              "use caffe or torch")
-        if conf.precision not in _DTYPES:
-            raise ConfigError(f"unknown precision {conf.precision!r}; use fp32, bf16 or fp16")
         if conf.precision == "fp16" and not self.device.startswith("cuda"):
             raise ConfigError("precision=fp16 needs a GPU; on CPU use bf16")
-        if not conf.scales or any(s <= 0 for s in conf.scales):
-            raise ConfigError(f"D2-Net scales must be positive, got {conf.scales!r}")
-        if conf.edge_threshold <= 0:
-            raise ConfigError(f"edge_threshold must be positive, got {conf.edge_threshold}")
         if network is None:
             network = D2NetNetwork(conf.use_relu)
-            load_d2net_checkpoint(network, resolve(WEIGHT_FILES[conf.weights]))
+            load_d2net_checkpoint(network, self._weights(conf.weights, WEIGHT_FILES, "d2_tf.pth"))
         network.use_relu = conf.use_relu
         self.dtype = _DTYPES[conf.precision]
         self.memory_format = (torch.channels_last if conf.channels_last or conf.precision != "fp32"
@@ -315,17 +330,19 @@ class D2Net(Extractor):
 
     # -- steps -------------------------------------------------------------------------
 
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        return network_input_size(height, width, self.config.max_edge,
+                                  self.config.max_sum_edges)
+
     def network_input(self, image: np.ndarray) -> torch.Tensor:
         """Resize (official rules, PIL bilinear) and preprocess: 1×3×h×w float32 on the
         device (a channels-last view of the H×W×3 buffer)."""
-        height, width = image.shape[:2]
-        size = network_input_size(height, width, self.config.max_edge,
-                                  self.config.max_sum_edges)
-        if size != (height, width):
-            from PIL import Image
+        size = self.network_size(*image.shape[:2])
+        if size != image.shape[:2]:
+            image = resize_image(image, size, self.resize_backend)
+        return self._preprocessed(image)
 
-            image = np.asarray(Image.fromarray(np.ascontiguousarray(image, np.uint8))
-                               .resize((size[1], size[0]), Image.BILINEAR))
+    def _preprocessed(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(preprocess(image, self.config.preprocessing))
         return x.permute(2, 0, 1)[None].to(self.device)  # an HWC buffer is channels-last
 
@@ -353,13 +370,10 @@ class D2Net(Extractor):
         positions = torch.stack([pos_i[ids], pos_j[ids]], dim=1)
         return positions, scores, descriptors, detected
 
-    def extract(self, image: np.ndarray) -> Features:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-            raise InputError(f"D2-Net expects an H×W×3 RGB image, got shape {image.shape}")
-        height, width = image.shape[:2]
+    def _forward(self, image: np.ndarray) -> Features | None:
+        """The pyramid on the (resized) network input; keypoints in its pixels."""
         with torch.inference_mode():
-            x = self.network_input(image)
+            x = self._preprocessed(image)
             in_h, in_w = x.shape[2:]
             keypoints, scales, scores, descriptors = [], [], [], []
             previous, banned = None, None
@@ -385,18 +399,15 @@ class D2Net(Extractor):
                     continue
                 previous = dense
                 pos = pos.double().cpu().numpy()
-                kp_y = fmap_to_image(pos[:, 0], lvl_h, in_h, height)
-                kp_x = fmap_to_image(pos[:, 1], lvl_w, in_w, width)
+                positions = self.config.positions
+                kp_y = fmap_to_image(pos[:, 0], lvl_h, in_h, in_h, positions)
+                kp_x = fmap_to_image(pos[:, 1], lvl_w, in_w, in_w, positions)
                 keypoints.append(np.stack([kp_x, kp_y], axis=1))
-                cell = STRIDE / scale * 0.5 * (height / in_h + width / in_w)
-                scales.append(np.full(len(pos), cell))
+                scales.append(np.full(len(pos), STRIDE / scale))
                 scores.append((level_scores / (idx + 1)).cpu().numpy())
                 descriptors.append(desc.cpu().numpy())
         if not keypoints:  # e.g. an image smaller than the network's receptive grid
-            return Features(keypoints=np.zeros((0, 2), np.float32),
-                            scores=np.zeros(0, np.float32),
-                            descriptors=np.zeros((0, DESCRIPTOR_DIM), np.float32),
-                            scales=np.zeros(0, np.float32))
+            return None
         features = Features(
             keypoints=np.concatenate(keypoints).astype(np.float32),
             scores=np.concatenate(scores),

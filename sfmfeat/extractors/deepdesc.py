@@ -54,8 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, InputError, WeightsError
-from ..weights import WeightFile, resolve
+from ..config import ValidatedConfig, at_least, greater_than, one_of, registered_or_path
+from ..errors import InputError, WeightsError
+from ..weights import WeightFile
 from .base import Describer, Features
 from .patches import extract_patches
 
@@ -79,14 +80,15 @@ _SPLITS = {
 }
 WEIGHT_FILES = {
     split: WeightFile(method="deepdesc", filename=filename, url=_REPO + filename,
-                      licence=_LICENCE, sha256=sha, non_commercial=True, note=note)
+                      licence=_LICENCE, sha256=sha, non_commercial=True, note=note,
+                      format="t7")
     for split, (filename, sha, note) in _SPLITS.items()
 }
 PATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
-class DeepDescConfig:
+class DeepDescConfig(ValidatedConfig):
     model: str = "split4"            # split1..split4 (the four released models)
     support_factor: float = 16.0     # side of the support square / OpenCV keypoint size
     oriented: bool = True            # turn patches to the keypoint orientation
@@ -96,6 +98,11 @@ class DeepDescConfig:
     # maps in cache (2.4× the throughput of 2048, benchmarks/extract_patches.py), 2048 on GPU
     batch_size: int | None = None
     normalize: bool = False          # L2-normalise (the release does not)
+    weights: str | None = None       # a registered .t7 or a path; None = the file of `model`
+
+    rules = {"model": one_of(*WEIGHT_FILES), "support_factor": greater_than(0),
+             "weights": registered_or_path(*(w.filename for w in WEIGHT_FILES.values())),
+             "fallback_size": greater_than(0), "batch_size": at_least(1)}
 
 
 # ---------------------------------------------------------------- Torch7 layers
@@ -245,20 +252,11 @@ class DeepDesc(Describer):
 
     def __init__(self, config: DeepDescConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
-        if self.config.model not in WEIGHT_FILES:
-            raise ConfigError(f"deepdesc model {self.config.model!r} unknown; choose one of "
-                              + ", ".join(WEIGHT_FILES))
-        if self.config.batch_size is None:
-            self.batch_size = 32 if torch.device(self.device).type == "cpu" else 2048
-        elif self.config.batch_size >= 1:
-            self.batch_size = self.config.batch_size
-        else:
-            raise ConfigError(f"deepdesc batch_size must be >= 1, got {self.config.batch_size}")
-        if not self.config.support_factor > 0:
-            raise ConfigError(f"deepdesc support_factor must be > 0, got "
-                              f"{self.config.support_factor}")
+        self.batch_size = self.config.batch_size or (
+            32 if torch.device(self.device).type == "cpu" else 2048)
         # channels-last runs the 32→64 6×6 convolution ~25% faster on CPU (same values)
-        self.net = load_network(resolve(WEIGHT_FILES[self.config.model])).to(
+        path = self._weights(self.config.weights, WEIGHT_FILES, self.config.model)
+        self.net = load_network(path).to(
             self.device, memory_format=torch.channels_last)
 
     def patches(self, image: np.ndarray, keypoints: Features) -> torch.Tensor:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import weights as weights_mod
-from ..errors import ConfigError, WeightsError
+from ..config import ValidatedConfig, at_least, odd_at_least, registered_or_path
+from ..errors import WeightsError
 from ..weights import WeightFile
 from .base import Extractor, Features
 
@@ -57,12 +58,16 @@ DESCRIPTOR_DIM = 128
 
 
 @dataclass(frozen=True)
-class DiskConfig:
+class DiskConfig(ValidatedConfig):
     max_keypoints: int | None = 5000   # top-k by heatmap logit; None keeps every NMS maximum
     nms_window: int = 5                # detect.py --window (odd)
     score_threshold: float = 0.0       # detect.py cutoff on the heatmap logit
     max_edge: int | None = 1024        # long side, bilinear antialiased resize; None = full res
-    weights: str | None = None         # path to a checkpoint; None = the official depth-save.pth
+    weights: str = "depth-save.pth"    # the registered file or a path to a checkpoint
+
+    rules = {"max_keypoints": at_least(1), "nms_window": odd_at_least(1),
+             "weights": registered_or_path("depth-save.pth"),
+             "max_edge": at_least(STRIDE)}
 
 
 class _NormActConv(nn.Sequential):
@@ -190,38 +195,27 @@ class Disk(Extractor):
     config_class = DiskConfig
     presets = {"disk": DiskConfig()}
     weight_files = (DISK_DEPTH,)
+    resize_backend = "torch-antialias"   # detect.py's F.interpolate(antialias=True)
+    descriptor_dim = DESCRIPTOR_DIM
 
     def __init__(self, config: DiskConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
-        if self.config.nms_window < 1 or self.config.nms_window % 2 != 1:
-            raise ConfigError(f"disk: nms_window must be a positive odd number, "
-                              f"got {self.config.nms_window}")
         # channels-last was measured slower on CPU for this network (InstanceNorm), so
         # the default contiguous layout is kept
-        self.net = load_disk_network(self.weights_path()).to(self.device)
+        path = self._weights(self.config.weights, {"depth": DISK_DEPTH}, "depth")
+        self.net = load_disk_network(path).to(self.device)
 
-    def weights_path(self) -> Path:
-        if self.config.weights:
-            path = Path(self.config.weights).expanduser()
-            if not path.is_file():
-                raise WeightsError(f"disk: weight file {path} not found")
-            return path
-        return weights_mod.resolve(DISK_DEPTH)
-
-    def extract(self, image: np.ndarray) -> Features:
-        height, width = image.shape[:2]
+    def _forward(self, image: np.ndarray) -> Features | None:
+        """``image``: the (resized, float in [0, 1]) or original (uint8) network input."""
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        x = x.permute(2, 0, 1)[None].float() / 255.0
-        new_h, new_w = height, width
-        if self.config.max_edge and max(height, width) > self.config.max_edge:
-            scale = self.config.max_edge / max(height, width)
-            new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False,
-                              antialias=True)
+        x = x.permute(2, 0, 1)[None].float()
+        if image.dtype == np.uint8:
+            x /= 255.0
+        new_h, new_w = image.shape[:2]
         pad_h, pad_w = -new_h % STRIDE, -new_w % STRIDE
         # below one stride, or a single pixel at the U-Net's bottom (InstanceNorm needs two)
         if min(new_h, new_w) < STRIDE or (new_h + pad_h) * (new_w + pad_w) <= STRIDE ** 2:
-            return Features.empty(DESCRIPTOR_DIM)
+            return None
         x = F.pad(x, (0, pad_w, 0, pad_h))
 
         with torch.inference_mode():
@@ -233,11 +227,8 @@ class Disk(Extractor):
             keep &= (kx < new_w) & (ky < new_h)          # drop the padding
             kx, ky, scores = kx[keep], ky[keep], scores[keep]
             desc = F.normalize(self.net.describe(trunk, kx, ky), dim=1)
-
-        xy = torch.stack([kx, ky], dim=1).double().cpu().numpy()
-        xy[:, 0] = (xy[:, 0] + 0.5) * (width / new_w) - 0.5
-        xy[:, 1] = (xy[:, 1] + 0.5) * (height / new_h) - 0.5
-        return Features(keypoints=xy.astype(np.float32), scores=scores.float().cpu().numpy(),
+        xy = torch.stack([kx, ky], dim=1).float().cpu().numpy()
+        return Features(keypoints=xy, scores=scores.float().cpu().numpy(),
                         descriptors=desc.float().cpu().numpy())
 
 

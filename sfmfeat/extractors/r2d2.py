@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import weights as weights_mod
-from ..errors import ConfigError, WeightsError
+from ..config import ValidatedConfig, at_least, between, greater_than, registered_or_path
+from ..errors import WeightsError
 from ..weights import WeightFile
 from .base import Extractor, Features
 
@@ -61,7 +62,7 @@ RGB_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class R2D2Config:
+class R2D2Config(ValidatedConfig):
     max_keypoints: int | None = 5000      # extract.py --top-k, by reliability × repeatability
     reliability_threshold: float = 0.7    # extract.py --reliability-thr
     repeatability_threshold: float = 0.7  # extract.py --repeatability-thr
@@ -70,8 +71,13 @@ class R2D2Config:
     max_size: int = 1024                  # largest pyramid level (long side, px)
     min_scale: float = 0.0
     max_scale: float = 1.0
-    weights: str | None = None            # path to a checkpoint; None = r2d2_WASF_N16.pt
+    weights: str = "r2d2_WASF_N16.pt"     # the registered file or a path to a checkpoint
     channels_last: bool = True            # memory layout for the convolutions (speed only)
+
+    rules = {"max_keypoints": at_least(1), "scale_factor": greater_than(1),
+             "min_size": at_least(1), "max_size": at_least(1), "min_scale": at_least(0),
+             "max_scale": between(0, 1),   # max_scale <= 1: no upsampling
+             "weights": registered_or_path("r2d2_WASF_N16.pt")}
 
 
 # (in, out, kernel, dilation, batch norm, relu) of each conv, in the official order
@@ -179,24 +185,12 @@ class R2D2(Extractor):
     def __init__(self, config: R2D2Config | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
         c = self.config
-        if c.scale_factor <= 1.0:
-            raise ConfigError(f"r2d2: scale_factor must be > 1, got {c.scale_factor}")
-        if c.max_scale > 1.0:
-            raise ConfigError(f"r2d2: max_scale must be <= 1 (no upsampling), got {c.max_scale}")
-        net = load_r2d2_network(self.weights_path())
+        net = load_r2d2_network(self._weights(c.weights, {"wasf": R2D2_WASF_N16}, "wasf"))
         self.net = net.fused().eval().to(self.device)
         if c.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(RGB_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(RGB_STD, device=self.device).view(1, 3, 1, 1)
-
-    def weights_path(self) -> Path:
-        if self.config.weights:
-            path = Path(self.config.weights).expanduser()
-            if not path.is_file():
-                raise WeightsError(f"r2d2: weight file {path} not found")
-            return path
-        return weights_mod.resolve(R2D2_WASF_N16)
 
     def extract(self, image: np.ndarray) -> Features:
         c = self.config

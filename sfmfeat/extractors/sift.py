@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..images import to_grayscale
-from ..errors import ConfigError
-from .base import Extractor, Features
+from ..config import ValidatedConfig, at_least, greater_than, one_of
+from ..features import Features
+from .base import Extractor
 
 
 @dataclass(frozen=True)
-class SiftConfig:
+class SiftConfig(ValidatedConfig):
     """Defaults follow COLMAP's SIFT extraction: peak threshold 0.02/3 per scale layer, edge
     threshold 10, the largest-scale features kept when capped, RootSIFT (L1-root)
     normalisation. The cap is higher than COLMAP's 8192 so that ~1-megapixel photos keep
@@ -38,15 +38,20 @@ class SiftConfig:
     precise_upscale: bool = False        # OpenCV's alternative 2x upsampling of octave -1
     max_edge: int | None = None          # resize the long side before detection; None = full res
 
-    def __post_init__(self) -> None:
-        if self.normalization not in ("l1-root", "l2"):
-            raise ConfigError(f"SIFT normalization must be 'l1-root' or 'l2', got "
-                              f"{self.normalization!r}")
+    rules = {"max_keypoints": at_least(1), "normalization": one_of("l1-root", "l2"),
+             "n_octave_layers": at_least(1), "contrast_threshold": at_least(0),
+             "edge_threshold": greater_than(0), "sigma": greater_than(0),
+             "max_octave": at_least(-1), "max_orientations": at_least(1),
+             "max_edge": at_least(16)}
 
 
 class Sift(Extractor):
     name = "sift"
     config_class = SiftConfig
+    resize_backend = "cv2-area"
+    grayscale = True
+    descriptor_dim = 128
+    with_geometry = True
     presets = {
         "sift": SiftConfig(),
         "sift-l2": SiftConfig(normalization="l2"),          # Lowe's L2-normalised descriptor
@@ -57,7 +62,7 @@ class Sift(Extractor):
     }
 
     def __init__(self, config: SiftConfig | None = None, device: str | None = None) -> None:
-        super().__init__(config, device)
+        super().__init__(config, "cpu")   # OpenCV's SIFT runs on the CPU; torch is not needed
         self._sift = cv2.SIFT_create(
             nfeatures=0, nOctaveLayers=self.config.n_octave_layers,
             contrastThreshold=self.config.contrast_threshold,
@@ -65,15 +70,8 @@ class Sift(Extractor):
             enable_precise_upscale=self.config.precise_upscale,
         )
 
-    def extract(self, image: np.ndarray) -> Features:
-        gray = to_grayscale(image)
-        scale = 1.0
-        if self.config.max_edge and max(gray.shape) > self.config.max_edge:
-            scale = self.config.max_edge / max(gray.shape)
-            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    def _forward(self, gray: np.ndarray) -> Features | None:
         keypoints = self._sift.detect(gray, None)
-        if not keypoints:
-            return Features.empty(128, with_geometry=True)
         if self.config.max_octave is not None:
             keypoints = [kp for kp in keypoints if _octave(kp) <= self.config.max_octave]
         if self.config.upright:
@@ -82,23 +80,23 @@ class Sift(Extractor):
             keypoints = _limit_orientations(keypoints, self.config.max_orientations)
         keypoints = _strongest(keypoints, self.config.max_keypoints,
                                by_size=self.config.keep_largest_scales)
+        if not keypoints:
+            return None
         keypoints, descriptors = self._sift.compute(gray, keypoints)
         if descriptors is None or not keypoints:
-            return Features.empty(128, with_geometry=True)
+            return None
         descriptors = descriptors.astype(np.float32)
         if self.config.normalization == "l1-root":
             descriptors /= np.maximum(np.abs(descriptors).sum(1, keepdims=True), 1e-8)
             descriptors = np.sqrt(descriptors)
         else:
             descriptors /= np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-8)
-        xy = np.array([kp.pt for kp in keypoints], np.float32)
         # cv2 places pixel centres at integer coordinates, as sfmfeat does
-        xy = (xy + 0.5) / scale - 0.5
         return Features(
-            keypoints=xy,
+            keypoints=np.array([kp.pt for kp in keypoints], np.float32),
             scores=np.array([kp.response for kp in keypoints], np.float32),
             descriptors=descriptors,
-            scales=np.array([kp.size for kp in keypoints], np.float32) / scale,
+            scales=np.array([kp.size for kp in keypoints], np.float32),
             orientations=np.array([kp.angle % 360.0 for kp in keypoints], np.float32),
         )
 

@@ -38,7 +38,7 @@ import numpy as np
 import pycolmap
 
 from ..errors import InputError, SfmfeatError
-from ..images import image_size
+from ..images import image_size, rescale_pixels
 from ..progress import tqdm
 from ..store import FeatureReader, MatchReader
 from .pose import PoseConfig, estimate_pose
@@ -229,8 +229,7 @@ class CutoutPoints:
         keypoints = self.features.keypoints(name).astype(np.float64)
         width, height = self.features.image_size(name)
         if (width, height) != (xyz.shape[1], xyz.shape[0]):  # XYZ map of another size
-            scale = np.array([xyz.shape[1] / width, xyz.shape[0] / height])
-            keypoints = (keypoints + 0.5) * scale - 0.5
+            keypoints = rescale_pixels(keypoints, (xyz.shape[1] / width, xyz.shape[0] / height))
         points, valid = lookup_xyz(xyz, keypoints)
         points = points @ transform[:3, :3].T + transform[:3, 3]
         return points, valid

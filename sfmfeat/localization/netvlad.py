@@ -40,13 +40,13 @@ WEIGHT_FILES = {
         url="https://cvg-data.inf.ethz.ch/hloc/netvlad/Pitts30K_struct.mat",
         licence=_LICENCE,
         note="official VGG16-NetVLAD-Pitts30k (+WPCA 4096) MatConvNet model as a MATLAB "
-             "struct"),
+             "struct", format="mat"),
     "tokyotm": WeightFile(
         method="netvlad", filename="TokyoTM_struct.mat",
         url="https://cvg-data.inf.ethz.ch/hloc/netvlad/TokyoTM_struct.mat",
         licence=_LICENCE,
         note="official VGG16-NetVLAD-TokyoTM (+WPCA 4096) MatConvNet model as a MATLAB "
-             "struct"),
+             "struct", format="mat"),
 }
 
 # VGG16 feature layers up to conv5_3: channel counts, "M" = 2×2 max pooling
@@ -195,7 +195,7 @@ class NetVladDescriber:
 
     def __init__(self, config: NetVladConfig = NetVladConfig(), device: str | None = None,
                  weights_path: str | Path | None = None) -> None:
-        from ..extractors.base import resolve_device
+        from ..features import resolve_device
 
         self.config = config
         self.device = resolve_device(device)

@@ -8,7 +8,6 @@ are batch steps, reported per query as their batch time divided by the number of
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 
 import pycolmap
 
-from ..errors import ConfigError, ImageReadError, InputError
+from ..errors import ImageReadError, InputError
 from ..extract import extract_features
 from ..extractors import create_extractor
 from ..images import image_size
@@ -68,36 +67,13 @@ def load_model(model: str | Path | pycolmap.Reconstruction) -> tuple[pycolmap.Re
     return read_model(path), f"model {path}"
 
 
-def extractor_overrides_like(reader: FeatureReader) -> dict[str, Any]:
-    """Overrides that make ``create_extractor(reader.method, ...)`` reproduce the config
-    the database features were made with (so query and database features match)."""
-    try:
-        extractor = create_extractor(reader.method)
-    except ConfigError as err:
-        raise InputError(f"{reader.path} was made by {reader.method!r}, which this sfmfeat "
-                         f"cannot create: {err}") from None
-    if extractor.config_hash == reader.config_hash:
-        return {}
-    stored = reader.config.get("config")
-    if not isinstance(stored, dict) or not dataclasses.is_dataclass(extractor.config):
-        raise InputError(f"cannot recreate the extractor config of {reader.path}; pass the "
+def extractor_spec_like(reader: FeatureReader) -> tuple[str, dict[str, Any]]:
+    """The preset name and overrides recorded in ``reader`` (the database features), so
+    that query features are made by the very same extractor."""
+    if not reader.spec:
+        raise InputError(f"{reader.path} does not record the extractor that made it; pass the "
                          "same --features/--conf as for the database")
-    overrides = {}
-    for f in dataclasses.fields(extractor.config):
-        if f.name in stored and stored[f.name] != getattr(extractor.config, f.name):
-            value = stored[f.name]
-            overrides[f.name] = tuple(value) if isinstance(value, list) else value
-    try:
-        rebuilt = create_extractor(reader.method, overrides)
-    except ConfigError as err:
-        rebuilt, overrides = None, {}
-        logger.debug("cannot rebuild %s: %s", reader.method, err)
-    if rebuilt is None or rebuilt.config_hash != reader.config_hash:
-        raise InputError(
-            f"cannot reproduce the {reader.method} config of {reader.path} (config "
-            f"{reader.config_hash}; made by another sfmfeat version?): query features would "
-            "not match it. Re-extract the database features, or pass --features/--conf")
-    return overrides
+    return str(reader.spec["preset"]), dict(reader.spec["overrides"])
 
 
 def intrinsics_size_mismatch(path: Path, camera: pycolmap.Camera, where: str) -> str | None:
@@ -192,10 +168,18 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
         if not db_names:
             raise InputError(f"no registered image of {source} has features in {db_features}")
         check_features_belong_to_model(reconstruction, model_folder(model), reader, source)
+        extractor = None
         if features is None:
-            features = reader.method
-            feature_overrides = {**extractor_overrides_like(reader),
-                                 **dict(feature_overrides or {})}
+            features, stored = extractor_spec_like(reader)
+            if not feature_overrides:
+                extractor = create_extractor(features, stored, device=device)
+                if extractor.config_hash != reader.config_hash:
+                    raise InputError(
+                        f"{db_features} was made by {features} with {stored} (config "
+                        f"{reader.config_hash}); here that gives config "
+                        f"{extractor.config_hash} (other weights or sfmfeat version): "
+                        "re-extract the database features, or pass --features/--conf")
+            feature_overrides = {**stored, **dict(feature_overrides or {})}
     if matcher is None:
         matcher, recorded, origin = recorded_matcher(db_features, features)
         matcher_overrides = {**recorded, **dict(matcher_overrides or {})}
@@ -221,7 +205,8 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
     if names:
         start = time.perf_counter()
         extraction = extract_features(query_dir, query_features, features, image_names=names,
-                                      overrides=dict(feature_overrides or {}), device=device)
+                                      overrides=dict(feature_overrides or {}), device=device,
+                                      extractor=extractor)
         timings["features_amortized"] = (time.perf_counter() - start) / len(names)
         for name, reason in extraction.rejected.items():
             errors[name] = f"query image rejected: {reason}"

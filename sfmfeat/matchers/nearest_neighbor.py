@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..extractors.base import Features
+from ..features import Features, resolve_device
 from .base import Matcher
 
 

@@ -32,10 +32,9 @@ from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, InputError, ReconstructionError
 from ..extract import extract_features
 from ..extractors import default_matcher
-from ..extractors.base import resolve_device
+from ..features import resolve_device
 from ..images import list_images
 from ..lineage import store_identity, write_model_lineage
-from ..match import match_pairs
 from ..pairs import exhaustive, read_pairs, sequential, write_pairs
 from ..runtime import MAX_SEED, cpu_threads, resolve_seed, validate_num_threads
 from ..store import FeatureReader, MatchReader, StoreLock, check_matches_lineage
@@ -100,7 +99,8 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 device: str | None = None) -> ReconstructionResult:
     """Photos in ``image_dir`` -> COLMAP model in ``output_dir`` (see the module doc)."""
     validate_camera_model(config.camera_model)  # everything cheap is checked before any work
-    resolve_device(device)
+    if device:
+        resolve_device(device)   # only a given device: resolving None would import torch
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} is a file; give a folder")
@@ -165,6 +165,8 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
         pairs = _make_pairs(config, names)
         write_pairs(pairs_path, pairs)
     with timer.stage("match"):
+        from ..match import match_pairs   # torch: not imported before the first image
+
         matching = match_pairs(pairs, features_path, matches_path, config.matcher,
                                overrides=dict(config.matcher_options), device=device)
     with timer.stage("database"):
