@@ -99,6 +99,8 @@ def resolve_device(device: str | None) -> str:
     """``device`` or, when None, "cuda" if a GPU is present else "cpu".
 
     Raises ConfigError for a device torch does not know or a CUDA device without CUDA."""
+    if device == "cpu":   # no torch import: SIFT and the store run without it
+        return device
     try:
         import torch
     except ImportError:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .config import config_to_dict
 from .errors import InputError
-from .extractors.base import Features
+from .features import Features
 from .matchers import create_matcher
 from .pairs import Pair, unique_pairs
 from .progress import tqdm

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import config_hash
 from ..errors import ConfigError
-from ..extractors.base import Features, resolve_device
+from ..features import Features, resolve_device
 
 MatchResult = tuple[np.ndarray, np.ndarray]   # K×2 int32 (index in image 0, in image 1), K float32
 

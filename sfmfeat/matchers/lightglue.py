@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError, WeightsError
-from ..extractors.base import Features
+from ..features import Features
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
 from .base import Matcher, MatchResult
 
