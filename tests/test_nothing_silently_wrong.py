@@ -585,3 +585,21 @@ def test_quiet_silences_progress_bars(tmp_path):
 
     assert "extract sift" in stderr(output="f.h5")  # the bar
     assert stderr("-q", output="g.h5") == ""
+
+
+@pytest.mark.parametrize("mapper", ["incremental", "global"])
+def test_a_failed_colmap_check_in_mapping_is_one_reconstruction_error(tmp_path, monkeypatch,
+                                                                      mapper):
+    from sfmfeat.reconstruction import mapping
+
+    def failing(*args, **kwargs):
+        raise ValueError("Traceback-free text\n[mapper.cc:123] Check failed: num_images > 0")
+
+    monkeypatch.setattr(mapping.pycolmap, f"{mapper}_mapping", failing)
+    database = tmp_path / "database.db"
+    pycolmap.Database.open(database).close()
+    with pytest.raises(ReconstructionError, match=r"^\w+ mapping of .* failed: \[mapper.cc:123\] "
+                                                  r"Check failed: num_images > 0$"):
+        mapping.run_mapping(database, tmp_path, tmp_path / "sfm",
+                            mapping.MappingConfig(mapper=mapper, attempts=1))
+    assert not list(tmp_path.glob("models-*"))   # the scratch folder is removed

@@ -93,3 +93,18 @@ def test_tiny_and_flat_images_give_empty_features():
         features = create_extractor("sift").extract(np.full(shape, 128, np.uint8))
         assert len(features) == 0 and features.descriptors.shape == (0, 128)
         assert features.scales is not None and features.orientations is not None
+
+
+def test_large_photos_are_capped_at_3200_pixels_like_colmap(monkeypatch):
+    """A 12000-px photo must not reach OpenCV whole (it took 5.8 GB and died there)."""
+    rng = np.random.default_rng(0)
+    photo = cv2.resize(rng.integers(0, 255, (60, 1200), np.uint8), (12000, 600),
+                       interpolation=cv2.INTER_NEAREST)
+    seen = []
+    original = Sift._forward
+    monkeypatch.setattr(Sift, "_forward", lambda self, gray: seen.append(gray.shape)
+                        or original(self, gray))
+    features = create_extractor("sift").extract(np.dstack([photo] * 3))
+    assert seen == [(160, 3200)]
+    assert len(features) > 0 and features.keypoints[:, 0].max() > 3200   # original pixels
+    assert SiftConfig().max_edge == 3200 and SiftConfig(max_edge=None).max_edge is None

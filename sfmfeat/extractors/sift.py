@@ -36,7 +36,7 @@ class SiftConfig(ValidatedConfig):
     max_octave: int | None = None        # drop detections above this octave (first is -1)
     max_orientations: int | None = None  # orientations kept per location (COLMAP: 2)
     precise_upscale: bool = False        # OpenCV's alternative 2x upsampling of octave -1
-    max_edge: int | None = None          # resize the long side before detection; None = full res
+    max_edge: int | None = 3200          # long side cap before detection (COLMAP's 3200)
 
     rules = {"max_keypoints": at_least(1), "normalization": one_of("l1-root", "l2"),
              "n_octave_layers": at_least(1), "contrast_threshold": at_least(0),

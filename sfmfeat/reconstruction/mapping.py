@@ -103,6 +103,9 @@ def _map_once(database_path: str | Path, image_dir: str | Path, scratch_parent: 
             options.min_model_size = min_model_size
             logger.info("global mapping of %d images", num_images)
             models = pycolmap.global_mapping(database_path, image_dir, scratch, options)
+    except (ValueError, RuntimeError) as err:   # COLMAP's failed checks, as one line
+        raise ReconstructionError(f"{config.mapper} mapping of {database_path} failed: "
+                                  f"{str(err).strip().splitlines()[-1]}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if not models:
