@@ -17,7 +17,7 @@ from .extractors.base import Extractor
 from .features import Features
 from .images import list_images, read_image
 from .progress import tqdm
-from .store import FeatureWriter, image_fingerprint, same_image_content
+from .store import FeatureReader, FeatureWriter, image_fingerprint, same_image_content
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +118,17 @@ def _images_to_extract(image_dir: Path, names: list[str], writer: FeatureWriter,
     return todo
 
 
-def extractor_from_store(path: str | Path, device: str | None = None) -> Extractor:
-    """The extractor that made the features store ``path``, rebuilt from the preset name and
-    overrides it records; refused (StoreError) unless its config hash is the store's."""
-    from .store import FeatureReader
-
-    with FeatureReader(path) as reader:
-        spec, stored_hash = reader.spec, reader.config_hash
+def extractor_from_store(store: str | Path | FeatureReader,
+                         device: str | None = None) -> Extractor:
+    """The extractor that made the features store (a path or an open reader), rebuilt from
+    the preset name and overrides it records; refused (StoreError) unless its config hash is
+    the store's."""
+    if isinstance(store, FeatureReader):
+        path, spec, stored_hash = store.path, store.spec, store.config_hash
+    else:
+        path = store
+        with FeatureReader(path) as reader:
+            spec, stored_hash = reader.spec, reader.config_hash
     if not spec:
         raise StoreError(f"{path} does not record the extractor that made it (written by "
                          "hand or by an older sfmfeat); pass --features/--conf explicitly")

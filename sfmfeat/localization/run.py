@@ -18,8 +18,7 @@ from typing import Any
 import pycolmap
 
 from ..errors import ImageReadError, InputError
-from ..extract import extract_features
-from ..extractors import create_extractor
+from ..extract import extract_features, extractor_from_store
 from ..images import image_size
 from ..lineage import check_features_belong_to_model
 from ..match import match_pairs
@@ -172,13 +171,7 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
         if features is None:
             features, stored = extractor_spec_like(reader)
             if not feature_overrides:
-                extractor = create_extractor(features, stored, device=device)
-                if extractor.config_hash != reader.config_hash:
-                    raise InputError(
-                        f"{db_features} was made by {features} with {stored} (config "
-                        f"{reader.config_hash}); here that gives config "
-                        f"{extractor.config_hash} (other weights or sfmfeat version): "
-                        "re-extract the database features, or pass --features/--conf")
+                extractor = extractor_from_store(reader, device=device)
             feature_overrides = {**stored, **dict(feature_overrides or {})}
     if matcher is None:
         matcher, recorded, origin = recorded_matcher(db_features, features)
