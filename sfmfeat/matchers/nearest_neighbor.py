@@ -7,18 +7,27 @@ reduced to the nearest (and second nearest) neighbour per row and to a running m
 column (value only: a column max with indices is several times slower than the GEMM on CPU).
 A row passes the mutual check when it attains its neighbour's column maximum; exact ties
 count as mutual. Memory is O(chunk × N1 + (N0 + N1) × D).
+
+With ``precision="auto"`` (the default) unit-norm descriptors are searched in bfloat16 where
+this machine's bf16 GEMM is fast (see ``reduced_precision_dtype``) and every decision is then
+certified in float32: see ``_match_reduced``.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..config import config_hash
+from ..errors import ConfigError, InputError
 from ..features import Features, resolve_device
 from .base import Matcher
+
+_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,17 @@ class NearestNeighborConfig:
     ratio: float | None = None          # keep if d1 <= ratio * d2 (Lowe); None disables
     max_distance: float | None = None   # keep if d1 <= max_distance (L2); None disables
     max_chunk_elements: int = 1 << 21   # similarities at once: 8 MiB in fp32, cache-sized
+    # candidate search: "fp32"; "bf16" (certified in fp32, same matches); "auto": bf16 where
+    # it is fast and the descriptors are unit-norm. Not part of the hash: results are equal.
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in _PRECISIONS:
+            raise ConfigError(f"nearest_neighbor: precision must be one of "
+                              f"{', '.join(_PRECISIONS)}, got {self.precision!r}")
+        if self.max_chunk_elements < 1:
+            raise ConfigError(f"nearest_neighbor: max_chunk_elements must be >= 1, "
+                              f"got {self.max_chunk_elements}")
 
 
 class NearestNeighborMatcher(Matcher):
@@ -47,6 +67,13 @@ class NearestNeighborMatcher(Matcher):
         if self.config.ratio is not None and not 0 < self.config.ratio <= 1:
             raise InputError(f"ratio must lie in (0, 1], got {self.config.ratio}")
 
+    @property
+    def config_hash(self) -> str:
+        # precision only changes how fast the same matches are found
+        settings = {k: v for k, v in vars(self.config).items() if k != "precision"}
+        return config_hash(f"{type(self).__module__}.{type(self).__qualname__}",
+                           _HashedSettings(**settings))
+
     def match(self, features0: Features | np.ndarray | torch.Tensor,
               features1: Features | np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """K×2 int32 matches (index into set 0, index into set 1) and K float32 scores
@@ -58,9 +85,70 @@ class NearestNeighborMatcher(Matcher):
         if len(d0) == 0 or len(d1) == 0:
             return np.zeros((0, 2), np.int32), np.zeros(0, np.float32)
         with torch.inference_mode():
-            idx0, idx1, scores = _match(d0, d1, self.config)
+            low = self._search_dtype(d0, d1)
+            if low is None:
+                idx0, idx1, scores = _match(d0, d1, self.config)
+            else:
+                idx0, idx1, scores = _match_reduced(d0, d1, self.config, low)
         return (np.stack([idx0.cpu().numpy(), idx1.cpu().numpy()], 1).astype(np.int32),
                 scores.cpu().numpy().astype(np.float32))
+
+    def _search_dtype(self, d0: torch.Tensor, d1: torch.Tensor) -> torch.dtype | None:
+        if self.config.precision == "fp32":
+            return None
+        if not (_near_unit_norm(d0) and _near_unit_norm(d1)):
+            return None
+        if self.config.precision == "bf16":
+            return torch.bfloat16
+        if min(len(d0), len(d1)) < _MIN_REDUCED_SIZE:
+            return None
+        return reduced_precision_dtype(str(d0.device))
+
+
+@dataclass(frozen=True)
+class _HashedSettings:
+    """The hashed part of NearestNeighborConfig, so hashes predate the precision field."""
+
+    mutual: bool
+    ratio: float | None
+    max_distance: float | None
+    max_chunk_elements: int
+
+
+_MIN_REDUCED_SIZE = 512            # below this the fp32 GEMM is already cheap
+_UNIT_NORM_TOLERANCE = 1e-2        # |‖d‖² − 1| up to this: the bf16 search still pays off
+
+
+def _near_unit_norm(descriptors: torch.Tensor) -> bool:
+    squared = (descriptors * descriptors).sum(1)
+    return bool(torch.all((squared - 1).abs() <= _UNIT_NORM_TOLERANCE))
+
+
+@functools.cache
+def reduced_precision_dtype(device: str) -> torch.dtype | None:
+    """bfloat16 where a bf16 GEMM on ``device`` is at least twice as fast as fp32, else None.
+
+    Measured once per process and device (a 5 ms probe), not assumed from the CPU's name:
+    CPUs without AVX-512 BF16 or AMX emulate bf16 and are slower than fp32.
+    """
+    if device.startswith("cuda"):
+        return torch.bfloat16
+    if device != "cpu":
+        return None
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(512, 128, generator=generator)
+    b = torch.randn(128, 2048, generator=generator)
+    seconds = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a_cast, b_cast = a.to(dtype), b.to(dtype)
+        a_cast @ b_cast
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            a_cast @ b_cast
+            best = min(best, time.perf_counter() - start)
+        seconds[dtype] = best
+    return torch.bfloat16 if seconds[torch.bfloat16] * 2 <= seconds[torch.float32] else None
 
 
 def _as_tensor(values: Features | np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
@@ -119,3 +207,302 @@ def _match(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborConfig):
     idx1 = nn01[idx0]
     dot = (sq0[idx0] + sq1[idx1] - dist_sq[idx0, 0]) / 2
     return idx0, idx1, dot
+
+_BF16_ROUNDOFF = 2.0 ** -9        # one rounding to bf16 (8 significant bits, to nearest)
+_FP32_ROUNDOFF = 2.0 ** -24
+_SAFETY = 1.25                    # for kernels that round differently (flushed denormals)
+_OUTPUT_SLACK = _SAFETY * 2 * _BF16_ROUNDOFF   # relative, of the rounded output (|s| ≤ 2|s̃|)
+
+
+@dataclass(frozen=True)
+class _ErrorModel:
+    """Bounds of the true a·b from a low-precision GEMM output s̃ = round(a'·b'), where a', b'
+    are the rounded inputs: |a·b − a'·b'| ≤ input (per row) by Cauchy–Schwarz on the
+    rounding residues, fp32 accumulation adds D·u32·|a||b|, the output rounding u·|a'·b'|."""
+
+    row_input: torch.Tensor       # per row of d0
+    any_input: float              # over all rows
+
+    @staticmethod
+    def of(d0: torch.Tensor, d1: torch.Tensor, low0: torch.Tensor,
+           low1: torch.Tensor) -> "_ErrorModel":
+        high0, high1 = low0.float(), low1.float()
+        residue0, residue1 = (d0 - high0).norm(dim=1), (d1 - high1).norm(dim=1)
+        norm0, norm1 = high0.norm(dim=1), high1.norm(dim=1)
+        max_norm1, max_residue1 = norm1.max(), residue1.max()
+        accumulation = d0.shape[1] * _FP32_ROUNDOFF * (d0.norm(dim=1) * d1.norm(dim=1).max())
+        row_input = _SAFETY * (residue0 * max_norm1 + norm0 * max_residue1
+                               + residue0 * max_residue1 + accumulation)
+        return _ErrorModel(row_input, float(row_input.max()))
+
+    @staticmethod
+    def output_slack(values: torch.Tensor) -> torch.Tensor:
+        return values.abs() * _OUTPUT_SLACK
+
+
+_REMOVED = -(1 << 15)     # int16 minimum: below every bf16 value read as int16
+_NEVER = (1 << 15) - 1    # int16 maximum: above every finite bf16 value read as int16
+_BLOCK = 128              # columns per block maximum (64 or fewer reduce several times slower)
+
+
+def _bounds(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper and lower fp32 bounds of a bf16 maximum taken over int16 bits. The int16 order
+    is the float order for values >= 0 and puts every negative (and every removed entry)
+    below them, so a negative maximum means "all negative, which one unknown": 0 bounds
+    it from above and nothing (-inf) from below."""
+    values = bits.view(torch.bfloat16).float()
+    negative = bits < 0
+    return (torch.where(negative, torch.zeros_like(values), values),
+            torch.where(negative, torch.full_like(values, -torch.inf), values))
+
+
+def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborConfig,
+                   low: torch.dtype):
+    """The matches of ``_match``, found with a low-precision GEMM and decided in fp32.
+
+    Each low-precision similarity s̃ bounds the true a·b (``_ErrorModel``). Per row the
+    search takes the top k columns by s̃ (k = 2 with the ratio test, else 1) and scores them
+    in fp32; then every other column whose s̃ could still reach the k-th exact score (one
+    compare over the chunk; a few columns per row at near-ties, none for most rows) is
+    scored in fp32 too, and the row's top k are taken from all of them. For the mutual check each row "claims"
+    its top column: the running column maximum skips claimed entries, so a column's
+    claimers are compared exactly and all other rows through the bound of that maximum;
+    undecided columns are refined the same way. So every decision is the fp32 matcher's,
+    except where two fp32 scores differ by their own round-off (~1e-7): scores here are
+    dot products, not the GEMM's sums, and may break such a tie the other way.
+    """
+    n0, n1 = len(d0), len(d1)
+    device = d0.device
+    sq0 = (d0 * d0).sum(1)
+    sq1 = (d1 * d1).sum(1)
+    k = 2 if config.ratio is not None and n1 > 1 else 1
+    low0, low1 = d0.to(low), d1.to(low)
+    error = _ErrorModel.of(d0, d1, low0, low1)
+    blocks = -(-n1 // _BLOCK)
+    # zero columns pad the similarities to whole blocks; they are never taken as candidates
+    low1_t = torch.zeros(blocks * _BLOCK, d1.shape[1], dtype=low, device=device)
+    low1_t[:n1] = low1
+    low1_t = low1_t.T
+    # the same bytes per chunk as the fp32 path's similarities, in whole blocks of rows
+    chunk = max(1, config.max_chunk_elements * 4 // (low1.element_size() * blocks * _BLOCK))
+    row_block = min(_BLOCK, chunk)
+    chunk -= chunk % row_block
+    top_score = torch.empty(n0, k, device=device)      # a·b − |b|²/2, as in _match
+    top_index = torch.empty(n0, k, dtype=torch.long, device=device)
+    claimed = torch.empty(n0, dtype=torch.long, device=device)
+    claimed_dot = torch.empty(n0, device=device)
+    # per block of rows and column, the bf16 maximum over the rows that did not claim it
+    unclaimed = torch.full((-(-n0 // row_block), n1), _REMOVED, dtype=torch.int16,
+                           device=device)
+    for start in range(0, n0, chunk):
+        stop = min(start + chunk, n0)
+        rows = torch.arange(start, stop, device=device)
+        local_rows = rows - start
+        # bf16 bits read as int16 (see _bounds); only value reductions (no indices) touch
+        # the whole chunk: per block of columns its maximum, and the column maxima
+        similarity = (low0[start:stop] @ low1_t).view(torch.int16)
+        by_block = similarity.view(len(rows), blocks, _BLOCK)
+        block_best = by_block.amax(dim=2)
+        picks = []
+        for rank in range(k):
+            block = block_best.argmax(dim=1)
+            segment = by_block[local_rows, block]
+            within = segment.argmax(dim=1)
+            segment[local_rows, within] = _REMOVED
+            block_best[local_rows, block] = segment.amax(dim=1)
+            column = block * _BLOCK + within
+            similarity[local_rows, column] = _REMOVED
+            picks.append(column)
+            if rank == 0 and config.mutual:
+                unclaimed[start // row_block:-(-stop // row_block)] = _row_block_maxima(
+                    similarity[:, :n1], row_block)
+        index = torch.stack(picks, dim=1)
+        padding = index >= n1           # only when a row's similarities are all <= 0
+        index = torch.where(padding, torch.zeros_like(index), index)
+        dots = _pair_dots(d0, d1, rows[:, None].expand_as(index), index)
+        claimed[start:stop], claimed_dot[start:stop] = index[:, 0], dots[:, 0]
+        score, order = (dots - sq1[index] / 2).sort(dim=1, descending=True)
+        index = index.gather(1, order)
+        usable = ~padding.any(dim=1)
+        if k < n1:
+            # the columns left out whose s̃ could still reach the k-th exact score
+            bits, positive = _threshold_bits(score[:, -1] + sq1.min() / 2,
+                                             error.row_input[start:stop])
+            usable &= positive
+            bits = torch.where(usable, bits, torch.full_like(bits, _NEVER))
+            hit_row, hit_block = torch.nonzero(block_best >= bits[:, None], as_tuple=True)
+            if len(hit_row):
+                segment = by_block[hit_row, hit_block]            # hits × _BLOCK
+                hit, offset = torch.nonzero(segment >= bits[hit_row, None], as_tuple=True)
+                group, column = hit_row[hit], hit_block[hit] * _BLOCK + offset
+                real = column < n1
+                if bool(real.any()):
+                    score, index = _merged_top_k(score, index, group[real], column[real],
+                                                 rows, d0, d1, sq1)
+        fallback = torch.nonzero(~usable).flatten()
+        if len(fallback):
+            score[fallback], index[fallback] = _exact_row_neighbours(
+                d0[rows[fallback]], d1, sq1, k, config.max_chunk_elements)
+        top_score[start:stop], top_index[start:stop] = score, index
+
+    nn01 = top_index[:, 0]
+    dist_sq = (sq0[:, None] - 2 * top_score).clamp_(min=0)
+    keep = torch.ones(n0, dtype=torch.bool, device=device)
+    if k == 2:
+        keep &= dist_sq[:, 0] <= (config.ratio ** 2) * dist_sq[:, 1]
+    if config.max_distance is not None:
+        keep &= dist_sq[:, 0] <= config.max_distance ** 2
+    if config.mutual:
+        keep &= _mutual(d0, d1, sq0, nn01, keep, claimed, claimed_dot, unclaimed, row_block,
+                        error, config.max_chunk_elements)
+    idx0 = torch.nonzero(keep).flatten()
+    idx1 = nn01[idx0]
+    dot = top_score[idx0, 0] + sq1[idx1] / 2
+    return idx0, idx1, dot
+
+
+def _pair_dots(d0: torch.Tensor, d1: torch.Tensor, rows: torch.Tensor,
+               columns: torch.Tensor) -> torch.Tensor:
+    """fp32 d0[rows]·d1[columns], elementwise over the index tensors: the one formula of
+    every exact score of the reduced path, so equal pairs always get equal floats."""
+    return (d0[rows] * d1[columns]).sum(-1)
+
+
+def _threshold_bits(dot_needed: torch.Tensor, input_error: torch.Tensor | float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """int16 bits of the least bf16 value s̃ whose true a·b can reach ``dot_needed``, and
+    whether the threshold is usable (positive: the int16 order is only the float order
+    there)."""
+    value = (dot_needed - input_error) / (1 + _OUTPUT_SLACK)
+    rounded = value.to(torch.bfloat16)
+    bits = rounded.view(torch.int16)
+    bits = torch.where(rounded.float() > value, bits - 1, bits)   # round down
+    return bits, value > 0
+
+
+def _top_k_per_group(group: torch.Tensor, score: torch.Tensor, index: torch.Tensor,
+                     groups: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group, the k largest scores and their index (each group has at least k)."""
+    by_score = score.argsort(descending=True, stable=True)
+    by_group = group[by_score].argsort(stable=True)
+    order = by_score[by_group]
+    group, score, index = group[order], score[order], index[order]
+    first = torch.zeros(groups + 1, dtype=torch.long, device=group.device)
+    first[1:] = torch.bincount(group, minlength=groups).cumsum(0)
+    rank = torch.arange(len(group), device=group.device) - first[group]
+    chosen = rank < k
+    top_score = torch.empty(groups, k, device=score.device)
+    top_index = torch.empty(groups, k, dtype=torch.long, device=score.device)
+    top_score[group[chosen], rank[chosen]] = score[chosen]
+    top_index[group[chosen], rank[chosen]] = index[chosen]
+    return top_score, top_index
+
+
+def _merged_top_k(score: torch.Tensor, index: torch.Tensor, group: torch.Tensor,
+                  column: torch.Tensor, rows: torch.Tensor, d0: torch.Tensor, d1: torch.Tensor,
+                  sq1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's exact top-k of its candidates (``score``, ``index``: rows × k) and the
+    extra columns (``group``: position in ``rows``, ``column``), scored in fp32."""
+    k = score.shape[1]
+    touched, local = torch.unique(group, return_inverse=True)
+    extra_score = _pair_dots(d0, d1, rows[group], column) - sq1[column] / 2
+    own_group = torch.arange(len(touched), device=group.device)[:, None].expand(-1, k)
+    score, index = score.clone(), index.clone()
+    score[touched], index[touched] = _top_k_per_group(
+        torch.cat([own_group.flatten(), local]),
+        torch.cat([score[touched].flatten(), extra_score]),
+        torch.cat([index[touched].flatten(), column]), len(touched), k)
+    return score, index
+
+
+def _exact_row_neighbours(rows: torch.Tensor, d1: torch.Tensor, sq1: torch.Tensor, k: int,
+                          max_chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_match``'s fp32 top-k of score = a·b − |b|²/2, for a few rows."""
+    bias = sq1.mul(-0.5).unsqueeze(0)
+    chunk = max(1, max_chunk_elements // len(d1))
+    scores, indices = [], []
+    for start in range(0, len(rows), chunk):
+        score = torch.addmm(bias, rows[start:start + chunk], d1.T)
+        value, index = score.topk(k, dim=1)
+        scores.append(value)
+        indices.append(index)
+    return torch.cat(scores), torch.cat(indices)
+
+
+def _row_block_maxima(similarity: torch.Tensor, row_block: int) -> torch.Tensor:
+    """Column maxima of each block of ``row_block`` rows (the last block may be shorter)."""
+    rows = len(similarity)
+    whole = rows - rows % row_block
+    maxima = [similarity[:whole].view(-1, row_block, similarity.shape[1]).amax(dim=1)]
+    if whole < rows:
+        maxima.append(similarity[whole:].amax(dim=0, keepdim=True))
+    return torch.cat(maxima)
+
+
+def _mutual(d0: torch.Tensor, d1: torch.Tensor, sq0: torch.Tensor, nn01: torch.Tensor,
+            wanted: torch.Tensor, claimed: torch.Tensor, claimed_dot: torch.Tensor,
+            unclaimed: torch.Tensor, row_block: int, error: _ErrorModel,
+            max_chunk_elements: int) -> torch.Tensor:
+    """Whether row i is the nearest row of its column nn01[i], for the ``wanted`` rows (the
+    others, already rejected, may come out either way); within a column rows compare by
+    a·b − |a|²/2. ``claimed``: each row's top column in the low-precision search, scored
+    in ``claimed_dot``; ``unclaimed``: per block of rows and column, the int16-read bf16
+    maximum over the rows that did not claim the column."""
+    n0, n1 = len(d0), len(d1)
+    rows = torch.arange(n0, device=d0.device)
+    claim_score = claimed_dot - sq0 / 2
+    claimer_best = torch.full((n1,), -torch.inf, device=d0.device).scatter_reduce(
+        0, claimed, claim_score, reduce="amax")
+    is_claimer = claimed == nn01
+    own = torch.where(is_claimer, claim_score, _pair_dots(d0, d1, rows, nn01) - sq0 / 2)
+    high, low = _bounds(unclaimed.amax(dim=0)[nn01])
+    half_norm_low, half_norm_high = float(sq0.min()) / 2, float(sq0.max()) / 2
+    # no unclaimed row beats others_high; some unclaimed row reaches others_low
+    others_high = high + error.output_slack(high) + error.any_input - half_norm_low
+    others_low = low - error.output_slack(low) - error.any_input - half_norm_high
+    beaten_by_claimer = claimer_best[nn01] > own
+    mutual = is_claimer & ~beaten_by_claimer & (own > others_high)
+    decided = mutual | beaten_by_claimer | (is_claimer & (others_low > own))
+    undecided = torch.nonzero(~decided & wanted).flatten()
+    if len(undecided) == 0:
+        return mutual
+    # Undecided rows are not beaten by a claimer (claimer_best <= own). Every block of rows
+    # whose unclaimed maximum in the row's column could reach its score is scored in fp32,
+    # one GEMM per block of rows over the columns that reach it.
+    bits, usable = _threshold_bits(own[undecided] + half_norm_low, error.any_input)
+    column = nn01[undecided]
+    reached = (unclaimed[:, column] >= bits[None]) & usable[None]     # blocks × undecided
+    best_other = torch.full((len(undecided),), -torch.inf, device=d0.device)
+    for block in torch.nonzero(reached.any(dim=1)).flatten().tolist():
+        group = torch.nonzero(reached[block]).flatten()
+        first, last = block * row_block, min(n0, (block + 1) * row_block)
+        score = d0[first:last] @ d1[column[group]].T - sq0[first:last, None] / 2
+        own_row = undecided[group] - first                # a row does not compete with itself
+        inside = torch.nonzero((own_row >= 0) & (own_row < last - first)).flatten()
+        score[own_row[inside], inside] = -torch.inf
+        best_other[group] = torch.maximum(best_other[group], score.amax(dim=0))
+    refined = own[undecided] >= best_other
+    unusable = torch.nonzero(~usable).flatten()
+    if len(unusable):
+        refined[unusable] = _exact_column_check(d0, d1, sq0, nn01, undecided[unusable],
+                                                max_chunk_elements)
+    mutual[undecided] = refined
+    return mutual
+
+
+def _exact_column_check(d0: torch.Tensor, d1: torch.Tensor, sq0: torch.Tensor,
+                        nn01: torch.Tensor, rows: torch.Tensor,
+                        max_chunk_elements: int) -> torch.Tensor:
+    """For each of ``rows``: does it attain the fp32 maximum of a·b − |a|²/2 in its column?"""
+    columns, position = torch.unique(nn01[rows], return_inverse=True)
+    column_bias = sq0.mul(-0.5).unsqueeze(1)
+    chunk = max(1, max_chunk_elements // len(d0))
+    result = torch.empty(len(rows), dtype=torch.bool, device=d0.device)
+    for start in range(0, len(columns), chunk):
+        stop = min(start + chunk, len(columns))
+        score = torch.addmm(column_bias, d0, d1[columns[start:stop]].T)   # N0 × chunk
+        best = score.amax(dim=0)
+        inside = torch.nonzero((position >= start) & (position < stop)).flatten()
+        local = position[inside] - start
+        result[inside] = score[rows[inside], local] >= best[local]
+    return result
