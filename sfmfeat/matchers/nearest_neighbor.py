@@ -36,8 +36,8 @@ class NearestNeighborConfig:
     ratio: float | None = None          # keep if d1 <= ratio * d2 (Lowe); None disables
     max_distance: float | None = None   # keep if d1 <= max_distance (L2); None disables
     max_chunk_elements: int = 1 << 21   # similarities at once: 8 MiB in fp32, cache-sized
-    # candidate search: "fp32"; "bf16" (certified in fp32, same matches); "auto": bf16 where
-    # it is fast and the descriptors are unit-norm. Not part of the hash: results are equal.
+    # candidate search: "fp32"; "bf16" (CPU; certified in fp32, same matches); "auto": bf16
+    # where it is fast and the descriptors are unit-norm. Not hashed: the results are equal.
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -96,6 +96,11 @@ class NearestNeighborMatcher(Matcher):
     def _search_dtype(self, d0: torch.Tensor, d1: torch.Tensor) -> torch.dtype | None:
         if self.config.precision == "fp32":
             return None
+        if self.config.precision == "bf16" and d0.device.type != "cpu":
+            # cuBLAS may reduce bf16 products in bf16 (PyTorch allows it by default), which
+            # the error bounds of _ErrorModel do not cover
+            raise ConfigError(f"nearest_neighbor: precision=bf16 runs on the CPU only; on "
+                              f"{d0.device.type} use precision=fp32 or auto")
         if not (_near_unit_norm(d0) and _near_unit_norm(d1)):
             return None
         if self.config.precision == "bf16":
@@ -128,11 +133,9 @@ def _near_unit_norm(descriptors: torch.Tensor) -> bool:
 def reduced_precision_dtype(device: str) -> torch.dtype | None:
     """bfloat16 where a bf16 GEMM on ``device`` is at least twice as fast as fp32, else None.
 
-    Measured once per process and device (a 5 ms probe), not assumed from the CPU's name:
-    CPUs without AVX-512 BF16 or AMX emulate bf16 and are slower than fp32.
+    Measured once per process (a 5 ms probe), not assumed from the CPU's name: CPUs without
+    AVX-512 BF16 or AMX emulate bf16 and are slower than fp32. CPU only (see _search_dtype).
     """
-    if device.startswith("cuda"):
-        return torch.bfloat16
     if device != "cpu":
         return None
     generator = torch.Generator().manual_seed(0)
