@@ -311,3 +311,18 @@ def test_reader_errors_are_input_errors(tmp_path):
     path.write_text("# comment\n1 1 0 0 0 0 0 0 1\n\n")
     with pytest.raises(InputError, match=r"images\.txt:2: expected 'IMAGE_ID"):
         read_camera_poses(path)
+
+
+def test_sampled_ransac_is_deterministic_with_its_seed(exact):
+    """With fewer trials than 3-subsets the samples are drawn at random: the seed fixes them."""
+    estimate = dict(exact)
+    for name in sorted(exact)[:2]:
+        pose = exact[name]
+        estimate[name] = pycolmap.Rigid3d(pose.rotation,
+                                          np.asarray(pose.translation) + [2.0, -1.0, 0.5])
+    config = EvaluationConfig(max_trials=40, seed=3)
+    first, second = evaluate_poses(estimate, exact, config), evaluate_poses(estimate, exact,
+                                                                            config)
+    assert first.outliers == second.outliers == tuple(sorted(exact)[:2])
+    assert np.array_equal(first.alignment.rotation, second.alignment.rotation)
+    assert first.alignment.scale == second.alignment.scale
