@@ -30,7 +30,7 @@ from pathlib import Path
 from seed_spread import Case
 
 from sfmfeat.evaluation import EvaluationConfig, evaluate_poses, registered_poses
-from sfmfeat.posefiles import match_names, read_camera_poses
+from sfmfeat.posefiles import match_names, read_camera_poses, restrict_to_folder
 from sfmfeat.reconstruction.pipeline import ReconstructionConfig, reconstruct
 
 logger = logging.getLogger("accuracy")
@@ -75,9 +75,8 @@ def run_case(case: Case, images: Path, out: Path, reference: dict, seed: int, th
     if features_from is not None:
         seconds += features_from[1] - extract
         extract = features_from[1]
-    names = {p.name for p in images.iterdir()}
     estimate, ref = match_names(registered_poses(result.reconstruction),
-                                {n: p for n, p in reference.items() if n in names})
+                                restrict_to_folder(reference, images))
     evaluation = evaluate_poses(estimate, ref, EvaluationConfig(seed=seed))
     scale = evaluation.reference_scale
     return {

@@ -231,6 +231,17 @@ def read_camera_poses(path: str | Path) -> dict[str, pycolmap.Rigid3d]:
     return poses
 
 
+def restrict_to_folder(poses: Mapping[str, pycolmap.Rigid3d], folder: str | Path
+                       ) -> dict[str, pycolmap.Rigid3d]:
+    """The poses whose image file name is in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"image folder {folder} does not exist")
+    present = {p.name for p in folder.iterdir()}
+    return {name: pose for name, pose in poses.items()
+            if PurePosixPath(name.replace("\\", "/")).name in present}
+
+
 def match_names(estimate: Mapping[str, pycolmap.Rigid3d],
                 reference: Mapping[str, pycolmap.Rigid3d]
                 ) -> tuple[dict[str, pycolmap.Rigid3d], dict[str, pycolmap.Rigid3d]]:

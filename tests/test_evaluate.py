@@ -240,6 +240,13 @@ def test_cli_prints_errors_and_writes_json(scene_model, exact, tmp_path, capsys)
     assert main(["-q", "evaluate", str(model_dir), str(tmp_path / "reference.txt"),
                  "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["missing"] == ["not_reconstructed.png"]
+    images = tmp_path / "images"
+    images.mkdir()
+    for image_name in exact:
+        (images / image_name).write_bytes(b"")
+    assert main(["-q", "evaluate", str(model_dir), str(tmp_path / "reference.txt"),
+                 "--images", str(images), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["missing"] == []
 
 
 def _bad_reference(kind, exact, tmp_path):

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "centroid; default 0.05)")
     p.add_argument("--trials", type=int, default=2000, help="RANSAC samples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="RANSAC seed (default 0)")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="score only the reference images whose file is in DIR (a model "
+                        "built from a subset of the reference's images)")
     p.add_argument("--no-per-image", action="store_true", help="print the summary only")
     p.set_defaults(func=run)
 
@@ -66,12 +69,14 @@ def format_evaluation(evaluation, per_image: bool = True) -> str:
 
 def run(args) -> int:
     from ..evaluation import EvaluationConfig, evaluate_poses
-    from ..posefiles import match_names, read_camera_poses
+    from ..posefiles import match_names, read_camera_poses, restrict_to_folder
 
     config = EvaluationConfig(inlier_threshold=args.inlier_threshold,
                               max_trials=args.trials, seed=args.seed)
-    estimate, reference = match_names(read_camera_poses(args.model),
-                                      read_camera_poses(args.reference))
+    reference = read_camera_poses(args.reference)
+    if args.images is not None:
+        reference = restrict_to_folder(reference, args.images)
+    estimate, reference = match_names(read_camera_poses(args.model), reference)
     evaluation = evaluate_poses(estimate, reference, config)
     payload = json.dumps(evaluation.as_dict(), indent=1) + "\n"
     if args.json is not None and str(args.json) == "-":
