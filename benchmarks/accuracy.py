@@ -1,0 +1,159 @@
+"""Pose accuracy of reconstructions against a reference set, for choosing defaults.
+
+    python benchmarks/accuracy.py --set fox [--subset 12] [--case LABEL:FEATURES:MATCHER:K=V;K=V ...]
+        [--seed 0] [--threads 2] [--work DIR] [--json FILE]
+    python benchmarks/accuracy.py --images DIR --reference POSES ...
+
+``--set`` names a set placed by ``benchmarks/reference_sets.py`` (images and
+``reference_poses.txt`` under ``~/.cache/sfmfeat-references/<set>``); ``--subset N`` takes
+N images evenly spaced in name order (the reference keeps all its poses; only the subset's
+are scored). Each ``--case`` is ``label:features:matcher:overrides`` as in
+``benchmarks/seed_spread.py`` (empty matcher: the preset's default). Cases that share
+features and overrides reuse the first one's ``features.h5``; the time column adds that
+extraction time back so rows compare.
+
+Prints one row per case: registered / subset images, 3D points, rotation and position error
+(median, max; position as % of the reference scale), relative-pose AUC@5/10/20° and the
+wall time. Smallest cases first; run it under ``nice -n 19`` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from seed_spread import Case
+
+from sfmfeat.evaluation import EvaluationConfig, evaluate_poses, registered_poses
+from sfmfeat.posefiles import match_names, read_camera_poses, restrict_to_folder
+from sfmfeat.reconstruction.pipeline import ReconstructionConfig, reconstruct
+
+logger = logging.getLogger("accuracy")
+
+DEFAULT_CACHE = Path.home() / ".cache" / "sfmfeat-references"
+DEFAULT_CASES = (
+    "sift:sift", "sift-mnn:sift:mnn",
+    "disk-mnn:disk:mnn", "disk:disk:mnn-ratio",
+    "aliked-n16-mnn:aliked-n16:mnn", "aliked-n16:aliked-n16:mnn-ratio",
+)
+
+
+def subset_images(images: Path, count: int | None, work: Path) -> Path:
+    names = sorted(p.name for p in images.iterdir()
+                   if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if count is None or count >= len(names):
+        return images
+    step = len(names) / count
+    chosen = [names[int(i * step)] for i in range(count)]
+    folder = work / f"images-{count}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for name in chosen:
+        (folder / name).symlink_to((images / name).resolve())
+    return folder
+
+
+def run_case(case: Case, images: Path, out: Path, reference: dict, seed: int, threads: int,
+             features_from: tuple[Path, float] | None) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if features_from is not None:
+        shutil.copy(features_from[0], out / "features.h5")
+    start = time.perf_counter()
+    result = reconstruct(images, out, ReconstructionConfig(
+        features=case.features, matcher=case.matcher, random_seed=seed, num_threads=threads,
+        feature_options=case.overrides, mapper=case.mapper))
+    seconds = time.perf_counter() - start
+    extract = result.summary["timings"].get("extract", 0.0)
+    if features_from is not None:
+        seconds += features_from[1] - extract
+        extract = features_from[1]
+    estimate, ref = match_names(registered_poses(result.reconstruction),
+                                restrict_to_folder(reference, images))
+    evaluation = evaluate_poses(estimate, ref, EvaluationConfig(seed=seed))
+    scale = evaluation.reference_scale
+    return {
+        "case": case.label, "features": case.features, "matcher": case.matcher or "default",
+        "overrides": dict(case.overrides),
+        "registered": len(evaluation.errors), "images": evaluation.num_reference,
+        "points": result.summary["num_points3D"], "track": result.summary["mean_track_length"],
+        "outliers": len(evaluation.outliers),
+        "rot_median": evaluation.median_rotation_deg, "rot_max": evaluation.max_rotation_deg,
+        "pos_median_pct": 100 * evaluation.median_position / scale,
+        "pos_max_pct": 100 * evaluation.max_position / scale,
+        "auc": {f"{t:g}": v for t, v in evaluation.auc.items()},
+        "seconds": round(seconds, 1), "extract_seconds": round(extract, 1),
+        "features_path": str(out / "features.h5"),
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| case | reg | points | track | rot med / max (°) | pos med / max (% scale) "
+             "| AUC@5/10/20 | time (s) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | failed: {r['error']} |||||||")
+            continue
+        auc = " / ".join(f"{100 * v:.1f}" for v in r["auc"].values())
+        lines.append(f"| {r['case']} | {r['registered']}/{r['images']} | {r['points']} | "
+                     f"{r['track']:.2f} | {r['rot_median']:.3f} / {r['rot_max']:.3f} | "
+                     f"{r['pos_median_pct']:.2f} / {r['pos_max_pct']:.2f} | {auc} | "
+                     f"{r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", help="a set placed by benchmarks/reference_sets.py")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--images", type=Path)
+    parser.add_argument("--reference", type=Path)
+    parser.add_argument("--subset", type=int)
+    parser.add_argument("--case", action="append", help="LABEL:FEATURES:MATCHER:K=V;K=V")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=-1)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sfmfeat-accuracy"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.set:
+        images, reference_path = (args.cache / args.set / "images",
+                                  args.cache / args.set / "reference_poses.txt")
+    elif args.images and args.reference:
+        images, reference_path = args.images, args.reference
+    else:
+        parser.error("give --set, or --images and --reference")
+    reference = read_camera_poses(reference_path)
+    work = args.work / (args.set or images.name)
+    images = subset_images(images, args.subset, work)
+    cases = [Case.parse(text) for text in (args.case or DEFAULT_CASES)]
+    rows: list[dict] = []
+    features_of: dict[tuple, tuple[Path, float]] = {}
+    for case in cases:
+        key = (case.features, case.overrides)
+        try:
+            row = run_case(case, images, work / case.label, reference, args.seed,
+                           args.threads, features_of.get(key))
+        except Exception as err:  # one failed case must not lose the others' rows
+            logger.error("%s failed: %s", case.label, err)
+            row = {"case": case.label, "error": " ".join(str(err).split())[:120]}
+        else:
+            features_of.setdefault(key, (Path(row["features_path"]), row["extract_seconds"]))
+        rows.append(row)
+        print(format_table([row]).splitlines()[-1], flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"\n{args.set or images}: {len(list(images.iterdir()))} images, seed {args.seed}")
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
