@@ -160,10 +160,10 @@ def test_presets_registered():
     for name, model in (("aliked-n16", "aliked-n16"), ("aliked-n32", "aliked-n32"),
                         ("aliked-t16", "aliked-t16"), ("aliked-n16rot", "aliked-n16rot")):
         cls, config = presets[name]
-        assert cls is Aliked and config.model == model
-    assert AlikedConfig().model == "aliked-n16"
+        assert cls is Aliked and config.weights == f"{model}.pth"
+    assert AlikedConfig().weights == "aliked-n16.pth"
     with pytest.raises(ConfigError, match="aliked-x"):
-        Aliked(AlikedConfig(model="aliked-x"))
+        Aliked(AlikedConfig(weights="aliked-x.pth"))
 
 
 @pytest.mark.parametrize("preset, dim", [("aliked-t16", 64), ("aliked-n16", 128),
