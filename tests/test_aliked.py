@@ -207,6 +207,23 @@ def test_modified_checkpoint_of_other_shape_fails_strict_load(weights_env, tmp_p
         create_extractor("aliked-n16")
 
 
+def test_a_users_file_brings_its_architecture(weights_env, tmp_path):
+    """One ``weights`` field: a path needs no second key naming the variant; it follows
+    from the official checksum, else from the shapes of the tensors."""
+    official = create_extractor("aliked-n16", {"weights": str(weights_env / "aliked" /
+                                                           "aliked-n32.pth")})
+    assert official.net.variant == "aliked-n32" and official.weights_id.startswith("sha256:")
+    state = torch.load(weights_env / "aliked" / "aliked-t16.pth", weights_only=True)
+    state["desc_head.sf_conv.weight"] = state["desc_head.sf_conv.weight"] * 1.0001
+    torch.save(state, tmp_path / "t16_finetuned.pth")
+    tuned = create_extractor("aliked-n16", {"weights": str(tmp_path / "t16_finetuned.pth")})
+    assert tuned.net.variant == "aliked-t16" and tuned.descriptor_dim == 64
+    assert tuned.config_hash != create_extractor("aliked-t16").config_hash
+    disk = require_shared("weights/disk/depth-save.pth")
+    with pytest.raises(WeightsError, match=r"missing keys.*unexpected keys extractor"):
+        create_extractor("aliked-n16", {"weights": str(disk)})
+
+
 def test_disk_file_and_garbage_are_rejected(weights_env, tmp_path, monkeypatch):
     disk = require_shared("weights/disk/depth-save.pth")
     _weights_dir_with(tmp_path, monkeypatch, disk)
