@@ -107,6 +107,11 @@ def test_select_peaks_border_threshold_limit_and_top_k():
                                                                 (12, 20)}
     # top-k mode ignores the threshold
     assert found(select_peaks(scores, 2, 0.2, 100, 4)) == {(5, 5), (5, 15), (12, 8), (12, 20)}
+    # a top-k beyond the peaks keeps the peaks only (no suppressed or border positions,
+    # whose refinement window would leave the map)
+    sparse = torch.where(scores > 0.01, scores, torch.zeros_like(scores))
+    assert found(select_peaks(sparse, 2, 0.2, 100, 600)) == {(5, 5), (5, 15), (12, 8),
+                                                             (12, 20)}
 
 
 def test_refine_peaks_is_the_soft_argmax_of_the_window():

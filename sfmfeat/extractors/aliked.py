@@ -12,7 +12,9 @@ Detection (DKD, as the official ``nets/soft_detect.py``): non-maximum suppressio
 score map (radius 2, with the official two suppression rounds), a border of 2 pixels
 removed, then either the ``top_k`` strongest peaks or every peak above
 ``detection_threshold`` (the score-map mean when none passes), capped at the
-``max_keypoints`` strongest. Each peak is refined by a soft-argmax (temperature 0.1) over
+``max_keypoints`` strongest. When ``top_k`` exceeds the number of peaks, only the peaks are
+kept (the official code pads the result with suppressed, zero-score positions, border ones
+included). Each peak is refined by a soft-argmax (temperature 0.1) over
 its 5×5 neighbourhood and scored by bilinear interpolation of the score map there.
 
 Preprocessing follows hloc's ``aliked-n16`` configuration: RGB scaled to [0, 1], the long
@@ -342,7 +344,8 @@ def select_peaks(scores: torch.Tensor, radius: int, threshold: float, limit: int
     nms[h - radius:], nms[:, w - radius:] = 0, 0
     nms = nms.reshape(-1)
     if top_k is not None and top_k > 0:
-        return torch.topk(nms, min(top_k, nms.numel())).indices
+        indices = torch.topk(nms, min(top_k, nms.numel())).indices
+        return indices[nms[indices] > 0]
     mask = nms > threshold if threshold > 0 else nms > scores.mean()
     if threshold > 0 and not mask.any():
         mask = nms > scores.mean()
