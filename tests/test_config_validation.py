@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import require_shared
@@ -144,13 +144,16 @@ def test_random_overrides_give_a_clear_error_or_a_valid_run(name, data, every_we
     try:
         spec = resolve_spec(name, items)
     except ConfigError:
+        event("config error")
         return
     try:
         extractor = spec.build(device="cpu")
         features = extractor.extract(TINY)
     except SfmfeatError as err:   # e.g. weights=a/path that does not exist: one line
         assert "\n" not in str(err)
+        event("sfmfeat error at build or run")
         return
+    event("run with keypoints" if len(features) else "run without keypoints")
     assert np.isfinite(features.keypoints).all() and np.isfinite(features.descriptors).all()
     assert features.descriptors.shape[0] == len(features.keypoints)
     assert len(features) == 0 or features.descriptors.shape[1] > 0
