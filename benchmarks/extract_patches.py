@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 from sfmfeat.extractors import create_extractor
-from sfmfeat.extractors.deepdesc import DeepDesc, DeepDescConfig, grayscale
+from sfmfeat.extractors.deepdesc import DeepDesc, DeepDescConfig
 from sfmfeat.extractors.patches import affine_for_patch, extract_patches
-from sfmfeat.images import read_image
+from sfmfeat.images import read_image, to_grayscale
 
 SHARED = Path(os.environ.get("SFMFEAT_SHARED_DIR",
                              Path(__file__).resolve().parents[1].parent / "shared"))
@@ -80,7 +80,7 @@ def bench_deepdesc(args) -> None:
     xy = feats.keypoints.astype(np.float64)
     radii = feats.scales.astype(np.float64) * factor / 2
     angles = feats.orientations.astype(np.float64)
-    gray = grayscale(image)
+    gray = to_grayscale(image, rounded=False)
     n = len(xy)
     print(f"DeepDesc: {n} SIFT keypoints on {IMAGE.name} ({image.shape[1]}x{image.shape[0]}), "
           f"support {factor:g} x size, 64x64 patches, {torch.get_num_threads()} torch threads, "

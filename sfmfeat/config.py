@@ -73,17 +73,34 @@ def odd_at_least(bound: int) -> Rule:
     return Rule(f"odd and >= {bound}", lambda v: v >= bound and v % 2 == 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Relation:
+    """A constraint between config fields, checked after every field's own rule."""
+
+    fields: tuple[str, ...]             # the fields it involves, named in the error
+    allowed: str                        # what must hold, for the error message: "a must be ..."
+    accepts: Callable[[Any], bool]      # called with the config
+
+
+def not_above(low: str, high: str) -> Relation:
+    """``low <= high`` unless either is None."""
+    return Relation((low, high), f"{low} must be <= {high}",
+                    lambda c: getattr(c, low) is None or getattr(c, high) is None
+                    or getattr(c, low) <= getattr(c, high))
+
+
 class ValidatedConfig:
     """Base of the frozen config dataclasses: ``__post_init__`` checks every field.
 
     Each field must match its annotation (int, float, bool, str, None, tuples of them;
     ints are accepted for floats and stored as floats; floats must be finite) and the
-    ``Rule`` named for it in the class attribute ``rules``. Failures raise a ConfigError
-    naming the field, the value and what is allowed. Subclasses with cross-field checks
-    extend ``__post_init__`` and call ``super().__post_init__()`` first.
+    ``Rule`` named for it in the class attribute ``rules``; then every cross-field
+    ``Relation`` in ``relations`` must hold. Failures raise a ConfigError naming the
+    field(s), the value(s) and what is allowed.
     """
 
     rules: dict[str, Rule] = {}
+    relations: tuple[Relation, ...] = ()
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -97,6 +114,10 @@ class ValidatedConfig:
                 raise ConfigError(f"{type(self).__name__}.{field.name}={value!r}: must be "
                                   f"{'each ' if isinstance(value, tuple) else ''}"
                                   f"{rule.allowed}")
+        for relation in self.relations:
+            if not relation.accepts(self):
+                values = ", ".join(f"{name}={getattr(self, name)!r}" for name in relation.fields)
+                raise ConfigError(f"{type(self).__name__}: {values}: {relation.allowed}")
 
 
 def _members(hint: Any) -> tuple[Any, ...]:

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageReadError, InputError, StoreError
-from .extractors import create_extractor
+from .errors import ConfigError, ImageReadError, InputError, StoreError, WeightsError
+from .extractors import ExtractorSpec, create_extractor, resolve_spec
 from .extractors.base import Extractor
 from .features import Features
 from .images import list_images, read_image
@@ -122,23 +122,39 @@ def extractor_from_store(store: str | Path | FeatureReader,
                          device: str | None = None) -> Extractor:
     """The extractor that made the features store (a path or an open reader), rebuilt from
     the preset name and overrides it records; refused (StoreError) unless its config hash is
-    the store's."""
+    the store's (checked by ``spec_of_store`` before any network is built)."""
+    return spec_of_store(store).build(device)
+
+
+def spec_of_store(store: str | Path | FeatureReader) -> ExtractorSpec:
+    """The validated spec of the extractor that made the features store, without building
+    it; a StoreError (one line) when the store records none, when the spec no longer
+    resolves (unknown preset, invalid overrides, missing weight file) or when it gives
+    another config hash than the store's."""
     if isinstance(store, FeatureReader):
         path, spec, stored_hash = store.path, store.spec, store.config_hash
     else:
         path = store
         with FeatureReader(path) as reader:
             spec, stored_hash = reader.spec, reader.config_hash
-    if not spec:
+    if not isinstance(spec, dict) or not isinstance(spec.get("preset"), str) \
+            or not isinstance(spec.get("overrides", {}), dict):
         raise StoreError(f"{path} does not record the extractor that made it (written by "
                          "hand or by an older sfmfeat); pass --features/--conf explicitly")
-    extractor = create_extractor(spec["preset"], spec["overrides"], device=device)
-    if extractor.config_hash != stored_hash:
+    spec = {"preset": spec["preset"], "overrides": spec.get("overrides", {})}
+    try:
+        resolved = resolve_spec(spec["preset"], spec["overrides"])
+        found = resolved.config_hash()
+    except (ConfigError, WeightsError) as err:
+        raise StoreError(f"{path} was made by {spec['preset']} with overrides "
+                         f"{spec['overrides']}, which does not resolve here ({err}); "
+                         "re-extract it with --overwrite") from None
+    if found != stored_hash:
         raise StoreError(
             f"{path} was made by {spec['preset']} with overrides {spec['overrides']} and "
-            f"config {stored_hash}, but the same spec gives config {extractor.config_hash} "
+            f"config {stored_hash}, but the same spec gives config {found} "
             "here (other weights or another sfmfeat version): re-extract it with --overwrite")
-    return extractor
+    return resolved
 
 
 def _fingerprint(path: Path) -> dict[str, Any] | None:

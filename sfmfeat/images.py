@@ -127,17 +127,42 @@ def exif_orientation(path: str | Path) -> int | None:
     return int(value) if value else None
 
 
-def to_grayscale(image: np.ndarray) -> np.ndarray:
-    """H×W uint8 luminance of an RGB image (OpenCV weights)."""
+#: ITU-R BT.601 luma weights of (R, G, B): OpenCV's RGB2GRAY and Torch7's ``image.rgb2y``
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+#: the ImageNet statistics of torchvision's ``Normalize`` (RGB in [0, 1]), which CAPS, R2D2
+#: and D2-Net's "torch" preprocessing were trained with
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_grayscale(image: np.ndarray, rounded: bool = True) -> np.ndarray:
+    """H×W luminance of an RGB image with ``LUMA_WEIGHTS``: uint8 rounded as OpenCV does, or
+    (``rounded=False``) float32 in 0..255, unrounded as Torch7's ``image.rgb2y``."""
+    if not rounded:
+        if image.ndim == 2:
+            return image.astype(np.float32)
+        return image[..., :3].astype(np.float32) @ np.array(LUMA_WEIGHTS, np.float32)
     if image.ndim == 2:
         return image
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
+def imagenet_normalized(rgb):
+    """``(rgb - IMAGENET_MEAN) / IMAGENET_STD`` of a torch B×3×H×W tensor in [0, 1], on its
+    device and in its dtype."""
+    import torch
+
+    mean = torch.tensor(IMAGENET_MEAN, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb - mean) / std
+
+
 #: resize backends an extractor can declare (``Extractor.resize_backend``): OpenCV area
 #: averaging, PIL bilinear (D2-Net's official scipy/PIL resize), torch bilinear with
-#: antialiasing (DISK's official resize; returns float32 in [0, 1])
-RESIZE_BACKENDS = ("cv2-area", "pil-bilinear", "torch-antialias")
+#: antialiasing (DISK's official resize; returns float32 in [0, 1]); "pyramid": the method's
+#: own pyramid applies ``max_edge`` to its levels (R2D2, whose extract.py builds every level
+#: from the full-resolution image), so the template does not resize
+RESIZE_BACKENDS = ("cv2-area", "pil-bilinear", "torch-antialias", "pyramid")
 
 
 def max_edge_size(height: int, width: int, max_edge: int | None) -> tuple[int, int]:

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,28 +81,39 @@ def resolve(entry: WeightFile, download: bool = True) -> Path:
     return path
 
 
-def resolve_weights(value: str | None, entries: dict[str, WeightFile],
-                    default: str, method: str) -> tuple[Path, str]:
-    """The file of an extractor's ``weights`` option and its identity for config hashes.
+def resolve_weights(value: str, entries: Iterable[WeightFile],
+                    method: str) -> tuple[Path, str]:
+    """The file of an extractor's ``weights`` field and its identity for config hashes.
 
-    ``value`` is a key or file name of ``entries`` (the method's registered files), a path
-    to a file, or None for ``entries[default]``. The identity is the registered relative
-    path, or ``sha256:<digest>`` of a user's file, so custom weights never share the
-    official config hash.
+    ``value`` is the file name of one of ``entries`` (the method's registered files, fetched
+    into the cache when missing) or a path to a file. The identity is ``weights_identity``'s.
     """
-    name = default if value is None else value
-    by_name = {**{e.filename: e for e in entries.values()}, **entries}
-    if name in by_name:
-        entry = by_name[name]
-        return resolve(entry), entry.relative_path
-    path = Path(name).expanduser()
+    entry = _registered(value, entries)
+    path = resolve(entry) if entry is not None else _user_file(value, entries, method)
+    return path, weights_identity(value, entries, method)
+
+
+def weights_identity(value: str, entries: Iterable[WeightFile], method: str) -> str:
+    """The registered relative path, or ``sha256:<digest>`` of a user's file, so custom
+    weights never share the official config hash. Downloads nothing."""
+    entry = _registered(value, entries)
+    if entry is not None:
+        return entry.relative_path
+    return f"sha256:{sha256_of(_user_file(value, entries, method))}"
+
+
+def _registered(value: str, entries: Iterable[WeightFile]) -> WeightFile | None:
+    return next((e for e in entries if e.filename == value), None)
+
+
+def _user_file(value: str, entries: Iterable[WeightFile], method: str) -> Path:
+    path = Path(value).expanduser()
     if not path.is_file():
         raise WeightsError(
-            f"{method}: weight file {path} not found (weights={name!r} is neither a "
-            "registered file: "
-            + ", ".join(sorted({e.filename for e in entries.values()}))
+            f"{method}: weight file {path} not found (weights={value!r} is neither a "
+            "registered file: " + ", ".join(sorted({e.filename for e in entries}))
             + ", nor an existing file)")
-    return path, f"sha256:{sha256_of(path)}"
+    return path
 
 
 def _download(entry: WeightFile, path: Path) -> None:

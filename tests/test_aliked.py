@@ -107,6 +107,11 @@ def test_select_peaks_border_threshold_limit_and_top_k():
                                                                 (12, 20)}
     # top-k mode ignores the threshold
     assert found(select_peaks(scores, 2, 0.2, 100, 4)) == {(5, 5), (5, 15), (12, 8), (12, 20)}
+    # a top-k beyond the peaks keeps the peaks only (no suppressed or border positions,
+    # whose refinement window would leave the map)
+    sparse = torch.where(scores > 0.01, scores, torch.zeros_like(scores))
+    assert found(select_peaks(sparse, 2, 0.2, 100, 600)) == {(5, 5), (5, 15), (12, 8),
+                                                             (12, 20)}
 
 
 def test_refine_peaks_is_the_soft_argmax_of_the_window():
@@ -160,10 +165,10 @@ def test_presets_registered():
     for name, model in (("aliked-n16", "aliked-n16"), ("aliked-n32", "aliked-n32"),
                         ("aliked-t16", "aliked-t16"), ("aliked-n16rot", "aliked-n16rot")):
         cls, config = presets[name]
-        assert cls is Aliked and config.model == model
-    assert AlikedConfig().model == "aliked-n16"
+        assert cls is Aliked and config.weights == f"{model}.pth"
+    assert AlikedConfig().weights == "aliked-n16.pth"
     with pytest.raises(ConfigError, match="aliked-x"):
-        Aliked(AlikedConfig(model="aliked-x"))
+        Aliked(AlikedConfig(weights="aliked-x.pth"))
 
 
 @pytest.mark.parametrize("preset, dim", [("aliked-t16", 64), ("aliked-n16", 128),
@@ -205,6 +210,23 @@ def test_modified_checkpoint_of_other_shape_fails_strict_load(weights_env, tmp_p
     _weights_dir_with(tmp_path, monkeypatch, tmp_path / "n32_finetuned.pth")
     with pytest.raises(WeightsError, match=r"shape mismatches.*desc_head.agg_weights"):
         create_extractor("aliked-n16")
+
+
+def test_a_users_file_brings_its_architecture(weights_env, tmp_path):
+    """One ``weights`` field: a path needs no second key naming the variant; it follows
+    from the official checksum, else from the shapes of the tensors."""
+    official = create_extractor("aliked-n16", {"weights": str(weights_env / "aliked" /
+                                                           "aliked-n32.pth")})
+    assert official.net.variant == "aliked-n32" and official.weights_id.startswith("sha256:")
+    state = torch.load(weights_env / "aliked" / "aliked-t16.pth", weights_only=True)
+    state["desc_head.sf_conv.weight"] = state["desc_head.sf_conv.weight"] * 1.0001
+    torch.save(state, tmp_path / "t16_finetuned.pth")
+    tuned = create_extractor("aliked-n16", {"weights": str(tmp_path / "t16_finetuned.pth")})
+    assert tuned.net.variant == "aliked-t16" and tuned.descriptor_dim == 64
+    assert tuned.config_hash != create_extractor("aliked-t16").config_hash
+    disk = require_shared("weights/disk/depth-save.pth")
+    with pytest.raises(WeightsError, match=r"missing keys.*unexpected keys extractor"):
+        create_extractor("aliked-n16", {"weights": str(disk)})
 
 
 def test_disk_file_and_garbage_are_rejected(weights_env, tmp_path, monkeypatch):

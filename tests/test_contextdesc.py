@@ -233,8 +233,9 @@ def test_bad_sources_and_variant_names(tmp_path):
     (tmp_path / "loc.pb").write_bytes(b"\x0a\x05garbage")
     with pytest.raises(WeightsError, match="loc.pb"):
         read_graphdef_constants(tmp_path / "loc.pb")
-    with pytest.raises(ConfigError, match="ContextDescConfig.variant=.contextdesc[+]{3}.: must be one of"):
-        ContextDesc(ContextDescConfig(variant="contextdesc+++"))
+    with pytest.raises(ConfigError, match="ContextDescConfig.weights=.contextdesc[+]{3}.pth.: "
+                                          "must be one of contextdesc.pth"):
+        ContextDesc(ContextDescConfig(weights="contextdesc+++.pth"))
 
 
 def test_regional_model_strict_loads_the_official_variable_listing():

@@ -181,8 +181,8 @@ def test_bad_keypoints(deepdesc):
 def test_registry_presets(weights_env):
     ex = create_extractor("deepdesc")
     assert type(ex.describer) is DeepDesc and ex.detector.name == "sift"
-    assert create_extractor("deepdesc+rootsift", {"model": "split1"}).describer.config.model \
-        == "split1"
+    split1 = create_extractor("deepdesc+rootsift", {"weights": "CNN3_p8_n8_split1_072000.t7"})
+    assert split1.describer.weights_id == "deepdesc/CNN3_p8_n8_split1_072000.t7"
     assert all(w.non_commercial and w.sha256 for w in DeepDesc.weight_files)
     assert isinstance(ex.describer.net, CNN3)
 

@@ -58,7 +58,7 @@ def test_r2d2_model_is_localized_with_mnn_unless_overridden(tmp_path, weights_en
         cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     recon = tmp_path / "recon"
     assert cli.main(["-q", "reconstruct", str(database), str(recon), "--features", "r2d2",
-                     "--conf", "max_size=480", "--conf", "max_keypoints=1500",
+                     "--conf", "max_edge=480", "--conf", "max_keypoints=1500",
                      "--seed", "0"]) == 0
     with MatchReader(recon / "matches.h5") as reader:
         assert reader.method == "mnn"   # r2d2's default

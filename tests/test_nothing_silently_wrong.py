@@ -208,6 +208,41 @@ def test_triangulate_with_matches_of_other_features_is_refused(model_run, tmp_pa
     assert "was not matched from the features in" in line and str(other) in line
 
 
+def test_triangulate_records_the_features_spec_and_refuses_one_it_cannot_resolve(
+        model_run, tmp_path, capsys):
+    """The triangulated model is only reusable (localize rebuilds the extractor from the
+    features' spec) if that spec resolves to the features' config hash."""
+    import h5py
+
+    _, out = model_run
+    args = ["--matches", str(out / "matches.h5"), "--pairs", str(out / "pairs.txt")]
+    assert main(["-q", "triangulate", str(out / "sfm"), str(tmp_path / "tri"), "--features",
+                 str(out / "features.h5"), *args]) == 0
+    summary = json.loads((tmp_path / "tri" / "triangulation.json").read_text())
+    with FeatureReader(out / "features.h5") as reader:
+        assert summary["features"] == {"preset": "sift", "overrides": {},
+                                       "config_hash": reader.config_hash}
+    capsys.readouterr()
+    for attr, value, words in (("spec", None, "does not record the extractor"),
+                               ("spec", '{"preset": "sift9", "overrides": {}}',
+                                "does not resolve here (unknown feature preset 'sift9'"),
+                               ("spec", '{"preset": "sift", "overrides": {"sigma": "-1"}}',
+                                "does not resolve here (SiftConfig.sigma=-1.0"),
+                               ("config_hash", "0" * 16, "but the same spec gives config")):
+        features = tmp_path / "features.h5"
+        shutil.copyfile(out / "features.h5", features)
+        with h5py.File(features, "r+") as handle:
+            if value is None:
+                del handle.attrs[attr]
+            else:
+                handle.attrs[attr] = value
+        target = tmp_path / f"refused_{attr}"
+        assert main(["triangulate", str(out / "sfm"), str(target), "--features",
+                     str(features), *args]) == 2
+        assert words in _one_error_line(capsys.readouterr().err)
+        assert not target.exists()
+
+
 def test_triangulate_into_the_reference_is_refused(model_run, capsys):
     _, out = model_run
     before = (out / "sfm" / "points3D.bin").read_bytes()

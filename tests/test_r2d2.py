@@ -51,7 +51,7 @@ def net(r2d2_weights):
 
 @pytest.fixture(scope="module")
 def small_r2d2(r2d2_weights):
-    return R2D2(R2D2Config(max_size=384, max_keypoints=1000, weights=str(r2d2_weights)))
+    return R2D2(R2D2Config(max_edge=384, max_keypoints=1000, weights=str(r2d2_weights)))
 
 
 # --- weights ---------------------------------------------------------------------------
@@ -146,12 +146,12 @@ def test_pyramid_follows_extract_py():
     levels = pyramid_scales(768, 1024, c)
     assert [used for _, used in levels] == [True] * 9        # 1024 px down to 256 px
     assert levels[-1][0] == pytest.approx(0.25)
-    levels = pyramid_scales(765, 1083, c)                     # 1083 > max_size: s=1 skipped
+    levels = pyramid_scales(765, 1083, c)                     # 1083 > max_edge: s=1 skipped
     assert [used for _, used in levels][:2] == [False, True]
     assert levels[1][0] == pytest.approx(2 ** -0.25)
     assert pyramid_scales(100, 200, c) == []                  # below min_size: nothing
     assert len(pyramid_scales(256, 256, c)) == 1
-    levels = pyramid_scales(3000, 4000, R2D2Config(max_size=300, min_size=250))
+    levels = pyramid_scales(3000, 4000, R2D2Config(max_edge=300, min_size=250))
     assert [round(4000 * s) for s, used in levels if used] == [297, 250]
     assert len(levels) == 17                                  # 15 levels built, not run
     assert len(pyramid_scales(768, 1024, R2D2Config(min_scale=0.5))) == 5
@@ -224,7 +224,7 @@ def test_huge_image_follows_the_size_rules(r2d2_weights):
     rng = np.random.default_rng(1)
     image = cv2.resize(rng.integers(0, 255, (60, 80, 3), np.uint8), (4000, 3000),
                        interpolation=cv2.INTER_LINEAR)
-    f = R2D2(R2D2Config(weights=str(r2d2_weights), max_size=300, min_size=280)).extract(image)
+    f = R2D2(R2D2Config(weights=str(r2d2_weights), max_edge=300, min_size=280)).extract(image)
     assert len(f) > 0
     np.testing.assert_allclose(f.scales, 32 * 4000 / 297, rtol=1e-2)   # one 297 px level
     assert f.keypoints[:, 0].max() <= 3999.5 and f.keypoints[:, 0].max() > 2000
@@ -257,7 +257,7 @@ def test_reconstruct_sacre_coeur_with_r2d2(sacre_coeur_dir, weights_env, tmp_pat
 
     out = tmp_path / "out"
     assert main(["-q", "reconstruct", str(sacre_coeur_dir), str(out), "--features", "r2d2",
-                 "--conf", "max_size=640", "--matcher", "mnn", *seed_args]) == 0
+                 "--conf", "max_edge=640", "--matcher", "mnn", *seed_args]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_images"] == 10
     figures.check("registered", summary["num_registered"], "==", 10)

@@ -12,7 +12,7 @@ from conftest import require_shared
 from helpers import build_weights_dir, write_scene_split
 from sfmfeat.errors import StoreError
 from sfmfeat.extract import extract_features, extractor_from_store
-from sfmfeat.extractors import create_extractor
+from sfmfeat.extractors import create_extractor, preset_names, resolve_spec
 from sfmfeat.extractors.sift import Sift
 from sfmfeat.store import FeatureReader
 
@@ -20,10 +20,15 @@ from sfmfeat.store import FeatureReader
 # means every stored features.h5 of that preset stops resuming: make it on purpose only.
 GOLDEN = {
     "sift": "4eccaf833a6876dd", "sift-l2": "1b17c5011a2fb80f", "sift-upright": "1c4278047f7280e5",
-    "rootsift": "2c8679df9aeb5861", "disk": "c43ea3908b088391", "r2d2": "3882bbf9bd06ba63",
-    "aliked-n16": "2eafc46942e8a317", "aliked-n32": "c706d46fde588167", "aliked-t16": "98b43f686128e09f",
-    "aliked-n16rot": "fe24ae1ff854aa60", "deepdesc": "07ee75919e118489", "d2net-ss": "6e64e62ab2db708a",
+    "rootsift": "2c8679df9aeb5861", "disk": "c43ea3908b088391", "r2d2": "366a30ab375df78b",
+    "aliked-n16": "09634ced424a38c9", "aliked-n32": "99070e2624341e77", "aliked-t16": "a3308fceafbf08ad",
+    "aliked-n16rot": "01b0ffa92f2d2f94", "deepdesc": "fcc43c7e2968eae5", "d2net-ss": "6e64e62ab2db708a",
     "d2net-ms": "de0ca1ab9508a952", "caps": "ca54561034287a0f",
+    # the identity of a registered file is its name, so the test's random ContextDesc
+    # weights give the official hashes
+    "contextdesc": "31ca91ef6dc1b0b3", "contextdesc+": "e34ae0b3bbdbf02f",
+    "contextdesc++": "67c0da6d4f21ebd4", "contextdesc++-local": "d8a4d11962d09484",
+    "contextdesc++-upright": "d27222d6de1db3d0",
 }
 ROUND_TRIP = [(name, {}) for name in GOLDEN] + [
     ("deepdesc+sift", {"detector.max_keypoints": "1024"}),
@@ -41,8 +46,14 @@ def every_weight(tmp_path_factory):
 
 def test_golden_config_hashes(every_weight, monkeypatch):
     monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(every_weight))
+    assert set(GOLDEN) == set(preset_names())   # every preset is pinned
     found = {name: create_extractor(name, device="cpu").config_hash for name in GOLDEN}
     assert found == GOLDEN
+    # the spec gives the same hash without building a network (what triangulate checks)
+    assert {name: resolve_spec(name).config_hash() for name in GOLDEN} == GOLDEN
+    for name, overrides in ROUND_TRIP:
+        assert resolve_spec(name, overrides).config_hash() == \
+            create_extractor(name, overrides, device="cpu").config_hash, name
 
 
 def test_hash_ignores_the_module_path_but_not_the_name():

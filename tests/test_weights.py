@@ -96,15 +96,14 @@ def test_resolve_weights_names_paths_and_identity(tmp_path, monkeypatch):
     entry = WeightFile("demo", "official.pth", "http://127.0.0.1:9/none", "MIT")
     (tmp_path / "cache" / "demo").mkdir(parents=True)
     torch.save({}, tmp_path / "cache" / "demo" / "official.pth")
-    entries = {"main": entry}
-    for value in (None, "main", "official.pth"):
-        assert resolve_weights(value, entries, "main", "demo")[1] == "demo/official.pth"
+    entries = (entry,)
+    assert resolve_weights("official.pth", entries, "demo")[1] == "demo/official.pth"
     mine = tmp_path / "mine.pth"
     torch.save({"x": 1}, mine)
-    path, identity = resolve_weights(str(mine), entries, "main", "demo")
+    path, identity = resolve_weights(str(mine), entries, "demo")
     assert path == mine and identity == f"sha256:{sha256_of(mine)}"
     with pytest.raises(WeightsError, match="not found .weights=.* is neither a registered file"):
-        resolve_weights(str(tmp_path / "absent.pth"), entries, "main", "demo")
+        resolve_weights(str(tmp_path / "absent.pth"), entries, "demo")
 
 
 def test_custom_weights_change_the_config_hash(tmp_path, weights_env):

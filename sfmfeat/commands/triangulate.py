@@ -19,7 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "triangulate", help="triangulate known poses (COLMAP or NVM model) with our features",
         description="Keeps the reference cameras and poses fixed and triangulates 3D points "
                     "from FEATURES/MATCHES. Matches are verified with the known epipolar "
-                    "geometry (--verification poses) and/or COLMAP's RANSAC.")
+                    "geometry (--verification poses) and/or COLMAP's RANSAC. FEATURES must "
+                    "record the extractor that made it (as `sfmfeat extract`/`reconstruct` "
+                    "write it), so that queries can later be localized against the model "
+                    "with the same extractor.")
     p.add_argument("reference", type=Path, help="COLMAP model folder or .nvm file")
     p.add_argument("output", type=Path, help="output model folder")
     p.add_argument("--intrinsics", type=Path,
@@ -37,12 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args) -> int:
     from ..errors import InputError
+    from ..extract import spec_of_store
     from ..pairs import read_pairs
     from ..reconstruction.triangulation import TriangulationConfig, triangulate_model
 
     pairs = read_pairs(args.pairs)
     if not pairs:
         raise InputError(f"pairs file {args.pairs} is empty: it names no image pair")
+    # the model is only as reusable as its features: localize rebuilds their extractor
+    spec = spec_of_store(args.features)
     config = TriangulationConfig(verification=args.verification,
                                  max_epipolar_error=args.max_epipolar_error,
                                  min_num_matches=args.min_matches,
@@ -52,6 +58,8 @@ def run(args) -> int:
                                pairs, image_dir=args.images, intrinsics=args.intrinsics,
                                config=config)
     summary = report.summary()
+    summary["features"] = {"preset": spec.name, "overrides": spec.overrides,
+                           "config_hash": spec.config_hash()}
     (args.output / "triangulation.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"{summary['num_points3D']} points, mean track {summary['mean_track_length']:.2f}, "
           f"{summary['num_verified_pairs']}/{summary['num_pairs']} pairs verified, "

@@ -99,6 +99,20 @@ class ExtractorSpec:
     config: Any
     detector: "ExtractorSpec | None" = None
 
+    def config_hash(self) -> str:
+        """The ``config_hash`` of the extractor ``build`` gives, without building a network
+        or downloading weights (a user's weight file is hashed)."""
+        return self.extractor_class.hash_of(self.config, self._weights_identity()) \
+            if self.detector is None else DetectAndDescribe.pair_hash(
+                self.detector.description(), self.description())
+
+    def description(self) -> dict[str, Any]:
+        """``Extractor.describe_config`` of this (single) method's extractor."""
+        return self.extractor_class.description(self.config, self._weights_identity())
+
+    def _weights_identity(self) -> str | None:
+        return self.extractor_class.weights_identity(self.config)
+
     def build(self, device: str | None = None) -> Extractor:
         if self.detector is None:
             extractor = self.extractor_class(self.config, device=device)

@@ -12,7 +12,9 @@ Detection (DKD, as the official ``nets/soft_detect.py``): non-maximum suppressio
 score map (radius 2, with the official two suppression rounds), a border of 2 pixels
 removed, then either the ``top_k`` strongest peaks or every peak above
 ``detection_threshold`` (the score-map mean when none passes), capped at the
-``max_keypoints`` strongest. Each peak is refined by a soft-argmax (temperature 0.1) over
+``max_keypoints`` strongest. When ``top_k`` exceeds the number of peaks, only the peaks are
+kept (the official code pads the result with suppressed, zero-score positions, border ones
+included). Each peak is refined by a soft-argmax (temperature 0.1) over
 its 5×5 neighbourhood and scored by bilinear interpolation of the score map there.
 
 Preprocessing follows hloc's ``aliked-n16`` configuration: RGB scaled to [0, 1], the long
@@ -39,9 +41,12 @@ head's first 1×1 conv runs on each level before upsampling (the two commute) an
 feature map is evaluated only at the pixels the descriptor head reads
 (``AlikedNet.sparse``; ``AlikedNet.dense`` is the official formulation, kept for tests).
 
-Weights: the four official files are told apart by checksum, so a file of another variant
-(even n16rot for n16, which has the same shapes) gives a WeightsError naming it; any other
-file must still match the network strictly.
+Weights: the ``weights`` field alone chooses the release (``aliked-n16.pth``, ...) or a
+path; the architecture follows from it: a registered file's variant, or for a user's file
+the official file its checksum names, else the architecture its tensors fit. The four
+official files are told apart by checksum, so a registered name holding another variant's
+file (even n16rot for n16, which has the same shapes) gives a WeightsError naming it; any
+other file must still match the network strictly.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ValidatedConfig, at_least, one_of, registered_or_path
+from ..config import ValidatedConfig, at_least, registered_or_path
 from ..errors import WeightsError
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Extractor, Features
@@ -91,15 +96,14 @@ WEIGHT_FILES = {
 
 @dataclass(frozen=True)
 class AlikedConfig(ValidatedConfig):
-    model: str = "aliked-n16"            # aliked-t16 | aliked-n16 | aliked-n16rot | aliked-n32
+    weights: str = "aliked-n16.pth"      # aliked-{t16,n16,n16rot,n32}.pth or a path
     detection_threshold: float = 0.2     # keep peaks scoring above it; <= 0: above the map mean
     max_keypoints: int = 5000            # the strongest peaks kept in threshold mode
     top_k: int | None = None             # fixed count of peaks instead of the threshold
     nms_radius: int = 2                  # NMS, border and soft-argmax radius
     max_edge: int | None = 1024          # long side before extraction; None = full resolution
-    weights: str | None = None           # a registered file or a path; None = `model`'s file
 
-    rules = {"model": one_of(*VARIANTS), "nms_radius": at_least(1),
+    rules = {"nms_radius": at_least(1),
              "max_keypoints": at_least(1), "top_k": at_least(1), "max_edge": at_least(STRIDE),
              "weights": registered_or_path(*(f"{v}.pth" for v in VARIANTS))}
 
@@ -238,6 +242,7 @@ class AlikedNet(nn.Module):
 
     def __init__(self, variant: str) -> None:
         super().__init__()
+        self.variant = variant
         c1, c2, c3, c4, dim, n_pos = VARIANTS[variant]
         self.block1 = ConvBlock(3, c1)
         self.block2 = ResBlock(c1, c2, deformable=False)
@@ -339,7 +344,8 @@ def select_peaks(scores: torch.Tensor, radius: int, threshold: float, limit: int
     nms[h - radius:], nms[:, w - radius:] = 0, 0
     nms = nms.reshape(-1)
     if top_k is not None and top_k > 0:
-        return torch.topk(nms, min(top_k, nms.numel())).indices
+        indices = torch.topk(nms, min(top_k, nms.numel())).indices
+        return indices[nms[indices] > 0]
     mask = nms > threshold if threshold > 0 else nms > scores.mean()
     if threshold > 0 and not mask.any():
         mask = nms > scores.mean()
@@ -372,9 +378,9 @@ class Aliked(Extractor):
     config_class = AlikedConfig
     presets = {
         "aliked-n16": AlikedConfig(),
-        "aliked-n32": AlikedConfig(model="aliked-n32"),
-        "aliked-t16": AlikedConfig(model="aliked-t16"),
-        "aliked-n16rot": AlikedConfig(model="aliked-n16rot"),
+        "aliked-n32": AlikedConfig(weights="aliked-n32.pth"),
+        "aliked-t16": AlikedConfig(weights="aliked-t16.pth"),
+        "aliked-n16rot": AlikedConfig(weights="aliked-n16rot.pth"),
     }
     weight_files = tuple(WEIGHT_FILES.values())
     resize_backend = "cv2-area"
@@ -382,9 +388,10 @@ class Aliked(Extractor):
     def __init__(self, config: AlikedConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
         cfg = self.config
-        path = self._weights(cfg.weights, WEIGHT_FILES, cfg.model)
-        self.net = load_network(cfg.model, path).to(self.device)
-        self.descriptor_dim = VARIANTS[cfg.model][4]
+        registered = cfg.weights.removesuffix(".pth") if cfg.weights in (
+            w.filename for w in self.weight_files) else None
+        self.net = load_network(self._weights(), registered).to(self.device)
+        self.descriptor_dim = VARIANTS[self.net.variant][4]
 
     def _forward(self, image: np.ndarray) -> Features | None:
         if min(image.shape[:2]) < STRIDE:
@@ -416,19 +423,41 @@ class Aliked(Extractor):
         return keypoints, scores, descriptors
 
 
-def load_network(variant: str, path: Path) -> AlikedNet:
-    """An AlikedNet in eval mode with the checkpoint at ``path`` loaded strictly."""
+def load_network(path: Path, registered: str | None = None) -> AlikedNet:
+    """An AlikedNet in eval mode with the checkpoint at ``path`` loaded strictly.
+
+    ``registered``: the variant whose registered file ``path`` is (another official file
+    there is an error); None for a user's file, whose variant is the official one of its
+    checksum, else the architecture its tensors fit."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"ALIKED weight file {path} not found; download {_URL.format(variant)}")
+        raise WeightsError(f"ALIKED weight file {path} not found")
     checksum = hashlib.sha256(path.read_bytes()).hexdigest()
-    other = [name for name, digest in _SHA256.items() if digest == checksum and name != variant]
-    if other:
-        raise WeightsError(f"{path} is the official {other[0]}.pth, not {variant}.pth; "
-                           f"put the {variant} weights there or choose model={other[0]}")
-    if checksum != _SHA256[variant]:
-        logger.warning("%s: sha256 differs from the official %s.pth; loading it anyway",
-                       path, variant)
+    official = next((name for name, digest in _SHA256.items() if digest == checksum), None)
+    state = load_torch_checkpoint(path)
+    if registered is None:
+        variant = official or _fitting_variant(state)
+    elif official not in (None, registered):
+        raise WeightsError(f"{path} is the official {official}.pth, not {registered}.pth; "
+                           f"put the {registered} weights there or choose "
+                           f"weights={official}.pth")
+    else:
+        if official is None:
+            logger.warning("%s: sha256 differs from the official %s.pth; loading it anyway",
+                           path, registered)
+        variant = registered
     net = AlikedNet(variant)
-    load_state_dict_strict(net, load_torch_checkpoint(path), path)
+    load_state_dict_strict(net, state, path)
     return net.eval()
+
+
+def _fitting_variant(state: object) -> str:
+    """The variant whose tensors have the shapes of ``state`` (n16 when none does, so that
+    the strict load names what differs)."""
+    if isinstance(state, dict):
+        shapes = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+        for variant in VARIANTS:
+            own = AlikedNet(variant).state_dict()
+            if shapes == {k: tuple(v.shape) for k, v in own.items()}:
+                return variant
+    return "aliked-n16"

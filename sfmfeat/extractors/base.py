@@ -21,7 +21,7 @@ from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, InputError
 from ..features import Features, resolve_device
 from ..images import max_edge_size, rescale_pixels, resize_image, to_grayscale
-from ..weights import WeightFile, resolve_weights
+from ..weights import WeightFile, resolve_weights, weights_identity
 
 
 class Extractor(abc.ABC):
@@ -30,7 +30,9 @@ class Extractor(abc.ABC):
     name:          method name, also the weights sub-folder (e.g. "d2net").
     config_class:  a frozen dataclass; its defaults are the method's ``default_conf``.
     presets:       preset name -> config instance, e.g. {"d2net-ss": D2NetConfig()}.
-    weight_files:  official weight files this method can load (see sfmfeat.weights).
+    weight_files:  official weight files this method can load (see sfmfeat.weights); the
+                   config's ``weights`` field names one of them (or a path), nothing else
+                   selects a release.
     default_matcher: matcher preset used when the user names none.
 
     The template ``extract`` owns what every method shares: it checks the image (H×W×3
@@ -39,7 +41,8 @@ class Extractor(abc.ABC):
     ``grayscale``, calls ``_forward`` on that network input, maps the keypoints back to
     original pixels ((x + 0.5) * W / w - 0.5 per axis, pixel centres at integers; scales by
     the mean factor) and returns ``Features.empty`` when ``_forward`` finds nothing.
-    Pyramid methods (D2-Net, R2D2) keep their level-to-input mapping inside ``_forward``.
+    Pyramid methods (D2-Net, R2D2) keep their level-to-input mapping inside ``_forward``;
+    R2D2's pyramid applies ``max_edge`` itself (``resize_backend = "pyramid"``).
     """
 
     name: ClassVar[str]
@@ -73,12 +76,21 @@ class Extractor(abc.ABC):
         self.config = config
         self.device = resolve_device(device)
 
-    def _weights(self, value: str | None, entries: dict[str, WeightFile],
-                 default: str) -> Path:
-        """The file of the config's ``weights`` option (see ``weights.resolve_weights``);
+    def _weights(self) -> Path:
+        """The file of the config's ``weights`` field (see ``weights.resolve_weights``);
         records its identity for the config hash."""
-        path, self.weights_id = resolve_weights(value, entries, default, self.name)
+        path, self.weights_id = resolve_weights(self.config.weights, self.weight_files,
+                                                self.name)
         return path
+
+    @classmethod
+    def weights_identity(cls, config: Any) -> str | None:
+        """The identity ``_weights`` records for ``config``, without loading or downloading
+        the file (a user's file is hashed); None for methods without weights."""
+        value = getattr(config, "weights", None)
+        if value is None or not cls.weight_files:
+            return None
+        return weights_identity(value, cls.weight_files, cls.name)
 
     def extract(self, image: np.ndarray) -> Features:
         """Features of one H×W×3 uint8 RGB image, keypoints in its pixels."""
@@ -92,7 +104,8 @@ class Extractor(abc.ABC):
         """The checked, resized (and grayscale) network input, and the factor (W/w, H/h)."""
         image = checked_image(image)
         height, width = image.shape[:2]
-        size = self.network_size(height, width)
+        size = (height, width) if self.resize_backend == "pyramid" else \
+            self.network_size(height, width)
         network_image = image if size == (height, width) else \
             resize_image(image, size, self.resize_backend)
         if self.grayscale:
@@ -112,11 +125,18 @@ class Extractor(abc.ABC):
     def config_hash(self) -> str:
         """Hash of the method's stable ``name``, its resolved config and the identity of its
         weights: moving or renaming a class keeps it, custom weights change it."""
-        return config_hash(self.name, self.config, weights=self.weights_id)
+        return self.hash_of(self.config, self.weights_id)
+
+    @classmethod
+    def hash_of(cls, config: Any, weights_id: str | None) -> str:
+        return config_hash(cls.name, config, weights=weights_id)
 
     def describe_config(self) -> dict[str, Any]:
-        return {"method": self.name, "config": config_to_dict(self.config),
-                "weights": self.weights_id}
+        return self.description(self.config, self.weights_id)
+
+    @classmethod
+    def description(cls, config: Any, weights_id: str | None) -> dict[str, Any]:
+        return {"method": cls.name, "config": config_to_dict(config), "weights": weights_id}
 
 
 def checked_image(image: np.ndarray) -> np.ndarray:
@@ -140,12 +160,12 @@ def to_original_pixels(features: Features, factor: tuple[float, float]) -> Featu
                     scales, features.orientations)
 
 
-def to_network_pixels(xy: np.ndarray, factor: tuple[float, float]) -> np.ndarray:
-    """Original-image keypoints (N×2) in the pixels of a network input resized by
+def to_network_pixels(keypoints: Features, factor: tuple[float, float]) -> Features:
+    """Original-image keypoints (and scales) in the pixels of a network input resized by
     1/``factor``: the inverse of ``to_original_pixels``."""
     if factor == (1.0, 1.0):
-        return xy
-    return rescale_pixels(xy, (1.0 / factor[0], 1.0 / factor[1]))
+        return keypoints
+    return to_original_pixels(keypoints, (1.0 / factor[0], 1.0 / factor[1]))
 
 
 class Describer(Extractor):
@@ -158,8 +178,8 @@ class Describer(Extractor):
 
     def describe(self, image: np.ndarray, keypoints: Features) -> Features:
         """Features at the given keypoints (same order; scales/orientations kept): the
-        template resizes the image as ``extract`` does, moves the keypoints into the
-        network input's pixels and calls ``_describe``."""
+        template resizes the image as ``extract`` does, moves the keypoints (and scales)
+        into the network input's pixels and calls ``_describe``."""
         xy = keypoints.keypoints
         if not np.isfinite(xy).all():
             raise InputError(f"{self.name}: keypoints with non-finite coordinates")
@@ -167,16 +187,16 @@ class Describer(Extractor):
             return Features(xy, keypoints.scores, np.zeros((0, self.descriptor_dim),
                             np.float32), keypoints.scales, keypoints.orientations)
         network_image, factor = self._network_image(image)
-        descriptors = self._describe(network_image, to_network_pixels(xy, factor), keypoints)
+        descriptors = self._describe(network_image, to_network_pixels(keypoints, factor))
         if descriptors is None:
             return Features.empty(self.descriptor_dim,
                                   with_geometry=keypoints.scales is not None)
         return Features(xy, keypoints.scores, descriptors, keypoints.scales,
                         keypoints.orientations)
 
-    def _describe(self, image: np.ndarray, xy: np.ndarray,
-                  keypoints: Features) -> np.ndarray | None:
-        """N×D descriptors of the network input at ``xy`` (its pixels); None: none possible."""
+    def _describe(self, image: np.ndarray, keypoints: Features) -> np.ndarray | None:
+        """N×D descriptors of the network input at ``keypoints`` (in its pixels, scales
+        included); None: none possible."""
         raise NotImplementedError(f"{type(self).__name__} implements neither _describe nor "
                                   "describe")
 
@@ -211,8 +231,12 @@ class DetectAndDescribe(Extractor):
 
     @property
     def config_hash(self) -> str:
-        return config_hash(self.name, _PairConfig(self.detector.describe_config(),
-                                                  self.describer.describe_config()))
+        return self.pair_hash(self.detector.describe_config(), self.describer.describe_config())
+
+    @classmethod
+    def pair_hash(cls, detector: dict[str, Any], describer: dict[str, Any]) -> str:
+        """The hash of a pair from its two ``description``s."""
+        return config_hash(cls.name, _PairConfig(detector, describer))
 
     def describe_config(self) -> dict[str, Any]:
         return {"method": self.name, "detector": self.detector.describe_config(),

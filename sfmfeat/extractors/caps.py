@@ -51,6 +51,7 @@ from torch import nn
 
 from ..config import ValidatedConfig, at_least, registered_or_path
 from ..errors import WeightsError
+from ..images import imagenet_normalized
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Describer, Features
 
@@ -62,8 +63,6 @@ WEIGHTS = WeightFile(
     licence="MIT", sha256=None, manual=True,
     note="a Google Drive page (README of qianqianwang68/caps), no direct link",
 )
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_SIDE = 16                        # the coarse stride
 
 
@@ -208,9 +207,7 @@ def sample_features(feature_map: torch.Tensor, xy_normalized: torch.Tensor) -> t
 def preprocess(image: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 RGB -> 1×3×H×W float32: ToTensor (/255) then ImageNet Normalize."""
     x = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return x.sub(mean).div(std)[None]
+    return imagenet_normalized(x[None])
 
 
 def describe_from_maps(coarse: torch.Tensor, fine: torch.Tensor, xy: np.ndarray,
@@ -235,7 +232,7 @@ class Caps(Describer):
 
     def __init__(self, config: CapsConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
-        path = self._weights(self.config.weights, {"caps": WEIGHTS}, "caps")
+        path = self._weights()
         self.net = load_network(path).to(self.device)
 
     @torch.inference_mode()
@@ -245,15 +242,14 @@ class Caps(Describer):
         return self.net(preprocess(image).to(self.device))
 
     @torch.inference_mode()
-    def _describe(self, image: np.ndarray, xy: np.ndarray,
-                  keypoints: Features) -> np.ndarray | None:
+    def _describe(self, image: np.ndarray, keypoints: Features) -> np.ndarray | None:
         height, width = image.shape[:2]
         if min(height, width) < MIN_SIDE:
             logger.warning("caps: image %dx%d is smaller than the %d px stride; no features",
                            width, height, MIN_SIDE)
             return None
         coarse, fine = self.feature_maps(image)
-        desc = describe_from_maps(coarse, fine, xy, image.shape[:2])
+        desc = describe_from_maps(coarse, fine, keypoints.keypoints, image.shape[:2])
         if self.config.normalize:
             desc = F.normalize(desc, dim=1)
         return desc.float().cpu().numpy()

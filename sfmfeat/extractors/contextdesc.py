@@ -8,8 +8,15 @@ visual context of a retrieval ResNet50 and the geometric context of the keypoint
     descriptor = l2norm(local + visual(regional, local, xy) + geometric(m, xy))
 
 The weights are the official TF1 files converted once with
-``sfmfeat weights convert contextdesc ARCHIVE_OR_DIR`` (no TensorFlow needed);
+``sfmfeat weights convert contextdesc ARCHIVE_OR_DIR`` (no TensorFlow needed); the
+``weights`` field names the local model's file (``contextdesc++.pth``, ...) or a path;
 ``context=False`` gives the plain local descriptor (l2norm(local)) without the regional model.
+
+Template: ``Extractor.extract`` checks the image and resizes it to ``max_edge`` (official:
+never, the default None) before ``_forward``; keypoints and scales come back in original
+pixels. ``regional_max_dim`` is another quantity: the long side of the regional model's
+input only (the official ``RegModel`` resize of the image SIFT ran on), which keypoints and
+patches never see.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..config import ValidatedConfig, at_least, greater_than, one_of, registered_or_path
+from ..config import Relation, ValidatedConfig, at_least, between, greater_than, one_of, \
+    registered_or_path
 from ..errors import ConfigError
 from ..images import to_grayscale
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint, resolve
@@ -31,7 +39,7 @@ from .base import Extractor, Features
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 32
-REGIONAL_MEAN_RGB = (124.0, 117.0, 104.0)
+REGIONAL_MEAN_RGB = (124.0, 117.0, 104.0)   # the official RegModel's (ImageNet's, in 0..255)
 _LICENCE = "none stated (repository has no LICENSE file): all rights reserved by the authors"
 _CONVERT_NOTE = ("official TensorFlow archive; turn it into this file with "
                  "`sfmfeat weights convert contextdesc ARCHIVE_OR_DIR`")
@@ -55,7 +63,7 @@ WEIGHT_FILES = {
 
 @dataclass(frozen=True)
 class ContextDescConfig(ValidatedConfig):
-    variant: str = "contextdesc++"     # weights: contextdesc, contextdesc+, contextdesc++, ..._upright
+    weights: str = "contextdesc++.pth"  # local model: a registered file (VARIANT_URLS) or a path
     context: bool = True               # False: l2norm(local feature) only, no regional model
     max_keypoints: int | None = 8192   # SIFT top-n by response (official n_feature); None = all
     upright: bool = False              # orientation 0, keypoints differing only in angle merged
@@ -64,33 +72,41 @@ class ContextDescConfig(ValidatedConfig):
     n_octave_layers: int = 3
     sigma: float = 1.6
     regional_max_dim: int = 1024       # long side of the regional model's input
+    max_edge: int | None = None        # long side of the image SIFT runs on; None = full
     patch_sampler: str = "opencv"      # "opencv" (official cv2.remap) or "torch" (grid_sample)
     inverse_distance: bool = False     # True: 1/d weights in the 3-NN interpolation (official: 1/3)
     quantize: bool = False             # official uint8 quantisation, returned de-quantised
     # patches per local-model forward: 128 keeps the 32×32×32 maps in cache on CPU (1.3×
     # the throughput of 512, benchmarks/extract_contextdesc.py)
     batch_size: int = 128
-    weights: str | None = None         # local model: registered file or path; None = `variant`'s
 
-    rules = {"variant": one_of(*VARIANT_URLS), "max_keypoints": at_least(1),
+    rules = {"max_keypoints": at_least(1),
              "contrast_threshold": at_least(0), "edge_threshold": greater_than(0),
-             "n_octave_layers": at_least(1), "sigma": greater_than(0),
+             "n_octave_layers": between(1, 16), "sigma": between(0.01, 10),
              "regional_max_dim": at_least(32), "patch_sampler": one_of("opencv", "torch"),
-             "batch_size": at_least(1),
+             "batch_size": at_least(1), "max_edge": at_least(32),
              "weights": registered_or_path(*(f"{v}.pth" for v in VARIANT_URLS))}
+    relations = (Relation(("context", "inverse_distance"),
+                          "inverse_distance must be false with context=false (it "
+                          "weights the context interpolation)",
+                          lambda c: c.context or not c.inverse_distance),)
 
 
 class ContextDesc(Extractor):
     name = "contextdesc"
     config_class = ContextDescConfig
     presets = {
-        "contextdesc": ContextDescConfig(variant="contextdesc"),
-        "contextdesc+": ContextDescConfig(variant="contextdesc+"),
+        "contextdesc": ContextDescConfig(weights="contextdesc.pth"),
+        "contextdesc+": ContextDescConfig(weights="contextdesc+.pth"),
         "contextdesc++": ContextDescConfig(),
-        "contextdesc++-upright": ContextDescConfig(variant="contextdesc++_upright", upright=True),
+        "contextdesc++-upright": ContextDescConfig(weights="contextdesc++_upright.pth",
+                                                   upright=True),
         "contextdesc++-local": ContextDescConfig(context=False),
     }
     weight_files = tuple(WEIGHT_FILES.values())
+    resize_backend = "cv2-area"
+    descriptor_dim = 128
+    with_geometry = True
 
     def __init__(self, config: ContextDescConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
@@ -101,7 +117,7 @@ class ContextDesc(Extractor):
         c = self.config
         self._torch = torch
         self.net = ContextDescNet(c.inverse_distance)
-        _load(self.net, self._weights(c.weights, WEIGHT_FILES, c.variant))
+        _load(self.net, self._weights())
         self.net.to(self.device).eval().requires_grad_(False)
         self.net.local.fold_bn()
         self.net.aug.fold_bn()
@@ -172,7 +188,7 @@ class ContextDesc(Extractor):
         return out[0].cpu().numpy()
 
     # ------------------------------------------------------------------ forward
-    def extract(self, image: np.ndarray) -> Features:
+    def _forward(self, image: np.ndarray) -> Features | None:
         timings = {}
         tic = time.perf_counter()
         gray = to_grayscale(image)
@@ -180,7 +196,7 @@ class ContextDesc(Extractor):
         timings["sift"] = time.perf_counter() - tic
         if not keypoints:
             self.timings = timings
-            return Features.empty(128, with_geometry=True)
+            return None
         tic = time.perf_counter()
         patches = self.patches(gray, keypoints)
         timings["patches"] = time.perf_counter() - tic

@@ -72,9 +72,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ValidatedConfig, at_least, greater_than, one_of, registered_or_path
+from ..config import Rule, ValidatedConfig, at_least, greater_than, one_of, registered_or_path
 from ..errors import ConfigError, WeightsError
-from ..images import resize_image
+from ..images import IMAGENET_MEAN, IMAGENET_STD, resize_image
 from ..weights import WeightFile, load_state_dict_strict, load_torch_checkpoint
 from .base import Extractor, Features
 
@@ -84,8 +84,8 @@ DESCRIPTOR_DIM = 512
 STRIDE = 4
 MIN_LEVEL_SIDE = 8  # two 2×2 max-pools then a 2×2 average pool: one output cell needs 8 px
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])  # float64, as in lib/utils.py
-TORCH_MEAN_RGB = np.array([0.485, 0.456, 0.406])
-TORCH_STD_RGB = np.array([0.229, 0.224, 0.225])
+TORCH_MEAN_RGB = np.array(IMAGENET_MEAN)   # float64, as lib/utils.py
+TORCH_STD_RGB = np.array(IMAGENET_STD)
 
 _LICENCE = "BSD-3-Clause-Clear (Clear BSD, mihaidusmanu/d2-net LICENSE)"
 WEIGHT_FILES = {
@@ -114,7 +114,9 @@ class D2NetConfig(ValidatedConfig):
     channels_last: bool = False         # fp32 trunk in NHWC: faster, but no longer bit-equal
     #                                     to the official (NCHW) dense map; bf16/fp16 use it always
 
-    rules = {"weights": registered_or_path(*WEIGHT_FILES), "scales": greater_than(0),
+    # a level above 4× the network input only costs memory and time
+    rules = {"weights": registered_or_path(*WEIGHT_FILES),
+             "scales": Rule("> 0 and at most 4", lambda v: 0 < v <= 4),
              "preprocessing": one_of("caffe", "torch"), "max_edge": at_least(STRIDE),
              "max_sum_edges": at_least(2 * STRIDE), "edge_threshold": greater_than(0),
              "max_keypoints": at_least(1), "precision": one_of("fp32", "bf16", "fp16"),
@@ -318,7 +320,7 @@ class D2Net(Extractor):
             raise ConfigError("precision=fp16 needs a GPU; on CPU use bf16")
         if network is None:
             network = D2NetNetwork(conf.use_relu)
-            load_d2net_checkpoint(network, self._weights(conf.weights, WEIGHT_FILES, "d2_tf.pth"))
+            load_d2net_checkpoint(network, self._weights())
         network.use_relu = conf.use_relu
         self.dtype = _DTYPES[conf.precision]
         self.memory_format = (torch.channels_last if conf.channels_last or conf.precision != "fp32"

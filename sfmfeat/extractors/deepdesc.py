@@ -39,8 +39,13 @@ descriptor); huge scales give a shrunken, border-replicated image. Non-finite ke
 geometry raises an InputError.
 
 Weights: the four ``models/CNN3_p8_n8_split*.t7`` of etrulls/deepdesc-release,
-CC BY-NC-SA 4.0 (non-commercial). ``split4`` (a subset of Liberty, Yosemite and Notre
+CC BY-NC-SA 4.0 (non-commercial), chosen by the ``weights`` field (a file name or a path;
+the four share one architecture). ``split4`` (a subset of Liberty, Yosemite and Notre
 Dame) is the README's default.
+
+Template: ``Describer.describe`` checks the image, resizes it when ``max_edge`` is set
+(official: never) and hands ``_describe`` the keypoints and scales in its pixels; the
+grayscale is ``images.to_grayscale(rounded=False)``, Torch7's unrounded ``rgb2y``.
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ValidatedConfig, at_least, greater_than, one_of, registered_or_path
+from ..config import ValidatedConfig, at_least, greater_than, registered_or_path
 from ..errors import InputError, WeightsError
+from ..images import to_grayscale
 from ..weights import WeightFile
 from .base import Describer, Features
 from .patches import extract_patches
@@ -89,7 +95,7 @@ PATCH_SIZE = 64
 
 @dataclass(frozen=True)
 class DeepDescConfig(ValidatedConfig):
-    model: str = "split4"            # split1..split4 (the four released models)
+    weights: str = _SPLITS["split4"][0]  # a registered .t7 (split1..split4) or a path
     support_factor: float = 16.0     # side of the support square / OpenCV keypoint size
     oriented: bool = True            # turn patches to the keypoint orientation
     antialias: bool = True           # Gaussian pre-smoothing per keypoint scale
@@ -98,11 +104,12 @@ class DeepDescConfig(ValidatedConfig):
     # maps in cache (2.4× the throughput of 2048, benchmarks/extract_patches.py), 2048 on GPU
     batch_size: int | None = None
     normalize: bool = False          # L2-normalise (the release does not)
-    weights: str | None = None       # a registered .t7 or a path; None = the file of `model`
+    max_edge: int | None = None      # long side of the image patches are cut from; None = full
 
-    rules = {"model": one_of(*WEIGHT_FILES), "support_factor": greater_than(0),
+    rules = {"support_factor": greater_than(0),
              "weights": registered_or_path(*(w.filename for w in WEIGHT_FILES.values())),
-             "fallback_size": greater_than(0), "batch_size": at_least(1)}
+             "fallback_size": greater_than(0), "batch_size": at_least(1),
+             "max_edge": at_least(16)}
 
 
 # ---------------------------------------------------------------- Torch7 layers
@@ -236,11 +243,6 @@ def load_network(path: Path) -> CNN3:
 # ---------------------------------------------------------------- the describer
 
 
-def grayscale(image: np.ndarray) -> np.ndarray:
-    """RGB uint8 -> float32 luma in 0..255 (Torch ``image.rgb2y`` weights, unrounded)."""
-    return image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-
-
 class DeepDesc(Describer):
     name = "deepdesc"
     config_class = DeepDescConfig
@@ -249,18 +251,20 @@ class DeepDesc(Describer):
     # keypoints of OpenCV's default SIFT detector (the papers' and the official extractors'
     # setting), the 8192 strongest by response
     default_detector = "rootsift"
+    descriptor_dim = 128
 
     def __init__(self, config: DeepDescConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
         self.batch_size = self.config.batch_size or (
             32 if torch.device(self.device).type == "cpu" else 2048)
         # channels-last runs the 32→64 6×6 convolution ~25% faster on CPU (same values)
-        path = self._weights(self.config.weights, WEIGHT_FILES, self.config.model)
+        path = self._weights()
         self.net = load_network(path).to(
             self.device, memory_format=torch.channels_last)
 
     def patches(self, image: np.ndarray, keypoints: Features) -> torch.Tensor:
-        """The N×1×64×64 network input (0..255) for ``keypoints`` of ``image``."""
+        """The N×1×64×64 network input (0..255) for ``keypoints`` of ``image`` (an RGB image
+        and keypoints in its pixels)."""
         n = len(keypoints)
         sizes = (keypoints.scales if keypoints.scales is not None
                  else np.full(n, self.config.fallback_size, np.float32))
@@ -271,7 +275,7 @@ class DeepDesc(Describer):
         if not np.isfinite(geometry).all():
             raise InputError("deepdesc: keypoints with non-finite position, scale or angle")
         radii = np.abs(sizes.astype(np.float64)) * self.config.support_factor / 2
-        gray = torch.from_numpy(grayscale(image)).to(self.device)
+        gray = torch.from_numpy(to_grayscale(image, rounded=False)).to(self.device)
         if not self.config.antialias:
             return extract_patches(gray[None], keypoints.keypoints, radii, angles, PATCH_SIZE)
         return antialiased_patches(gray, keypoints.keypoints, radii, angles, PATCH_SIZE)
@@ -286,13 +290,8 @@ class DeepDesc(Describer):
         return F.normalize(desc, dim=1) if self.config.normalize else desc
 
     @torch.inference_mode()
-    def describe(self, image: np.ndarray, keypoints: Features) -> Features:
-        if len(keypoints) == 0:
-            return Features(keypoints.keypoints, keypoints.scores, np.zeros((0, 128), np.float32),
-                            keypoints.scales, keypoints.orientations)
-        desc = self.describe_patches(self.patches(image, keypoints))
-        return Features(keypoints.keypoints, keypoints.scores, desc.cpu().numpy(),
-                        keypoints.scales, keypoints.orientations)
+    def _describe(self, image: np.ndarray, keypoints: Features) -> np.ndarray:
+        return self.describe_patches(self.patches(image, keypoints)).cpu().numpy()
 
 
 def antialiased_patches(gray: torch.Tensor, centers, radii, angles, patch_size: int

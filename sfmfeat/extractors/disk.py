@@ -202,7 +202,7 @@ class Disk(Extractor):
         super().__init__(config, device)
         # channels-last was measured slower on CPU for this network (InstanceNorm), so
         # the default contiguous layout is kept
-        path = self._weights(self.config.weights, {"depth": DISK_DEPTH}, "depth")
+        path = self._weights()
         self.net = load_disk_network(path).to(self.device)
 
     def _forward(self, image: np.ndarray) -> Features | None:

@@ -11,15 +11,17 @@ Detection (official ``extract.py``): a pixel is a keypoint when its repeatabilit
 maximum of its 3×3 neighbourhood and both repeatability and reliability are ≥ 0.7; its
 score is reliability × repeatability and its descriptor the L2-normalised map there.
 This runs on an image pyramid: starting at scale 1 and dividing by ``scale_factor``
-(2^¼) each step, every level whose long side is at most ``max_size`` (and scale at most
-``max_scale``) is processed, down to ``min_size`` (or ``min_scale``); each level is the
+(2^¼) each step, every level whose long side is at most ``max_edge`` (extract.py's
+``--max-size``; and scale at most ``max_scale``) is processed, down to ``min_size`` (or ``min_scale``); each level is the
 previous one resized bilinearly. Keypoints of all levels are pooled and the
 ``max_keypoints`` best kept. The keypoint scale (``Features.scales``) is the official
 patch diameter ``32 / s`` in original pixels.
 
-Coordinates: the official code maps a level pixel ``x`` to ``x · W / w``; the pixel
-centre convention used by sfmfeat gives ``(x + 0.5) · W / w - 0.5`` (up to 0.5 px apart
-at half resolution).
+Template: the pyramid starts from the full-resolution image, as extract.py, so the base
+template does not resize (``resize_backend = "pyramid"``) and ``_forward`` maps each level
+back with ``images.rescale_pixels``. Coordinates: the official code maps a level pixel
+``x`` to ``x · W / w``; the pixel centre convention used by sfmfeat gives
+``(x + 0.5) · W / w - 0.5`` (up to 0.5 px apart at half resolution).
 
 Licence: code and weights are CC BY-NC-SA 3.0, non-commercial use only.
 """
@@ -36,8 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import weights as weights_mod
-from ..config import ValidatedConfig, at_least, between, greater_than, registered_or_path
+from ..config import ValidatedConfig, at_least, between, not_above, registered_or_path
 from ..errors import WeightsError
+from ..images import imagenet_normalized, rescale_pixels
 from ..weights import WeightFile
 from .base import Extractor, Features
 
@@ -57,8 +60,6 @@ R2D2_WASF_N16 = WeightFile(
 DESCRIPTOR_DIM = 128
 PATCH_SIZE = 32          # official keypoint scale = PATCH_SIZE / level scale
 NETWORK_NAME = "Quad_L2Net_ConfCFS()"
-RGB_MEAN = (0.485, 0.456, 0.406)
-RGB_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -68,16 +69,20 @@ class R2D2Config(ValidatedConfig):
     repeatability_threshold: float = 0.7  # extract.py --repeatability-thr
     scale_factor: float = 2 ** 0.25       # extract.py --scale-f
     min_size: int = 256                   # smallest pyramid level (long side, px)
-    max_size: int = 1024                  # largest pyramid level (long side, px)
+    max_edge: int = 1024                  # largest pyramid level (long side, px; --max-size)
     min_scale: float = 0.0
     max_scale: float = 1.0
     weights: str = "r2d2_WASF_N16.pt"     # the registered file or a path to a checkpoint
     channels_last: bool = True            # memory layout for the convolutions (speed only)
 
-    rules = {"max_keypoints": at_least(1), "scale_factor": greater_than(1),
-             "min_size": at_least(1), "max_size": at_least(1), "min_scale": at_least(0),
+    # scale_factor >= 1.05 bounds the number of levels built (one per factor step down to
+    # min_size: 178 for a 6000 px image with min_size=1)
+    rules = {"max_keypoints": at_least(1), "scale_factor": at_least(1.05),
+             "min_size": at_least(1), "max_edge": at_least(1), "min_scale": at_least(0),
              "max_scale": between(0, 1),   # max_scale <= 1: no upsampling
              "weights": registered_or_path("r2d2_WASF_N16.pt")}
+    # otherwise no level is ever processed: every image would give no keypoints
+    relations = (not_above("min_size", "max_edge"), not_above("min_scale", "max_scale"))
 
 
 # (in, out, kernel, dilation, batch norm, relu) of each conv, in the official order
@@ -167,7 +172,7 @@ def pyramid_scales(height: int, width: int, config: R2D2Config) -> list[tuple[fl
     """The official scale sequence: (scale, processed?) for every level that is built."""
     long_side = max(height, width)
     lowest = max(config.min_scale, config.min_size / long_side)
-    highest = min(config.max_scale, config.max_size / long_side)
+    highest = min(config.max_scale, config.max_edge / long_side)
     levels, s = [], 1.0
     while s + 0.001 >= lowest:
         levels.append((s, s - 0.001 <= highest))
@@ -181,26 +186,25 @@ class R2D2(Extractor):
     presets = {"r2d2": R2D2Config()}
     weight_files = (R2D2_WASF_N16,)
     default_matcher = "mnn"  # the official matching: mutual NN, no ratio test
+    resize_backend = "pyramid"   # max_edge selects the pyramid levels (see the docstring)
+    descriptor_dim = DESCRIPTOR_DIM
+    with_geometry = True
 
     def __init__(self, config: R2D2Config | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
-        c = self.config
-        net = load_r2d2_network(self._weights(c.weights, {"wasf": R2D2_WASF_N16}, "wasf"))
+        net = load_r2d2_network(self._weights())
         self.net = net.fused().eval().to(self.device)
-        if c.channels_last:
+        if self.config.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self._mean = torch.tensor(RGB_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(RGB_STD, device=self.device).view(1, 3, 1, 1)
 
-    def extract(self, image: np.ndarray) -> Features:
+    def _forward(self, image: np.ndarray) -> Features | None:
         c = self.config
         height, width = image.shape[:2]
         levels = pyramid_scales(height, width, c)
         if not any(used for _, used in levels):
-            return Features.empty(DESCRIPTOR_DIM, with_geometry=True)
-
+            return None
         level = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        level = (level.permute(2, 0, 1)[None].float() / 255.0 - self._mean) / self._std
+        level = imagenet_normalized(level.permute(2, 0, 1)[None].float() / 255.0)
         xy, sizes, scores, descriptors = [], [], [], []
         with torch.inference_mode():
             for i, (s, used) in enumerate(levels):
@@ -217,15 +221,18 @@ class R2D2(Extractor):
                               c.repeatability_threshold)
                 scores.append(reliability[0, y, x] * repeatability[0, y, x])
                 descriptors.append(F.normalize(raw[0][:, y, x].t(), dim=1))
-                xy.append(torch.stack([(x.double() + 0.5) * (width / w) - 0.5,
-                                       (y.double() + 0.5) * (height / h) - 0.5], dim=1))
-                sizes.append(torch.full((len(x),), PATCH_SIZE / s, dtype=torch.float64))
+                xy.append(rescale_pixels(torch.stack([x, y], 1).cpu().numpy(),
+                                         (width / w, height / h)))
+                sizes.append(np.full(len(x), PATCH_SIZE / s))
+        count = sum(len(v) for v in sizes)
+        if count == 0:
+            return None
         features = Features(
-            keypoints=torch.cat(xy).cpu().numpy(),
+            keypoints=np.concatenate(xy),
             scores=torch.cat(scores).float().cpu().numpy(),
             descriptors=torch.cat(descriptors).float().cpu().numpy(),
-            scales=torch.cat(sizes).numpy(),
-            orientations=np.zeros(sum(len(v) for v in scores), np.float32),
+            scales=np.concatenate(sizes),
+            orientations=np.zeros(count, np.float32),
         )
         return features.top_k(c.max_keypoints)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..config import ValidatedConfig, at_least, greater_than, one_of
+from ..config import Relation, ValidatedConfig, at_least, between, greater_than, one_of
 from ..features import Features
 from .base import Extractor
 
@@ -39,10 +39,14 @@ class SiftConfig(ValidatedConfig):
     max_edge: int | None = 3200          # long side cap before detection (COLMAP's 3200)
 
     rules = {"max_keypoints": at_least(1), "normalization": one_of("l1-root", "l2"),
-             "n_octave_layers": at_least(1), "contrast_threshold": at_least(0),
-             "edge_threshold": greater_than(0), "sigma": greater_than(0),
+             "n_octave_layers": between(1, 16), "contrast_threshold": at_least(0),
+             "edge_threshold": greater_than(0), "sigma": between(0.01, 10),
              "max_octave": at_least(-1), "max_orientations": at_least(1),
              "max_edge": at_least(16)}
+    relations = (Relation(("upright", "max_orientations"),
+                          "max_orientations must be None with upright=true (upright "
+                          "keeps one orientation per keypoint)",
+                          lambda c: not (c.upright and c.max_orientations is not None)),)
 
 
 class Sift(Extractor):

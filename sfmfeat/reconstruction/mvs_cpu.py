@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..images import to_grayscale
+
 logger = logging.getLogger(__name__)
 
 
@@ -148,8 +150,7 @@ def depth_ranges(rec, config: CpuMvsConfig) -> dict[int, tuple[float, float]]:
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
     """Float32 intensity in [0, 1]."""
-    if rgb.ndim == 3:
-        rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    rgb = to_grayscale(rgb)
     return rgb.astype(np.float32) / (65535.0 if rgb.dtype == np.uint16 else 255.0)
 
 
