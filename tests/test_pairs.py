@@ -52,3 +52,4 @@ def test_each_extractor_brings_its_authors_matcher():
     assert default_matcher("d2net-ss") == "mnn" and default_matcher("r2d2") == "mnn"
     assert default_matcher("deepdesc+d2net-ss") == "mnn-ratio"  # the describer decides
     assert default_matcher("contextdesc++") == "mnn-ratio"
+    assert default_matcher("disk") == "mnn" and default_matcher("aliked-n32") == "mnn"

@@ -382,6 +382,7 @@ class Aliked(Extractor):
         "aliked-t16": AlikedConfig(weights="aliked-t16.pth"),
         "aliked-n16rot": AlikedConfig(weights="aliked-n16rot.pth"),
     }
+    default_matcher = "mnn"   # measured against reference poses (README, "Default matchers")
     weight_files = tuple(WEIGHT_FILES.values())
     resize_backend = "cv2-area"
 

@@ -197,6 +197,9 @@ class Disk(Extractor):
     weight_files = (DISK_DEPTH,)
     resize_backend = "torch-antialias"   # detect.py's F.interpolate(antialias=True)
     descriptor_dim = DESCRIPTOR_DIM
+    # measured against reference poses (README, "Default matchers"): the ratio test throws
+    # away good learned matches; hloc matches DISK with mutual NN too
+    default_matcher = "mnn"
 
     def __init__(self, config: DiskConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
