@@ -243,25 +243,29 @@ def _query_camera(entry: dict[str, Any]):
 def _figure_html(fig, div_id: str, first: bool) -> str:
     import plotly.io as pio
 
+    # plain dicts, not validated graph objects: a third of the report's time otherwise
     return pio.to_html(fig, full_html=False, include_plotlyjs=bool(first), div_id=div_id,
-                       config={"displaylogo": False, "responsive": True})
+                       validate=False, config={"displaylogo": False, "responsive": True})
+
+
+def _new_figure() -> dict[str, Any]:
+    return {"data": [], "layout": {}}
 
 
 def _view3d(run: RunData, limits: ReportLimits, xyz: np.ndarray,
             rgb: np.ndarray) -> tuple[Any, list[str]]:
-    import plotly.graph_objects as go
-
     notes = []
-    fig = go.Figure()
+    fig = _new_figure()
     if len(xyz):
         keep = _subsample(len(xyz), limits.max_points)
         if len(keep) < len(xyz):
             notes.append(f"{len(keep):,} of {len(xyz):,} points drawn (an even subsample)")
         colours = [f"rgb({r},{g},{b})" for r, g, b in rgb[keep]]
-        fig.add_trace(go.Scatter3d(
-            x=xyz[keep, 0].astype(np.float32), y=xyz[keep, 1].astype(np.float32),
-            z=xyz[keep, 2].astype(np.float32), mode="markers", name="3D points",
-            marker={"size": 2, "color": colours}, hoverinfo="skip"))
+        fig["data"].append(dict(
+            type="scatter3d", x=xyz[keep, 0].astype(np.float32),
+            y=xyz[keep, 1].astype(np.float32), z=xyz[keep, 2].astype(np.float32),
+            mode="markers", name="3D points", marker={"size": 2, "color": colours},
+            hoverinfo="skip"))
     cameras: list[tuple[str, Any, Any, str]] = []  # name, pose, camera, hover
     rec = run.reconstruction
     if rec is not None:
@@ -293,12 +297,13 @@ def _view3d(run: RunData, limits: ReportLimits, xyz: np.ndarray,
             path += _frustum_path(*_camera_geometry(pose, camera), depth)
         if path:
             lines = np.array(path)
-            fig.add_trace(go.Scatter3d(x=lines[:, 0], y=lines[:, 1], z=lines[:, 2],
-                                       mode="lines", line={"color": colour, "width": 2},
-                                       name=f"{label} (frusta)", hoverinfo="skip"))
+            fig["data"].append(dict(type="scatter3d", x=lines[:, 0], y=lines[:, 1],
+                                    z=lines[:, 2], mode="lines",
+                                    line={"color": colour, "width": 2},
+                                    name=f"{label} (frusta)", hoverinfo="skip"))
         group_centers = np.array([_camera_geometry(p, c)[0] for _, p, c, _ in group])
-        fig.add_trace(go.Scatter3d(
-            x=group_centers[:, 0], y=group_centers[:, 1], z=group_centers[:, 2],
+        fig["data"].append(dict(
+            type="scatter3d", x=group_centers[:, 0], y=group_centers[:, 1], z=group_centers[:, 2],
             mode="markers", name=label, marker={"size": 3, "color": colour},
             text=[hover for *_, hover in group], hovertemplate="%{text}<extra></extra>"))
     low, high = _view_box(xyz, centers)
@@ -306,7 +311,7 @@ def _view3d(run: RunData, limits: ReportLimits, xyz: np.ndarray,
     ratio = extent / float(np.prod(extent)) ** (1 / 3)  # box of volume 1: fills the view
     axes = {f"{axis}axis": {"visible": False, "range": [float(low[k]), float(high[k])]}
             for k, axis in enumerate("xyz")}
-    fig.update_layout(
+    fig["layout"].update(
         height=VIEW3D_HEIGHT_PX, margin={"l": 0, "r": 0, "t": 0, "b": 0},
         paper_bgcolor="white", showlegend=True,
         legend={"x": 0.01, "y": 0.01, "bgcolor": "rgba(255,255,255,0.7)"},
@@ -333,8 +338,6 @@ def _view_box(xyz: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _histogram(values: np.ndarray, title: str, xlabel: str, integer: bool):
-    import plotly.graph_objects as go
-
     if integer:
         counts = np.bincount(values.astype(np.int64))
         centers = np.arange(len(counts))
@@ -344,23 +347,27 @@ def _histogram(values: np.ndarray, title: str, xlabel: str, integer: bool):
         high = float(np.percentile(values, 99.5)) if len(values) else 1.0
         counts, edges = np.histogram(np.clip(values, 0, high), bins=50, range=(0, high or 1))
         centers, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
-    fig = go.Figure(go.Bar(x=centers, y=counts, width=width, marker_color="#4c72b0",
-                           hovertemplate=f"{xlabel} %{{x}}<br>%{{y}} points<extra></extra>"))
-    fig.update_layout(title=title, height=320, margin={"l": 50, "r": 10, "t": 40, "b": 40},
-                      xaxis_title=xlabel, yaxis_title="points", bargap=0)
+    fig = _new_figure()
+    fig["data"].append(dict(type="bar", x=centers, y=counts, width=width,
+                            marker={"color": "#4c72b0"},
+                            hovertemplate=f"{xlabel} %{{x}}<br>%{{y}} points<extra></extra>"))
+    fig["layout"].update(title={"text": title}, height=320, bargap=0,
+                         margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                         xaxis={"title": {"text": xlabel}},
+                         yaxis={"title": {"text": "points"}})
     return fig
 
 
 def _timings_figure(timings: dict[str, float], title: str, unit: str = "s"):
-    import plotly.graph_objects as go
-
     names = [k for k in timings if k != "total"]
-    fig = go.Figure(go.Bar(x=[timings[k] for k in names], y=names, orientation="h",
-                           marker_color="#55a868",
-                           hovertemplate=f"%{{y}}: %{{x:.3f}} {unit}<extra></extra>"))
-    fig.update_layout(title=title, height=60 + 28 * max(len(names), 1),
-                      margin={"l": 160, "r": 10, "t": 40, "b": 40}, xaxis_title=unit,
-                      yaxis={"autorange": "reversed"})
+    fig = _new_figure()
+    fig["data"].append(dict(type="bar", x=[timings[k] for k in names], y=names,
+                            orientation="h", marker={"color": "#55a868"},
+                            hovertemplate=f"%{{y}}: %{{x:.3f}} {unit}<extra></extra>"))
+    fig["layout"].update(title={"text": title}, height=60 + 28 * max(len(names), 1),
+                         margin={"l": 160, "r": 10, "t": 40, "b": 40},
+                         xaxis={"title": {"text": unit}},
+                         yaxis={"autorange": "reversed", "automargin": True})
     return fig
 
 
@@ -395,8 +402,6 @@ def _pair(pair_id: int) -> tuple[int, int]:
 
 
 def _match_matrix(graph: MatchGraph, limits: ReportLimits):
-    import plotly.graph_objects as go
-
     degree: dict[int, int] = {i: 0 for i in graph.names}
     for (a, b), n in graph.inliers.items():
         degree[a] = degree.get(a, 0) + n
@@ -417,15 +422,18 @@ def _match_matrix(graph: MatchGraph, limits: ReportLimits):
             if a in position and b in position:
                 matrix[position[a], position[b]] = matrix[position[b], position[a]] = n
     labels = [graph.names[i] for i in ids]
-    fig = go.Figure(go.Heatmap(
-        z=inliers, x=labels, y=labels, customdata=raw, colorscale="Viridis",
-        colorbar={"title": "inliers"},
+    fig = _new_figure()
+    fig["data"].append(dict(
+        type="heatmap", z=inliers, x=labels, y=labels, customdata=raw, colorscale="Viridis",
+        colorbar={"title": {"text": "inliers"}},
         hovertemplate="%{y} – %{x}<br>raw matches %{customdata}<br>verified inliers "
                       "%{z}<extra></extra>"))
     side = min(900, 200 + 18 * size)
-    fig.update_layout(height=side, width=side + 120, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      xaxis={"showticklabels": size <= 40, "scaleanchor": "y"},
-                      yaxis={"showticklabels": size <= 40, "autorange": "reversed"})
+    fig["layout"].update(height=side, width=side + 120, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                         xaxis={"showticklabels": size <= 40, "scaleanchor": "y",
+                                "automargin": True},
+                         yaxis={"showticklabels": size <= 40, "autorange": "reversed",
+                                "automargin": True})
     return fig, note
 
 
@@ -518,7 +526,7 @@ def _png_base64(rgb: np.ndarray) -> str:
     import cv2
 
     ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]),
-                            [cv2.IMWRITE_PNG_COMPRESSION, 6])
+                            [cv2.IMWRITE_PNG_COMPRESSION, 2])  # 3x faster than 6, 5% larger
     if not ok:
         raise ReportError("OpenCV could not encode a PNG")
     return base64.b64encode(data.tobytes()).decode("ascii")
@@ -759,8 +767,11 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, *,
         run, limits)
     path = Path(output) if output is not None else run.run_dir / REPORT_NAME
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     logger.info("report (%s, %.1f MB) in %.2f s -> %s", run.kind, len(page) / 1e6,
                 time.perf_counter() - start, path)
     return path
@@ -768,11 +779,15 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, *,
 
 def write_report_after_run(run_dir: str | Path, output: str | Path | None = None,
                            **kwargs: Any) -> Path | None:
-    """``write_report`` at the end of a run: a report that cannot be made is a warning
-    (the run's results stand), not a failure."""
+    """``write_report`` at the end of a run: a report that cannot be made or written (a
+    full disk included) is a warning, not a failure: the run's results stand."""
     try:
         return write_report(run_dir, output, **kwargs)
     except SfmfeatError as err:
         logger.warning("no report: %s", err)
-        return None
+    except OSError as err:
+        from .cli import describe_os_error
+
+        logger.warning("no report: %s", describe_os_error(err))
+    return None
 

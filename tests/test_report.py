@@ -68,6 +68,17 @@ def test_a_model_without_points_is_one_line(tmp_path, capsys):
     assert "no sfm/ model folder" in _one_line_error(capsys)
 
 
+def test_a_report_that_cannot_be_written_after_a_run_is_a_warning(tmp_path, caplog):
+    from sfmfeat.report import write_report_after_run
+
+    run = write_synthetic_run(tmp_path / "run", num_images=4, num_points=50)
+    assert write_report_after_run(run, tmp_path / "missing" / "r.html") is None
+    assert "no report: " in caplog.text and "No such file or directory" in caplog.text
+    assert write_report_after_run(tmp_path / "missing") is None
+    assert "is not a folder" in caplog.text
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
 def test_limits_are_validated():
     from sfmfeat.errors import ConfigError
 
