@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib.util
 import json
 import logging
 import os
@@ -273,13 +274,15 @@ def _view3d(run: RunData, limits: ReportLimits, xyz: np.ndarray,
             if image.has_pose:
                 cameras.append((image.name, image.cam_from_world(),
                                 rec.cameras[image.camera_id],
-                                f"{image.name}<br>{image.num_points3D} observations"))
+                                f"{html.escape(image.name)}<br>{image.num_points3D} "
+                                "observations"))
     queries = []
     for name, entry in run.queries.items():
         pose, camera = _pose_from_log(entry), _query_camera(entry)
         if pose is not None and camera is not None:
             queries.append((name, pose, camera,
-                            f"{name}<br>query: {entry.get('num_inliers', 0)} inliers"))
+                            f"{html.escape(name)}<br>query: "
+                            f"{entry.get('num_inliers', 0)} inliers"))
     centers = np.array([_camera_geometry(p, c)[0] for _, p, c, _ in cameras + queries]
                        ).reshape(-1, 3)
     depth = _scene_scale(xyz, centers)
@@ -623,14 +626,14 @@ def _query_rows(run: RunData) -> tuple[list[list[Any]], list[str]]:
 # ----------------------------------------------------------------------------- page
 
 _STYLE = f"""
-body {{ font-family: system-ui, sans-serif; margin: 0; color: #222; }}
+body {{ font-family: system-ui, sans-serif; margin: 0; color: #222; overflow-x: hidden; }}
 header {{ height: {HEADER_HEIGHT_PX}px; box-sizing: border-box; padding: 12px 20px;
          overflow: hidden; border-bottom: 1px solid #ddd; }}
 header h1 {{ font-size: 22px; margin: 0 0 6px 0; }}
 header p {{ margin: 0; font-size: 14px; white-space: nowrap; overflow: hidden;
             text-overflow: ellipsis; }}
 #{VIEW3D_ID} {{ height: {VIEW3D_HEIGHT_PX}px; }}
-section {{ padding: 8px 20px; }}
+section {{ padding: 8px 20px; overflow-x: auto; }}
 h2 {{ font-size: 18px; border-bottom: 1px solid #eee; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
 td, th {{ border: 1px solid #ddd; padding: 2px 8px; text-align: left; }}
@@ -710,11 +713,13 @@ def _reconstruction_page(run: RunData, limits: ReportLimits) -> str:
 def _details_section(summary: dict[str, Any], timings: dict[str, float], title: str) -> str:
     parts = ["<section>"]
     if timings:
-        parts.append(f"<h2>Timings</h2>{_figure_html(_timings_figure(timings, title), 'timings', False)}")
+        chart = _figure_html(_timings_figure(timings, title), "timings", False)
+        parts.append(f"<h2>Timings</h2>{chart}")
         parts.append(_table(["stage", "seconds"], [[k, v] for k, v in timings.items()]))
     if "config_hash" in summary:
-        parts.append(f"<h2>Config</h2><p>config hash <code>{html.escape(str(summary['config_hash']))}"
-                     "</code></p>" + _json_block(summary.get("config", {})))
+        digest = html.escape(str(summary["config_hash"]))
+        parts.append(f"<h2>Config</h2><p>config hash <code>{digest}</code></p>"
+                     + _json_block(summary.get("config", {})))
     versions = _versions(summary)
     parts.append("<h2>Versions</h2>" + _table(["component", "version"],
                                               [[k, v] for k, v in versions.items()]))
@@ -757,10 +762,8 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, *,
     ``run_dir/report.html``) and return its path. ``log``: the localization log to show
     when the folder has several; ``model``: the model a localization ran against when its
     log does not name it."""
-    try:
-        import plotly  # noqa: F401  (checked here for a one-line error)
-    except ImportError:
-        raise ReportError("the report needs plotly: pip install plotly") from None
+    if importlib.util.find_spec("plotly") is None:
+        raise ReportError("the report needs plotly: pip install plotly")
     start = time.perf_counter()
     run = load_run(run_dir, log, model)
     page = (_reconstruction_page if run.kind == "reconstruction" else _localization_page)(
