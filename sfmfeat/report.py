@@ -699,8 +699,9 @@ def _reconstruction_page(run: RunData, limits: ReportLimits) -> str:
         "<section><h2>Tracks and errors</h2><div class=row>"
         + _figure_html(_histogram(tracks, "track length", "images per point", True),
                        "tracks", False)
-        + _figure_html(_histogram(errors, "reprojection error", "px", False), "errors",
-                       False) + "</div></section>")
+        + _figure_html(_histogram(errors, "reprojection error (the last bar holds the top "
+                                  "0.5 %)", "px", False), "errors", False)
+        + "</div></section>")
     sections.append(_details_section(s, s.get("timings") or {}, "per-stage timings"))
     subtitle = (f"{run.run_dir} · registered {s.get('num_registered')}/{s.get('num_images')} "
                 f"· {s.get('num_points3D')} points · track {s.get('mean_track_length', 0):.2f} "
