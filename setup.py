@@ -24,6 +24,7 @@ setup(
         "scipy>=1.10",
         "pillow>=9.0",
         "torchfile>=0.1.0",
+        "plotly>=5.0",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     entry_points={"console_scripts": ["sfmfeat=sfmfeat.cli:main"]},

@@ -32,6 +32,7 @@ from pathlib import Path
 import pycolmap
 
 from sfmfeat.cli import run_guarded, setup_logging
+from sfmfeat.commands.report import add_no_report_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.errors import InputError
 from sfmfeat.extract import extract_features
@@ -43,6 +44,7 @@ from sfmfeat.localization.sfm import LocalizationConfig
 from sfmfeat.extractors import default_matcher
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import Pair, exhaustive, read_pairs, write_pairs
+from sfmfeat.report import REPORT_NAME, write_report_after_run
 from sfmfeat.reconstruction.triangulation import (TriangulationConfig, load_reference,
                                                   read_model, triangulate_model)
 from sfmfeat.runtime import resolve_seed
@@ -146,12 +148,13 @@ def run_full(args, dataset: Path, outputs: Path) -> dict:
                                          outputs, "sfm", args.verification)
     queries = read_query_lists(query_lists(dataset))
     method = method_name(args)
-    return localize_queries(args, triangulation.reconstruction, db_features, images, queries,
+    return localize_queries(args, triangulation, db_features, images, queries,
                             outputs, f"{layout['prefix']}{method}.txt", db_names)
 
 
-def localize_queries(args, model, db_features: Path, images: Path, queries: QueryList,
-                     outputs: Path, poses_name: str, db_names: list[str]) -> dict:
+def localize_queries(args, triangulation, db_features: Path, images: Path,
+                     queries: QueryList, outputs: Path, poses_name: str,
+                     db_names: list[str]) -> dict:
     query_dir = outputs / "queries"
     if args.query_pairs:
         pairs = Path(args.query_pairs)
@@ -164,7 +167,7 @@ def localize_queries(args, model, db_features: Path, images: Path, queries: Quer
     config = LocalizationConfig(
         pose=PoseConfig(max_error=args.ransac_max_error, random_seed=args.seed),
         covisibility_clustering=args.covisibility_clustering)
-    run = run_localization(model, db_features, images, queries, query_dir, pairs=pairs,
+    run = run_localization(triangulation.reconstruction, db_features, images, queries, query_dir, pairs=pairs,
                            features=args.features, feature_overrides=parse_overrides(args.conf),
                            matcher=args.matcher,
                            matcher_overrides=parse_overrides(args.matcher_conf),
@@ -181,6 +184,9 @@ def localize_queries(args, model, db_features: Path, images: Path, queries: Quer
         f"{k} {v:.3f}" for k, v in summary["mean_seconds_per_query"].items()))
     if run.evaluation is not None:
         print(format_recall(run.evaluation))
+    if not args.no_report:
+        write_report_after_run(query_dir, outputs / REPORT_NAME, log=run.log_path,
+                               model=triangulation.database_path.parent)
     return {"submission": str(submission), "log": str(run.log_path), **summary}
 
 
@@ -220,7 +226,7 @@ def run_local(args, dataset: Path, outputs: Path) -> dict:
     write_pairs(pairs_path, query_pairs)
     args.query_pairs = str(pairs_path)
     method = f"{args.features}+{args.matcher}_local"
-    return localize_queries(args, triangulation.reconstruction, db_features, images, queries,
+    return localize_queries(args, triangulation, db_features, images, queries,
                             outputs, f"{layout['prefix']}{method}.txt", db_names)
 
 
@@ -261,6 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=-1)
     p.add_argument("--device")
     p.add_argument("-v", "--verbose", action="store_true")
+    add_no_report_argument(p)
     return p.parse_args(argv)
 
 

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sfmfeat.cli import run_guarded, setup_logging
+from sfmfeat.commands.report import add_no_report_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.errors import InputError
 from sfmfeat.extract import extract_features
@@ -32,6 +33,7 @@ from sfmfeat.localization.results import read_poses, write_poses, write_query_lo
 from sfmfeat.extractors import default_matcher
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import read_pairs, write_pairs
+from sfmfeat.report import write_report_after_run
 from sfmfeat.runtime import resolve_seed
 
 logger = logging.getLogger("pipelines.inloc")
@@ -109,7 +111,7 @@ def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = Non
         features: str = "sift", matcher: str | None = None, retrieval: str = "vlad",
         num_neighbors: int = 40, ground_truth: str | Path | None = None,
         feature_overrides: dict | None = None, device: str | None = None,
-        config: inloc.InLocConfig | None = None) -> dict:
+        config: inloc.InLocConfig | None = None, write_report: bool = True) -> dict:
     dataset, outputs = Path(dataset), Path(outputs)
     if matcher is None:
         matcher = default_matcher(features)
@@ -179,7 +181,9 @@ def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = Non
         "per_floor": per_floor, "seconds": timings, "mat_files_read": report.mat_files_read,
         "results": str(results_path),
     }
-    write_query_log(outputs / f"{stem}_log.json", report.log(), summary)
+    log_path = write_query_log(outputs / f"{stem}_log.json", report.log(), summary)
+    if write_report:
+        write_report_after_run(outputs, log=log_path)
     for floor, entry in per_floor.items():
         line = f"{floor}: {entry['num_localized']}/{entry['num_queries']} localized"
         if "recall" in entry:
@@ -211,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=-1,
                         help="seed of the pose RANSAC (default: a fresh one, logged)")
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_no_report_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         pose = replace(inloc.InLocConfig().pose, random_seed=resolve_seed(args.seed))
         run(args.dataset, args.outputs, args.pairs, args.features, args.matcher,
             args.retrieval, args.num_neighbors, args.ground_truth,
-            parse_overrides(args.conf), args.device, inloc.InLocConfig(pose=pose))
+            parse_overrides(args.conf), args.device, inloc.InLocConfig(pose=pose),
+            write_report=not args.no_report)
 
     return run_guarded("pipelines.inloc", job)
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from sfmfeat import cli
+from sfmfeat.commands.report import add_no_report_argument
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ground-truth", type=Path)
     p.add_argument("--covisibility-clustering", action="store_true")
     p.add_argument("--seed", type=int, default=-1)
+    add_no_report_argument(p)
     args = p.parse_args(argv)
     command = ["localize", str(args.model), str(args.queries), str(args.outputs),
                "--pairs", args.pairs, "--seed", str(args.seed)]
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         command += ["--ground-truth", str(args.ground_truth)]
     if args.covisibility_clustering:
         command.append("--covisibility-clustering")
+    if args.no_report:
+        command.append("--no-report")
     return cli.main(command)
 
 

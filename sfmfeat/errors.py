@@ -35,3 +35,7 @@ class ReconstructionError(SfmfeatError):
 
 class LocalizationError(SfmfeatError):
     """A query cannot be localized or its inputs are invalid."""
+
+
+class ReportError(SfmfeatError):
+    """A folder is not a run output, or what it holds cannot be shown in a report."""

@@ -451,3 +451,95 @@ def _procedural_texture(rng: np.random.Generator, height: int, width: int) -> np
                     int(rng.integers(1, 3)), cv2.LINE_AA)
     # Remove texel-level aliasing so the texture is band-limited.
     return cv2.GaussianBlur(texture.astype(np.float32), (0, 0), 0.8)
+
+
+def write_synthetic_run(output_dir: str | Path, num_images: int, num_points: int,
+                        track_length: int = 4, outlier_matches: int = 20,
+                        seed: int = 0) -> Path:
+    """A `sfmfeat reconstruct`-like output folder of any size, for the report's tests and
+    benchmark: ``sfm/`` (cameras on a circle around a Gaussian point cloud, each point seen
+    by ``track_length`` consecutive images), ``database.db`` (the model's points2D as
+    keypoints; the raw matches of each image with the next ``track_length - 1`` ones are
+    its shared points plus ``outlier_matches`` wrong ones, the verified inliers the shared
+    points) and ``summary.json``. No image files: the report then draws no pairs."""
+    import json
+
+    import pycolmap
+
+    from .reconstruction.database import to_colmap_keypoints
+
+    if num_images < 2 or num_points < 1 or track_length < 2:
+        raise ConfigError("write_synthetic_run needs num_images >= 2, num_points >= 1 and "
+                          "track_length >= 2")
+    rng = np.random.default_rng(seed)
+    output_dir = Path(output_dir)
+    (output_dir / "sfm").mkdir(parents=True, exist_ok=True)
+    width, height = 640, 480
+    camera = pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", 500.0, width, height)
+    reconstruction = pycolmap.Reconstruction()
+    reconstruction.add_camera_with_trivial_rig(camera)
+    angles = np.linspace(0, 2 * np.pi, num_images, endpoint=False)
+    centers = np.c_[10 * np.cos(angles), rng.normal(0, 0.2, num_images), 10 * np.sin(angles)]
+    points = rng.normal(0, 2, (num_points, 3))
+    first_image = rng.integers(0, num_images, num_points)
+    seen_by: list[list[int]] = [[] for _ in range(num_images)]
+    for point, first in enumerate(first_image):
+        for step in range(track_length):
+            seen_by[(first + step) % num_images].append(point)
+    names = [f"frame_{i:05d}.jpg" for i in range(num_images)]
+    keypoints = []
+    for i, center in enumerate(centers):
+        forward = -center / np.linalg.norm(center)
+        right = np.cross([0.0, 1.0, 0.0], forward)
+        right /= np.linalg.norm(right)
+        rotation = np.stack([right, np.cross(forward, right), forward])
+        uv = camera.img_from_cam(points[seen_by[i]] @ rotation.T - rotation @ center)
+        keypoints.append(uv - 0.5)
+        image = pycolmap.Image(name=names[i], camera_id=1, image_id=i + 1,
+                               points2D=pycolmap.Point2DList([pycolmap.Point2D(p) for p in uv]))
+        reconstruction.add_image_with_trivial_frame(
+            image, pycolmap.Rigid3d(pycolmap.Rotation3d(rotation), -rotation @ center))
+    index_in: list[dict[int, int]] = [{p: k for k, p in enumerate(seen)} for seen in seen_by]
+    colours = rng.integers(0, 256, (num_points, 3)).astype(np.uint8)
+    for point in range(num_points):
+        track = pycolmap.Track()
+        for step in range(track_length):
+            i = (first_image[point] + step) % num_images
+            track.add_element(i + 1, index_in[i][point])
+        point_id = reconstruction.add_point3D(points[point], track, colours[point])
+        reconstruction.points3D[point_id].error = float(rng.gamma(2.0, 0.3))
+    reconstruction.write(str(output_dir / "sfm"))
+    database = output_dir / "database.db"
+    database.unlink(missing_ok=True)
+    with pycolmap.Database.open(str(database)) as db, pycolmap.DatabaseTransaction(db):
+        db.write_camera(camera, use_camera_id=True)
+        for i, name in enumerate(names):
+            db.write_image(pycolmap.Image(name=name, camera_id=1, image_id=i + 1),
+                           use_image_id=True)
+            db.write_keypoints(i + 1, to_colmap_keypoints(keypoints[i].astype(np.float32)))
+        written: set[tuple[int, int]] = set()
+        for i in range(num_images):
+            for step in range(1, min(track_length, num_images)):
+                j = (i + step) % num_images
+                if (min(i, j), max(i, j)) in written:
+                    continue  # a small ring reaches a pair from both ends
+                written.add((min(i, j), max(i, j)))
+                shared = [(k, index_in[j][p]) for p, k in index_in[i].items()
+                          if p in index_in[j]]
+                inliers = np.array(shared, np.uint32).reshape(-1, 2)
+                wrong = np.c_[rng.integers(0, max(len(seen_by[i]), 1), outlier_matches),
+                              rng.integers(0, max(len(seen_by[j]), 1), outlier_matches)]
+                db.write_matches(i + 1, j + 1, np.vstack([inliers, wrong]).astype(np.uint32))
+                geometry = pycolmap.TwoViewGeometry()
+                geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+                geometry.inlier_matches = inliers
+                db.write_two_view_geometry(i + 1, j + 1, geometry)
+    summary = {"num_images": num_images, "num_registered": num_images,
+               "num_points3D": num_points,
+               "num_observations": num_points * track_length,
+               "mean_track_length": float(track_length),
+               "mean_reprojection_error": float(reconstruction.compute_mean_reprojection_error()),
+               "rejected_images": {}, "timings": {}, "config": {"synthetic": True},
+               "seed": seed}
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return output_dir

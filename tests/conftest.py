@@ -71,6 +71,20 @@ def seed_args() -> list[str]:
     return seed_arguments()
 
 
+@pytest.fixture(scope="session")
+def sift_run(tmp_path_factory):
+    """(images, OUT) of one `sfmfeat reconstruct` of the Sacre-Coeur images with SIFT,
+    shared by the tests that only read it."""
+    from sfmfeat.cli import main
+
+    images = require_shared("data/sacre_coeur/mapping")
+    out = tmp_path_factory.mktemp("sacre_coeur_sift")
+    code = main(["-q", "reconstruct", str(images), str(out), "--features", "sift",
+                 "--matcher", "mnn-ratio", *seed_arguments()])
+    assert code == 0
+    return images, out
+
+
 class Figures:
     """Checks a measured figure against its threshold, and records both for the spread runner."""
 

@@ -159,6 +159,8 @@ def test_aachen_local_protocol_registers_night_queries(tmp_path, capsys, run_see
     night = [n for n in truth if "/night/" in n]
     assert len(submission.read_text().splitlines()) == len(night)
     _check(submission, truth, night)
+    page = (outputs / "report.html").read_text()   # queries and the triangulated model
+    assert all(f"<td>{name}</td>" in page for name in night) and "3D points" in page
 
 
 def test_aachen_clear_errors_for_empty_pairs_and_missing_layout(tmp_path, capsys):

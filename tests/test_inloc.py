@@ -222,6 +222,8 @@ def test_pipeline_end_to_end_with_pairs_file(dataset, tmp_path, run_seed, figure
     assert entry["floor"] == "DUC2"
     figures.check("inliers_DUC2_03", entry["num_inliers"], ">", 100)
     assert {"2d3d", "pnp"} <= set(entry["timings"])
+    page = (out / "report.html").read_text()   # the HTML report shows the failed query
+    assert "sfmfeat localization report" in page and "IMG_missing.JPG does not exist" in page
     # an empty pairs file: a clear error naming it, exit status 2
     empty = tmp_path / "empty_pairs.txt"
     empty.write_text("\n")

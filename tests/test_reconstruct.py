@@ -21,18 +21,6 @@ SUMMARY_KEYS = {"num_images", "num_registered", "num_points3D", "mean_track_leng
                 "mean_reprojection_error", "timings", "config", "config_hash", "version"}
 
 
-@pytest.fixture(scope="module")
-def sift_run(tmp_path_factory):
-    from conftest import require_shared, seed_arguments
-
-    images = require_shared("data/sacre_coeur/mapping")
-    out = tmp_path_factory.mktemp("sacre_coeur_sift")
-    code = main(["-q", "reconstruct", str(images), str(out), "--features", "sift",
-                 "--matcher", "mnn-ratio", *seed_arguments()])
-    assert code == 0
-    return images, out
-
-
 @pytest.mark.slow
 def test_sacre_coeur_sift_meets_acceptance(sift_run, figures):
     _, out = sift_run

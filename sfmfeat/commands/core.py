@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import parse_overrides
 from ..errors import InputError
 from ..images import list_images, read_image_list
+from .report import add_no_report_argument
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def _register_reconstruct(subparsers) -> None:
     p.add_argument("--dense", action="store_true",
                    help="also run dense MVS into OUTPUT/dense (fused.ply, meshed-poisson.ply)")
     p.add_argument("--dense-max-image-size", type=int, default=1000)
+    add_no_report_argument(p)
     p.set_defaults(func=_run_reconstruct)
 
 
@@ -200,4 +202,8 @@ def _run_reconstruct(args) -> int:
                 "reprojection error %.3f px; model in %s", s["num_registered"],
                 s["num_images"], s["num_points3D"], s["mean_track_length"],
                 s["mean_reprojection_error"], args.output / "sfm")
+    if not args.no_report:
+        from ..report import write_report_after_run
+
+        write_report_after_run(args.output)
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import parse_overrides
 from ..errors import InputError
 from ..runtime import resolve_seed
+from .report import add_no_report_argument
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write 'camera/name' instead of the basename")
     p.add_argument("--seed", type=int, default=-1, help="RANSAC seed (default: a fresh one, logged)")
     p.add_argument("--device")
+    add_no_report_argument(p)
     p.set_defaults(func=run)
 
 
@@ -108,6 +110,10 @@ def run(args) -> int:
     print("mean seconds per query: " + ", ".join(f"{k} {v:.3f}" for k, v in timing.items()))
     if result.evaluation is not None:
         print(format_recall(result.evaluation))
+    if not args.no_report:
+        from ..report import write_report_after_run
+
+        write_report_after_run(args.output, log=result.log_path)
     return 0 if summary["num_localized"] else 1
 
 

@@ -238,6 +238,10 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
     stem = Path(poses_name).stem
     poses_path = write_poses(output_dir / poses_name, report.poses, prepend_camera_name)
     summary = report.summary()
+    folder = model_folder(model)  # what the run read, for `sfmfeat report`
+    summary["inputs"] = {"model": str(folder.resolve()) if folder else None,
+                         "db_features": str(db_features.resolve()),
+                         "query_dir": str(query_dir.resolve())}
     evaluation = None
     if ground_truth is not None:
         references = (read_reference_poses(ground_truth)

@@ -4,7 +4,7 @@ Output folder layout:
     features.h5, matches.h5, pairs.txt, database.db,
     sfm/ (COLMAP binary model of the largest component) with sfm/points3D.ply,
     summary.json (statistics, per-stage timings, config and its hash, sfmfeat version,
-    the run id, the stores it was built from and what was reused or redone),
+    the image folder, the run id, the stores it was built from and what was reused or redone),
     sfm/lineage.json (the stores and, per image, the feature record and image hash).
 Every stage resumes: features and matches already stored with the same config, from the
 same image content and the same feature records, are reused; changed ones are redone.
@@ -204,6 +204,7 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
                             DenseConfig(max_image_size=config.dense_max_image_size))
     summary = _summary(config, names, extraction.rejected, reconstruction, database_path,
                        timer.seconds, features_path, matches_path)
+    summary["image_dir"] = str(image_dir.resolve())  # for the report's pair drawings
     summary["run_id"] = run_id = uuid.uuid4().hex
     with FeatureReader(features_path) as features, MatchReader(matches_path) as matches:
         summary["stores"] = {"features": store_identity(features),
