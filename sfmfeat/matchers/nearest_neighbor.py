@@ -24,7 +24,7 @@ import torch
 
 from ..config import config_hash
 from ..errors import ConfigError, InputError
-from ..features import Features, resolve_device
+from ..features import Features
 from .base import Matcher
 
 _PRECISIONS = ("auto", "fp32", "bf16")
@@ -177,10 +177,11 @@ def _match(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborConfig):
     top_score = torch.empty(n0, k, device=d0.device)
     top_index = torch.empty(n0, k, dtype=torch.long, device=d0.device)
     column_best = torch.full((n1,), -torch.inf, device=d0.device)
+    buffer = torch.empty(min(chunk, n0), n1, device=d0.device)   # no page faults per chunk
     for start in range(0, n0, chunk):
         stop = min(start + chunk, n0)
         # score = a·b - |b|²/2: largest where |a - b|² is smallest (bias fused in the GEMM)
-        score = torch.addmm(bias, d0[start:stop], d1_t)
+        score = torch.addmm(bias, d0[start:stop], d1_t, out=buffer[:stop - start])
         if k == 1:
             chunk_score, chunk_index = score.max(dim=1, keepdim=True)
         else:
@@ -297,13 +298,17 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
     # per block of rows and column, the bf16 maximum over the rows that did not claim it
     unclaimed = torch.full((-(-n0 // row_block), n1), _REMOVED, dtype=torch.int16,
                            device=device)
+    buffer = torch.empty(min(chunk, n0), blocks * _BLOCK, dtype=low, device=device)
     for start in range(0, n0, chunk):
         stop = min(start + chunk, n0)
         rows = torch.arange(start, stop, device=device)
         local_rows = rows - start
         # bf16 bits read as int16 (see _bounds); only value reductions (no indices) touch
         # the whole chunk: per block of columns its maximum, and the column maxima
-        similarity = (low0[start:stop] @ low1_t).view(torch.int16)
+        # one buffer for every chunk: a fresh 8 MiB output each time costs more in page
+        # faults than the bf16 GEMM itself
+        similarity = torch.mm(low0[start:stop], low1_t,
+                              out=buffer[:stop - start]).view(torch.int16)
         by_block = similarity.view(len(rows), blocks, _BLOCK)
         block_best = by_block.amax(dim=2)
         picks = []
@@ -452,12 +457,13 @@ def _mutual(d0: torch.Tensor, d1: torch.Tensor, sq0: torch.Tensor, nn01: torch.T
     in ``claimed_dot``; ``unclaimed``: per block of rows and column, the int16-read bf16
     maximum over the rows that did not claim the column."""
     n0, n1 = len(d0), len(d1)
-    rows = torch.arange(n0, device=d0.device)
     claim_score = claimed_dot - sq0 / 2
     claimer_best = torch.full((n1,), -torch.inf, device=d0.device).scatter_reduce(
         0, claimed, claim_score, reduce="amax")
     is_claimer = claimed == nn01
-    own = torch.where(is_claimer, claim_score, _pair_dots(d0, d1, rows, nn01) - sq0 / 2)
+    own = claim_score.clone()
+    others = torch.nonzero(~is_claimer).flatten()
+    own[others] = _pair_dots(d0, d1, others, nn01[others]) - sq0[others] / 2
     high, low = _bounds(unclaimed.amax(dim=0)[nn01])
     half_norm_low, half_norm_high = float(sq0.min()) / 2, float(sq0.max()) / 2
     # no unclaimed row beats others_high; some unclaimed row reaches others_low
