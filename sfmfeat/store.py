@@ -295,6 +295,7 @@ class _ShardedWriter:
         self.stored_attrs: dict[tuple[str, ...], dict[str, Any]] = {}
         for source in ([self.path] if self.path.exists() else []) + self._shards():
             with _open_h5(source) as handle:
+                self._refuse_foreign(handle, source)
                 self.info.check(handle, source)
                 keys = list(_item_keys(handle, self.info.kind))
                 self.done.update(keys)
@@ -305,6 +306,13 @@ class _ShardedWriter:
                                                   if a in attrs}
         if self.done:
             logger.info("%s: %d items already stored, resuming", self.path, len(self.done))
+
+    @staticmethod
+    def _refuse_foreign(handle: h5py.File, path: Path) -> None:
+        from .hloc import foreign_file_error, layout_kinds
+
+        if layout_kinds(handle):
+            raise foreign_file_error(path)
 
     def _shards(self) -> list[Path]:
         if not self.shard_dir.is_dir():
@@ -429,6 +437,11 @@ class StoreReader:
     kind: ClassVar[str]
     missing_hint: ClassVar[str]
 
+    def __new__(cls, path: str | Path, *args: Any, **kwargs: Any) -> "StoreReader":
+        from .hloc import reader_class   # a file in hloc's layout opens as its adapter
+
+        return super().__new__(reader_class(cls, path) or cls)
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -436,7 +449,16 @@ class StoreReader:
                              f"{self.missing_hint}")
         self._handle = _open_h5(self.path)
         attrs = self._handle.attrs
+        if "kind" not in attrs:
+            from .hloc import ITEM_DATASETS
+
+            self._handle.close()
+            raise StoreError(
+                f"{self.path} is neither an sfmfeat {self.kind.replace('_', ' ')} store (no "
+                "'kind' attribute) nor an hloc-layout file (no group holding "
+                f"{ITEM_DATASETS[self.kind]!r}); pass a file sfmfeat or hloc wrote")
         if attrs.get("kind") != self.kind:
+            self._handle.close()
             raise StoreError(f"{self.path} holds {attrs.get('kind')}, not {self.kind}")
         check_schema(attrs, self.path)
         self.method = str(attrs["method"])

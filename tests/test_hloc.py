@@ -1,0 +1,231 @@
+"""hloc's HDF5 layout: read as our stores, written by ``sfmfeat export hloc``."""
+
+import logging
+
+import h5py
+import numpy as np
+import pycolmap
+import pytest
+
+from sfmfeat import hloc
+from sfmfeat.cli import main
+from sfmfeat.errors import StoreError
+from sfmfeat.features import Features
+from sfmfeat.localization.retrieval import GlobalDescriptorReader, GlobalDescriptorWriter
+from sfmfeat.match import match_pairs
+from sfmfeat.reconstruction.database import write_database, write_matches
+from sfmfeat.store import FeatureReader, FeatureWriter, MatchReader, MatchWriter
+
+NAMES = ["sub/a b.jpg", "c.jpg", "d.jpg"]
+
+
+def _features(n, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return Features(rng.random((n, 2)) * 900, rng.random(n), rng.random((n, dim)))
+
+
+@pytest.fixture
+def ours(tmp_path):
+    """Our features and matches stores (one pair stored reversed by the order-invariant key)."""
+    features = {name: _features(30 + 7 * i, seed=i) for i, name in enumerate(NAMES)}
+    with FeatureWriter(tmp_path / "f.h5", "sift", "fh", {}) as writer:
+        for i, (name, record) in enumerate(features.items()):
+            writer.write(name, record, (1000 + i, 700))
+    pairs = {("sub/a b.jpg", "c.jpg"): np.array([[0, 3], [4, 1], [29, 36]]),
+             ("d.jpg", "c.jpg"): np.array([[43, 0], [2, 2]]),
+             ("sub/a b.jpg", "d.jpg"): np.zeros((0, 2), int)}
+    with MatchWriter(tmp_path / "m.h5", "mnn", "mh", {}, "fh") as writer:
+        for (name0, name1), pair_matches in pairs.items():
+            writer.write(name0, name1, pair_matches, np.linspace(0.1, 0.9, len(pair_matches)))
+    return tmp_path, features, pairs
+
+
+def test_round_trip_through_hloc_layout_is_identical(ours):
+    root, features, pairs = ours
+    assert main(["export", "hloc", str(root / "f.h5"), "-o", str(root / "hf.h5")]) == 0
+    assert main(["export", "hloc", str(root / "m.h5"), "--features", str(root / "f.h5"),
+                 "-o", str(root / "hm.h5")]) == 0
+    with h5py.File(root / "hf.h5") as handle:   # hloc's layout, float32 by default
+        assert not handle.attrs
+        group = handle["sub"]["a b.jpg"]
+        assert group["keypoints"].dtype == np.float32 and group["keypoints"].shape == (30, 2)
+        assert group["descriptors"].shape == (8, 30)
+        np.testing.assert_array_equal(group["image_size"][()], [1000, 700])
+    with h5py.File(root / "hm.h5") as handle:
+        assert handle["c.jpg"]["sub-a b.jpg"]["matches0"].dtype == np.int32  # c < sub/...
+        assert handle["c.jpg/d.jpg/matches0"].shape == (37,)
+    with FeatureReader(root / "f.h5") as mine, FeatureReader(root / "hf.h5") as theirs:
+        assert isinstance(theirs, hloc.HlocFeatureReader)
+        assert theirs.method == "hloc" and theirs.config_hash.startswith("hloc-")
+        assert sorted(theirs.names()) == sorted(NAMES)
+        for name in NAMES:
+            got, expected = theirs.read(name), mine.read(name)
+            for field in ("keypoints", "descriptors", "scores"):
+                np.testing.assert_array_equal(getattr(got, field), getattr(expected, field))
+            assert got.image_size == expected.image_size
+            assert theirs.keypoints_digest(name) == mine.keypoints_digest(name)
+    with MatchReader(root / "m.h5") as mine, MatchReader(root / "hm.h5") as theirs:
+        assert isinstance(theirs, hloc.HlocMatchReader)
+        for name0, name1 in list(pairs) + [(b, a) for a, b in pairs]:
+            got, got_scores = theirs.read(name0, name1)
+            expected, expected_scores = mine.read(name0, name1)
+            order = np.argsort(got[:, 0]), np.argsort(expected[:, 0])
+            np.testing.assert_array_equal(got[order[0]], expected[order[1]])
+            np.testing.assert_array_equal(got_scores[order[0]], expected_scores[order[1]])
+
+
+def _write_hloc_by_hand(root):
+    """Files in hloc's documented layout (not written with hloc's code): float16 keypoints,
+    D×N descriptors, keypoint_scores, int16 matches0 with -1, one pair in the reversed order
+    and one under the old '_' separator."""
+    rng = np.random.default_rng(3)
+    keypoints = {name: (rng.random((n, 2)) * [640, 480]).astype(np.float16)
+                 for name, n in (("sub/a b.jpg", 12), ("c.jpg", 10), ("d.jpg", 9))}
+    with h5py.File(root / "feats.h5", "w") as out:
+        for name, kps in keypoints.items():
+            group = out.create_group(name)
+            group.create_dataset("keypoints", data=kps)
+            group.create_dataset("descriptors", data=rng.random((16, len(kps))).astype(
+                np.float16))
+            group.create_dataset("keypoint_scores", data=np.ones(len(kps), np.float16))
+            group.create_dataset("image_size", data=np.array([640, 480]))
+    matches0 = {"c.jpg/sub-a b.jpg": np.array([3, -1, 0, 11, -1, -1, -1, -1, -1, 2], np.int16),
+                "c.jpg_d.jpg": np.array([-1, 8, -1, -1, -1, -1, -1, -1, -1, 0], np.int16)}
+    with h5py.File(root / "matches.h5", "w") as out:
+        for key, value in matches0.items():
+            group = out.create_group(key)
+            group.create_dataset("matches0", data=value)
+            group.create_dataset("matching_scores0", data=(value >= 0).astype(np.float16))
+    return keypoints
+
+
+def test_hand_written_hloc_files_give_the_expected_database(tmp_path, caplog):
+    keypoints = _write_hloc_by_hand(tmp_path)
+    pairs = [("sub/a b.jpg", "c.jpg"), ("d.jpg", "c.jpg")]
+    caplog.set_level(logging.INFO, logger="sfmfeat.hloc")
+    with FeatureReader(tmp_path / "feats.h5") as features:
+        ids = write_database(tmp_path / "db.db", tmp_path, sorted(keypoints), features,
+                             "single")
+        assert features.read("c.jpg").descriptors.shape == (10, 16)
+    assert "float16" in caplog.text and "widened" in caplog.text
+    with MatchReader(tmp_path / "matches.h5") as matches:
+        assert write_matches(tmp_path / "db.db", ids, matches, pairs) == 2
+    with pycolmap.Database.open(tmp_path / "db.db") as db:
+        for name, kps in keypoints.items():
+            np.testing.assert_array_equal(db.read_keypoints(ids[name])[:, :2],
+                                          kps.astype(np.float32) + 0.5)
+        # c.jpg's keypoint i matched to matches0[i]; asked in the other order, columns swap
+        np.testing.assert_array_equal(db.read_matches(ids["sub/a b.jpg"], ids["c.jpg"]),
+                                      [[3, 0], [0, 2], [11, 3], [2, 9]])
+        np.testing.assert_array_equal(db.read_matches(ids["d.jpg"], ids["c.jpg"]),
+                                      [[8, 1], [0, 9]])
+
+
+def test_matching_hloc_features_resumes_and_follows_their_content(tmp_path):
+    _write_hloc_by_hand(tmp_path)
+    pairs = [("sub/a b.jpg", "c.jpg"), ("c.jpg", "d.jpg")]
+    first = match_pairs(pairs, tmp_path / "feats.h5", tmp_path / "m.h5", "mnn", device="cpu")
+    assert first.matched == 2
+    assert match_pairs(pairs, tmp_path / "feats.h5", tmp_path / "m.h5", "mnn",
+                       device="cpu").already_done == 2
+    with h5py.File(tmp_path / "feats.h5", "a") as handle:   # hloc rewrote a record
+        handle["d.jpg"]["keypoints"][0] += 1
+    with pytest.raises(StoreError, match="never mixed"):
+        match_pairs(pairs, tmp_path / "feats.h5", tmp_path / "m.h5", "mnn", device="cpu")
+
+
+def test_square_descriptors_follow_the_format_and_n_by_d_is_refused(tmp_path):
+    descriptors = np.arange(16, dtype=np.float32).reshape(4, 4)   # N == D == 4
+    with h5py.File(tmp_path / "square.h5", "w") as out:
+        group = out.create_group("a.jpg")
+        group.create_dataset("keypoints", data=np.zeros((4, 2), np.float32))
+        group.create_dataset("descriptors", data=descriptors)
+        group.create_dataset("image_size", data=[8, 8])
+        wrong = out.create_group("b.jpg")
+        wrong.create_dataset("keypoints", data=np.zeros((5, 2), np.float32))
+        wrong.create_dataset("descriptors", data=np.zeros((5, 3), np.float32))  # N×D
+        wrong.create_dataset("image_size", data=[8, 8])
+    with FeatureReader(tmp_path / "square.h5") as reader:
+        np.testing.assert_array_equal(reader.read("a.jpg").descriptors, descriptors.T)
+        with pytest.raises(StoreError, match=r"5×3 \(N×D\) but hloc's layout stores them D×N"):
+            reader.read("b.jpg")
+
+
+def test_bad_files_give_one_line_errors(tmp_path, capsys):
+    with h5py.File(tmp_path / "other.h5", "w") as out:
+        out.create_dataset("something/else", data=[1, 2])
+    with pytest.raises(StoreError, match="neither an sfmfeat features store .* nor an "
+                                         "hloc-layout file"):
+        FeatureReader(tmp_path / "other.h5")
+    assert main(["export", "hloc", str(tmp_path / "other.h5"), "-o",
+                 str(tmp_path / "x.h5")]) == 2
+    assert "neither an sfmfeat store" in capsys.readouterr().err
+    _write_hloc_by_hand(tmp_path)
+    with pytest.raises(StoreError, match="is an hloc matches file, not features"):
+        FeatureReader(tmp_path / "matches.h5")
+    data = (tmp_path / "feats.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[:len(data) // 2])
+    with pytest.raises(StoreError, match="unreadable HDF5") as err:
+        FeatureReader(tmp_path / "cut.h5")
+    assert "\n" not in str(err.value)
+    with h5py.File(tmp_path / "matches.h5", "a") as handle:
+        handle["c.jpg/sub-a b.jpg/matches0"][1] = -7
+    with MatchReader(tmp_path / "matches.h5") as reader, \
+            pytest.raises(StoreError, match="only -1 marks an unmatched keypoint"):
+        reader.read("c.jpg", "sub/a b.jpg")
+
+
+def test_foreign_file_is_never_appended_to(tmp_path):
+    _write_hloc_by_hand(tmp_path)
+    with pytest.raises(StoreError, match="never adds its records to a file another tool"):
+        FeatureWriter(tmp_path / "feats.h5", "sift", "fh", {})
+    with FeatureWriter(tmp_path / "feats.h5", "sift", "fh", {}, overwrite=True) as writer:
+        writer.write("a.jpg", _features(3), (10, 10))
+    with FeatureReader(tmp_path / "feats.h5") as reader:
+        assert not isinstance(reader, hloc.HlocFeatureReader) and reader.names() == ["a.jpg"]
+
+
+def test_int16_export_is_guarded_against_overflow(tmp_path):
+    with FeatureWriter(tmp_path / "f.h5", "sift", "fh", {}) as writer:
+        writer.write("a.jpg", _features(5), (10, 10))
+        writer.write("b.jpg", _features(40000, dim=2), (10, 10))
+    with MatchWriter(tmp_path / "m.h5", "mnn", "mh", {}, "fh") as writer:
+        writer.write("a.jpg", "b.jpg", np.array([[0, 39999], [1, 7]]), np.ones(2))
+    with MatchReader(tmp_path / "m.h5") as matches, FeatureReader(tmp_path / "f.h5") as feats:
+        with pytest.raises(StoreError, match="keypoint index 39999 exceeds int16"):
+            hloc.export_matches(matches, feats, tmp_path / "h16.h5", int16=True)
+        assert not (tmp_path / "h16.h5").exists()
+        hloc.export_matches(matches, feats, tmp_path / "h32.h5")
+    with MatchReader(tmp_path / "h32.h5") as reader:
+        np.testing.assert_array_equal(reader.read("a.jpg", "b.jpg")[0], [[0, 39999], [1, 7]])
+
+
+def test_one_to_many_matches_are_written_in_the_representable_order(tmp_path):
+    with FeatureWriter(tmp_path / "f.h5", "sift", "fh", {}) as writer:
+        writer.write("a.jpg", _features(5), (10, 10))
+        writer.write("b.jpg", _features(6), (10, 10))
+    with MatchWriter(tmp_path / "m.h5", "nn", "mh", {}, "fh") as writer:
+        writer.write("a.jpg", "b.jpg", np.array([[0, 1], [0, 2], [3, 4]]), np.ones(3))
+    with MatchReader(tmp_path / "m.h5") as matches, FeatureReader(tmp_path / "f.h5") as feats:
+        hloc.export_matches(matches, feats, tmp_path / "h.h5")
+    with h5py.File(tmp_path / "h.h5") as handle:
+        assert list(handle) == ["b.jpg"]     # stored as b -> a: each b keypoint matched once
+    with MatchReader(tmp_path / "h.h5") as reader:
+        got = reader.read("a.jpg", "b.jpg")[0]
+        np.testing.assert_array_equal(got[np.argsort(got[:, 1])], [[0, 1], [0, 2], [3, 4]])
+
+
+def test_global_descriptors_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    values = {"q/1.jpg": rng.random(32), "db.jpg": rng.random(32)}
+    with GlobalDescriptorWriter(tmp_path / "g.h5", "netvlad", "gh", {}) as writer:
+        for name, value in values.items():
+            writer.write(name, value)
+    assert main(["export", "hloc", str(tmp_path / "g.h5"), "-o", str(tmp_path / "hg.h5")]) == 0
+    with h5py.File(tmp_path / "hg.h5") as handle:
+        assert handle["q"]["1.jpg"]["global_descriptor"].shape == (32,)
+    with GlobalDescriptorReader(tmp_path / "hg.h5") as reader:
+        assert isinstance(reader, hloc.HlocGlobalDescriptorReader)
+        np.testing.assert_array_equal(reader.read_many(["q/1.jpg", "db.jpg"]),
+                                      np.stack([values["q/1.jpg"], values["db.jpg"]]).astype(
+                                          np.float32))
