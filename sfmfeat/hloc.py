@@ -226,7 +226,7 @@ class HlocFeatureReader(_HlocFile, FeatureReader):
             step = float(np.spacing(np.abs(raw).max())) if len(raw) else 0.0
             logger.info("%s: hloc stored the keypoints in float16 (half precision, the "
                         "default of its extract_features); widened to float32, they keep "
-                        "hloc's rounding (steps of %.3g px at %r's largest coordinate)",
+                        "hloc's rounding: steps of %.3g px at the largest coordinate of %s",
                         self.path, step, name)
         return raw.astype(np.float32)
 

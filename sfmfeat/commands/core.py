@@ -174,11 +174,17 @@ def _register_reconstruct(subparsers) -> None:
     p.add_argument("--dense", action="store_true",
                    help="also run dense MVS into OUTPUT/dense (fused.ply, meshed-poisson.ply)")
     p.add_argument("--dense-max-image-size", type=int, default=1000)
+    p.add_argument("--features-file", type=Path,
+                   help="build from this features .h5 (ours or hloc's) instead of extracting; "
+                        "--features then only picks the default matcher")
+    p.add_argument("--matches-file", type=Path,
+                   help="and from these matches (ours or hloc's; needs --features-file) "
+                        "instead of matching: the pairs it holds are used")
     p.set_defaults(func=_run_reconstruct)
 
 
 def _run_reconstruct(args) -> int:
-    from ..reconstruction.pipeline import ReconstructionConfig, reconstruct
+    from ..reconstruction.pipeline import GivenStores, ReconstructionConfig, reconstruct
 
     pairs = args.pairs
     if pairs not in ("exhaustive", "sequential"):
@@ -192,8 +198,9 @@ def _run_reconstruct(args) -> int:
         feature_options=tuple(sorted(parse_overrides(args.conf).items())),
         matcher_options=tuple(sorted(parse_overrides(args.matcher_conf).items())))
     names = read_image_list(args.image_list) if args.image_list else None
+    stores = GivenStores(features=args.features_file, matches=args.matches_file)
     result = reconstruct(args.images, args.output, config, image_names=names,
-                         device=args.device)
+                         device=args.device, stores=stores)
     _log_rejected(result.rejected)
     s = result.summary
     logger.info("registered %d/%d images, %d points, mean track length %.2f, mean "
