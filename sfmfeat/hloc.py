@@ -56,6 +56,7 @@ import numpy as np
 from .errors import StoreError
 from .features import Features
 from .localization.retrieval import GlobalDescriptorReader
+from .pairs import unique_pairs
 from .store import (FeatureReader, MatchReader, StoreReader, _open_h5, check_matches_lineage,
                     image_fingerprint, keypoints_digest)
 
@@ -438,7 +439,7 @@ def export_matches(matches: MatchReader, features: FeatureReader, output: str | 
     second: a pair whose first image's keypoints are matched more than once is written in
     the other order (hloc finds pairs in both orders); one that is many-to-many in both
     directions cannot be written in hloc's layout and is refused."""
-    pairs = list(matches.pairs() if pairs is None else pairs)
+    pairs = unique_pairs(matches.pairs() if pairs is None else pairs)
     check_matches_lineage(matches, features, pairs)
     index_dtype = np.int16 if int16 else np.int32
     counts: dict[str, int] = {}

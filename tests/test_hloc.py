@@ -229,3 +229,36 @@ def test_global_descriptors_round_trip(tmp_path):
         np.testing.assert_array_equal(reader.read_many(["q/1.jpg", "db.jpg"]),
                                       np.stack([values["q/1.jpg"], values["db.jpg"]]).astype(
                                           np.float32))
+
+
+def test_extract_and_match_write_hloc_files_and_resume(tmp_path, caplog):
+    from sfmfeat.synthetic import SceneConfig, SyntheticScene
+
+    SyntheticScene(SceneConfig(num_views=3, width=320, height=240)).write_images(
+        tmp_path / "images")
+    features, matches = tmp_path / "feats.h5", tmp_path / "matches.h5"
+    assert main(["extract", str(tmp_path / "images"), "-o", str(features), "--format",
+                 "hloc", "--device", "cpu"]) == 0
+    assert main(["pairs", "exhaustive", "--images", str(tmp_path / "images"), "-o",
+                 str(tmp_path / "pairs.txt")]) == 0
+    assert main(["match", "--pairs", str(tmp_path / "pairs.txt"), "--features", str(features),
+                 "-o", str(matches), "--format", "hloc", "--int16", "--device", "cpu"]) == 0
+    assert hloc.detect(features) == {"features"} and hloc.detect(matches) == {"matches"}
+    with FeatureReader(features) as theirs, \
+            FeatureReader(tmp_path / "feats.h5.sfmfeat.h5") as mine:
+        assert isinstance(theirs, hloc.HlocFeatureReader) and theirs.names() == mine.names()
+        for name in mine.names():
+            np.testing.assert_array_equal(theirs.read(name).descriptors,
+                                          mine.read(name).descriptors)
+    with MatchReader(matches) as theirs, MatchReader(tmp_path / "matches.h5.sfmfeat.h5") as mine:
+        for pair in mine.pairs():
+            assert len(mine.read(*pair)[0]) > 20
+            np.testing.assert_array_equal(np.sort(theirs.read(*pair)[0], axis=0),
+                                          np.sort(mine.read(*pair)[0], axis=0))
+    with h5py.File(matches) as handle:
+        assert {handle[key]["matches0"].dtype for key in
+                ("view_000.png/view_001.png", "view_001.png/view_002.png")} == {np.dtype("int16")}
+    caplog.set_level(logging.INFO)
+    assert main(["extract", str(tmp_path / "images"), "-o", str(features), "--format",
+                 "hloc", "--device", "cpu"]) == 0
+    assert "0 extracted, 3 already done" in caplog.text

@@ -47,17 +47,44 @@ def _register_extract(subparsers) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     p.add_argument("--overwrite", action="store_true", help="discard existing results")
+    add_format_argument(p)
     p.set_defaults(func=_run_extract)
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("sfmfeat", "hloc"), default="sfmfeat",
+                        help="layout of OUTPUT: ours (default) or hloc's (float32, int32); "
+                             "with hloc, our resumable store is kept beside it as "
+                             "OUTPUT.sfmfeat.h5")
+    parser.add_argument("--half", action="store_true",
+                        help="with --format hloc: float16 keypoints, descriptors and scores "
+                             "(hloc's as_half)")
+
+
+def _store_path(args) -> Path:
+    """Where the command's own store goes: OUTPUT, or beside it for --format hloc."""
+    if args.half and args.format != "hloc":
+        raise InputError("--half applies to --format hloc only")
+    if args.format == "hloc":
+        return args.output.with_name(args.output.name + ".sfmfeat.h5")
+    return args.output
 
 
 def _run_extract(args) -> int:
     from ..extract import extract_features
 
     names = read_image_list(args.image_list) if args.image_list else None
-    report = extract_features(args.images, args.output, args.features, image_names=names,
+    store = _store_path(args)
+    report = extract_features(args.images, store, args.features, image_names=names,
                               overrides=parse_overrides(args.conf), device=args.device,
                               strict=args.strict, overwrite=args.overwrite)
     _log_rejected(report.rejected)
+    if args.format == "hloc":
+        from ..hloc import export_features
+        from ..store import FeatureReader
+
+        with FeatureReader(store) as reader:
+            export_features(reader, args.output, report.valid_names, half=args.half)
     logger.info("%d extracted, %d already done, %d rejected in %.1f s -> %s",
                 len(report.extracted), len(report.already_done), len(report.rejected),
                 report.seconds, args.output)
@@ -129,6 +156,9 @@ def _register_match(subparsers) -> None:
     add_conf_argument(p, what="matcher")
     p.add_argument("--device")
     p.add_argument("--overwrite", action="store_true")
+    add_format_argument(p)
+    p.add_argument("--int16", action="store_true",
+                   help="with --format hloc: int16 matches0 (refused past index 32767)")
     p.set_defaults(func=_run_match)
 
 
@@ -139,10 +169,24 @@ def _run_match(args) -> int:
     pairs = read_pairs(args.pairs)
     if not pairs:
         raise InputError(f"pairs file {args.pairs} is empty")
-    report = match_pairs(pairs, args.features, args.output, args.matcher,
+    if args.int16 and args.format != "hloc":
+        raise InputError("--int16 applies to --format hloc only")
+    if args.format == "hloc" and args.reference_features:
+        raise InputError("--format hloc with --reference-features: hloc's matches0 counts the "
+                         "query keypoints of one features file; write ours, then `sfmfeat "
+                         "export hloc`")
+    store = _store_path(args)
+    report = match_pairs(pairs, args.features, store, args.matcher,
                          overrides=parse_overrides(args.conf),
                          reference_features=args.reference_features, device=args.device,
                          overwrite=args.overwrite)
+    if args.format == "hloc":
+        from ..hloc import export_matches
+        from ..store import FeatureReader, MatchReader
+
+        with MatchReader(store) as matches, FeatureReader(args.features) as features:
+            export_matches(matches, features, args.output, pairs, int16=args.int16,
+                           half=args.half)
     logger.info("%d pairs matched, %d already done in %.1f s -> %s", report.matched,
                 report.already_done, report.seconds, args.output)
     return 0
