@@ -428,19 +428,42 @@ def export_features(features: FeatureReader, output: str | Path,
     return len(names)
 
 
-def export_matches(matches: MatchReader, features: FeatureReader, output: str | Path,
-                   pairs: Iterable[tuple[str, str]] | None = None, int16: bool = False,
-                   half: bool = False) -> int:
+class _FeaturesOf:
+    """Several feature stores seen as one (a name is read from the first that holds it),
+    for the lineage check and the keypoint counts."""
+
+    def __init__(self, readers: Sequence[FeatureReader]) -> None:
+        self.readers = list(readers)
+        self.path = ", ".join(str(r.path) for r in self.readers)
+
+    def _reader(self, name: str) -> FeatureReader:
+        for reader in self.readers:
+            if name in reader:
+                return reader
+        raise StoreError(f"no features for image {name!r} in {self.path}")
+
+    def keypoints(self, name: str) -> np.ndarray:
+        return self._reader(name).keypoints(name)
+
+    def keypoints_digest(self, name: str) -> str:
+        return self._reader(name).keypoints_digest(name)
+
+
+def export_matches(matches: MatchReader, features: FeatureReader | Sequence[FeatureReader],
+                   output: str | Path, pairs: Iterable[tuple[str, str]] | None = None,
+                   int16: bool = False, half: bool = False) -> int:
     """Write the ``pairs`` of ``matches`` (all stored pairs by default) in hloc's layout;
-    ``features`` gives each image's keypoint count (``matches0`` has one entry per keypoint)
-    and must be the features the matches were made from. Returns the pair count.
+    ``features`` (one store, or several: e.g. query and database features) gives each
+    image's keypoint count (``matches0`` has one entry per keypoint) and must hold the
+    features the matches were made from. Returns the pair count.
 
     ``matches0`` maps each keypoint of the first image to at most one keypoint of the
     second: a pair whose first image's keypoints are matched more than once is written in
     the other order (hloc finds pairs in both orders); one that is many-to-many in both
     directions cannot be written in hloc's layout and is refused."""
     pairs = unique_pairs(matches.pairs() if pairs is None else pairs)
-    check_matches_lineage(matches, features, pairs)
+    features = _FeaturesOf([features] if isinstance(features, FeatureReader) else features)
+    check_matches_lineage(matches, features, pairs)   # type: ignore[arg-type]
     index_dtype = np.int16 if int16 else np.int32
     counts: dict[str, int] = {}
     with _AtomicH5(output) as out:

@@ -185,6 +185,21 @@ def test_foreign_file_is_never_appended_to(tmp_path):
         assert not isinstance(reader, hloc.HlocFeatureReader) and reader.names() == ["a.jpg"]
 
 
+def test_query_matches_export_with_query_and_database_features(tmp_path):
+    with FeatureWriter(tmp_path / "q.h5", "sift", "fh", {}) as writer:
+        writer.write("q.jpg", _features(6), (10, 10))
+    with FeatureWriter(tmp_path / "db.h5", "sift", "fh", {}) as writer:
+        writer.write("a.jpg", _features(4, seed=1), (10, 10))
+    with MatchWriter(tmp_path / "m.h5", "mnn", "mh", {}, "fh") as writer:
+        writer.write("q.jpg", "a.jpg", np.array([[5, 0], [1, 3]]), np.ones(2))
+    assert main(["export", "hloc", str(tmp_path / "m.h5"), "--features", str(tmp_path / "q.h5"),
+                 "-o", str(tmp_path / "h.h5")]) == 2      # a.jpg's features are missing
+    assert main(["export", "hloc", str(tmp_path / "m.h5"), "--features", str(tmp_path / "q.h5"),
+                 "--features", str(tmp_path / "db.h5"), "-o", str(tmp_path / "h.h5")]) == 0
+    with h5py.File(tmp_path / "h.h5") as handle:   # name_a < name_b: a.jpg's 4 keypoints
+        np.testing.assert_array_equal(handle["a.jpg/q.jpg/matches0"][()], [5, -1, -1, 1])
+
+
 def test_int16_export_is_guarded_against_overflow(tmp_path):
     with FeatureWriter(tmp_path / "f.h5", "sift", "fh", {}) as writer:
         writer.write("a.jpg", _features(5), (10, 10))
@@ -215,9 +230,10 @@ def test_one_to_many_matches_are_written_in_the_representable_order(tmp_path):
         np.testing.assert_array_equal(got[np.argsort(got[:, 1])], [[0, 1], [0, 2], [3, 4]])
 
 
-def test_global_descriptors_round_trip(tmp_path):
+def test_global_descriptors_round_trip_and_retrieval_from_an_hloc_file(tmp_path):
     rng = np.random.default_rng(1)
-    values = {"q/1.jpg": rng.random(32), "db.jpg": rng.random(32)}
+    values = {"q/1.jpg": rng.random(32), "db.jpg": rng.random(32), "db2.jpg": rng.random(32),
+              "db3.jpg": rng.random(32)}
     with GlobalDescriptorWriter(tmp_path / "g.h5", "netvlad", "gh", {}) as writer:
         for name, value in values.items():
             writer.write(name, value)
@@ -229,6 +245,12 @@ def test_global_descriptors_round_trip(tmp_path):
         np.testing.assert_array_equal(reader.read_many(["q/1.jpg", "db.jpg"]),
                                       np.stack([values["q/1.jpg"], values["db.jpg"]]).astype(
                                           np.float32))
+    for source, output in (("g.h5", "ours.txt"), ("hg.h5", "theirs.txt")):
+        assert main(["pairs", "retrieval", "--method", "stored", "--descriptors",
+                     str(tmp_path / source), "--num-neighbors", "2", "-o",
+                     str(tmp_path / output)]) == 0
+    assert (tmp_path / "ours.txt").read_text() == (tmp_path / "theirs.txt").read_text()
+    assert len((tmp_path / "ours.txt").read_text().splitlines()) >= 4
 
 
 def test_extract_and_match_write_hloc_files_and_resume(tmp_path, caplog):

@@ -171,10 +171,6 @@ def _run_match(args) -> int:
         raise InputError(f"pairs file {args.pairs} is empty")
     if args.int16 and args.format != "hloc":
         raise InputError("--int16 applies to --format hloc only")
-    if args.format == "hloc" and args.reference_features:
-        raise InputError("--format hloc with --reference-features: hloc's matches0 counts the "
-                         "query keypoints of one features file; write ours, then `sfmfeat "
-                         "export hloc`")
     store = _store_path(args)
     report = match_pairs(pairs, args.features, store, args.matcher,
                          overrides=parse_overrides(args.conf),
@@ -184,9 +180,14 @@ def _run_match(args) -> int:
         from ..hloc import export_matches
         from ..store import FeatureReader, MatchReader
 
-        with MatchReader(store) as matches, FeatureReader(args.features) as features:
-            export_matches(matches, features, args.output, pairs, int16=args.int16,
-                           half=args.half)
+        readers = [FeatureReader(p) for p in (args.features, args.reference_features) if p]
+        try:
+            with MatchReader(store) as matches:
+                export_matches(matches, readers, args.output, pairs, int16=args.int16,
+                               half=args.half)
+        finally:
+            for reader in readers:
+                reader.close()
     logger.info("%d pairs matched, %d already done in %.1f s -> %s", report.matched,
                 report.already_done, report.seconds, args.output)
     return 0

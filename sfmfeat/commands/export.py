@@ -21,9 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "triangulation, localize_sfm and pairs_from_retrieval read.")
     k.add_argument("input", type=Path, help="features, matches or global-descriptor .h5")
     k.add_argument("-o", "--output", type=Path, required=True, help="hloc .h5 to write")
-    k.add_argument("--features", type=Path,
+    k.add_argument("--features", type=Path, action="append",
                    help="the features the matches were made from (matches only: hloc's "
-                        "matches0 has one entry per keypoint)")
+                        "matches0 has one entry per keypoint); repeat for query and "
+                        "database features")
     k.add_argument("--pairs", type=Path, help="export only these pairs (matches only)")
     k.add_argument("--half", action="store_true",
                    help="float16 keypoints, descriptors and scores (hloc's as_half default); "
@@ -55,9 +56,14 @@ def run_hloc(args) -> int:
         from ..pairs import read_pairs
 
         pairs = read_pairs(args.pairs) if args.pairs else None
-        with MatchReader(args.input) as matches, FeatureReader(args.features) as features:
-            count = hloc.export_matches(matches, features, args.output, pairs,
-                                        int16=args.int16, half=args.half)
+        readers = [FeatureReader(path) for path in args.features]
+        try:
+            with MatchReader(args.input) as matches:
+                count = hloc.export_matches(matches, readers, args.output, pairs,
+                                            int16=args.int16, half=args.half)
+        finally:
+            for reader in readers:
+                reader.close()
         logger.info("%d pairs -> %s", count, args.output)
     else:
         from ..localization.retrieval import GlobalDescriptorReader
