@@ -34,6 +34,9 @@ them up and skips their items. A different config for the same file is refused.
 A feature record whose image file has changed (other content hash) is re-extracted, and a
 match record whose feature digests differ from the current features' is re-matched.
 
+Files in hloc's layout open as the adapters of ``sfmfeat.hloc`` (``StoreReader.__new__``);
+writers refuse to add records to them.
+
 Each writer holds an advisory lock (``.<file>.lock`` beside it, holding the writer's pid)
 for its lifetime: a second writer of the same file fails at once, naming that pid.
 """
