@@ -368,10 +368,12 @@ class HlocGlobalDescriptorReader(_HlocFile, GlobalDescriptorReader):
 
     @property
     def dim(self) -> int:
-        names = self.names()
-        if not names:
-            raise StoreError(f"hloc file {self.path} holds no descriptor")
-        return len(self.read(names[0]))
+        if getattr(self, "_dim", None) is None:
+            first = next(iter(self._item_groups()), None)
+            if first is None:
+                raise StoreError(f"hloc file {self.path} holds no descriptor")
+            self._dim = len(self.read(first))
+        return self._dim
 
 
 # ------------------------------------------------------------------------------ writing

@@ -284,3 +284,6 @@ def test_extract_and_match_write_hloc_files_and_resume(tmp_path, caplog):
     assert main(["extract", str(tmp_path / "images"), "-o", str(features), "--format",
                  "hloc", "--device", "cpu"]) == 0
     assert "0 extracted, 3 already done" in caplog.text
+    ours = tmp_path / "feats.h5.sfmfeat.h5"     # our own store is never replaced by an export
+    assert main(["extract", str(tmp_path / "images"), "-o", str(ours), "--format", "hloc",
+                 "--device", "cpu"]) == 2

@@ -66,6 +66,12 @@ def _store_path(args) -> Path:
     if args.half and args.format != "hloc":
         raise InputError("--half applies to --format hloc only")
     if args.format == "hloc":
+        from ..hloc import detect
+
+        if args.output.is_file() and not detect(args.output) and not args.overwrite:
+            raise InputError(f"{args.output} is not an hloc-layout file (an sfmfeat store?): "
+                             "--format hloc would replace it; choose another -o or pass "
+                             "--overwrite")
         return args.output.with_name(args.output.name + ".sfmfeat.h5")
     return args.output
 
