@@ -57,8 +57,8 @@ from .errors import StoreError
 from .features import Features
 from .localization.retrieval import GlobalDescriptorReader
 from .pairs import unique_pairs
-from .store import (FeatureReader, MatchReader, StoreReader, _open_h5, check_matches_lineage,
-                    image_fingerprint, keypoints_digest)
+from .store import (FeatureReader, FeatureStores, MatchReader, StoreReader, _open_h5,
+                    check_matches_lineage, image_fingerprint, keypoints_digest)
 
 logger = logging.getLogger(__name__)
 
@@ -430,27 +430,6 @@ def export_features(features: FeatureReader, output: str | Path,
     return len(names)
 
 
-class _FeaturesOf:
-    """Several feature stores seen as one (a name is read from the first that holds it),
-    for the lineage check and the keypoint counts."""
-
-    def __init__(self, readers: Sequence[FeatureReader]) -> None:
-        self.readers = list(readers)
-        self.path = ", ".join(str(r.path) for r in self.readers)
-
-    def _reader(self, name: str) -> FeatureReader:
-        for reader in self.readers:
-            if name in reader:
-                return reader
-        raise StoreError(f"no features for image {name!r} in {self.path}")
-
-    def keypoints(self, name: str) -> np.ndarray:
-        return self._reader(name).keypoints(name)
-
-    def keypoints_digest(self, name: str) -> str:
-        return self._reader(name).keypoints_digest(name)
-
-
 def export_matches(matches: MatchReader, features: FeatureReader | Sequence[FeatureReader],
                    output: str | Path, pairs: Iterable[tuple[str, str]] | None = None,
                    int16: bool = False, half: bool = False) -> int:
@@ -464,8 +443,8 @@ def export_matches(matches: MatchReader, features: FeatureReader | Sequence[Feat
     the other order (hloc finds pairs in both orders); one that is many-to-many in both
     directions cannot be written in hloc's layout and is refused."""
     pairs = unique_pairs(matches.pairs() if pairs is None else pairs)
-    features = _FeaturesOf([features] if isinstance(features, FeatureReader) else features)
-    check_matches_lineage(matches, features, pairs)   # type: ignore[arg-type]
+    features = FeatureStores([features] if isinstance(features, FeatureReader) else features)
+    check_matches_lineage(matches, features, pairs)
     index_dtype = np.int16 if int16 else np.int32
     counts: dict[str, int] = {}
     with _AtomicH5(output) as out:

@@ -644,7 +644,31 @@ def _ordered_digests(value: Any, swapped: bool) -> tuple[str, str] | None:
     return (digest_b, digest_a) if swapped else (digest_a, digest_b)
 
 
-def check_matches_lineage(matches: MatchReader, features: FeatureReader,
+class FeatureStores:
+    """Several open feature stores seen as one for lookups (a name is read from the first
+    that holds it): e.g. query and database features, for ``check_matches_lineage``."""
+
+    def __init__(self, readers: Iterable[FeatureReader]) -> None:
+        self.readers = list(readers)
+        self.path = ", ".join(str(r.path) for r in self.readers)
+
+    def _reader(self, name: str) -> FeatureReader:
+        for reader in self.readers:
+            if name in reader:
+                return reader
+        raise StoreError(f"no features for image {name!r} in {self.path}")
+
+    def __contains__(self, name: str) -> bool:
+        return any(name in reader for reader in self.readers)
+
+    def keypoints(self, name: str) -> np.ndarray:
+        return self._reader(name).keypoints(name)
+
+    def keypoints_digest(self, name: str) -> str:
+        return self._reader(name).keypoints_digest(name)
+
+
+def check_matches_lineage(matches: MatchReader, features: FeatureReader | FeatureStores,
                           pairs: Iterable[tuple[str, str]]) -> None:
     """Refuse (StoreError naming both files) when a pair's matches were made from other
     feature records than the FeatureReader ``features`` holds. Pairs of older stores, which

@@ -287,3 +287,60 @@ def test_extract_and_match_write_hloc_files_and_resume(tmp_path, caplog):
     ours = tmp_path / "feats.h5.sfmfeat.h5"     # our own store is never replaced by an export
     assert main(["extract", str(tmp_path / "images"), "-o", str(ours), "--format", "hloc",
                  "--device", "cpu"]) == 2
+
+
+def test_localize_from_query_files_in_hloc_layout(tmp_path, capsys):
+    """`localize --query-features/--query-matches` on hloc-layout exports of exact synthetic
+    correspondences gives the poses our own files give, and the true ones."""
+    import copy
+
+    import cv2
+
+    from sfmfeat.localization.queries import write_queries
+    from sfmfeat.localization.results import pose_errors, read_poses
+    from test_localization import _synthetic_model, _write_stores
+
+    model = _synthetic_model(num_images=6, num_points=300)
+    queries = [1, 2]
+    features, matches, pairs = _write_stores(tmp_path, model, queries)
+    db_model = copy.copy(model)
+    for q in queries:
+        db_model.deregister_frame(db_model.images[q].frame_id)
+    (tmp_path / "model").mkdir()
+    db_model.write(tmp_path / "model")
+    (tmp_path / "queries").mkdir()
+    names = [model.images[q].name for q in queries]
+    for name in names:
+        cv2.imwrite(str(tmp_path / "queries" / name), np.zeros((480, 640, 3), np.uint8))
+    write_queries(tmp_path / "q.txt", {model.images[q].name: model.cameras[
+        model.images[q].camera_id] for q in queries})
+    (tmp_path / "pairs.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))
+    assert main(["export", "hloc", str(features), "-o", str(tmp_path / "hf.h5")]) == 0
+    assert main(["export", "hloc", str(matches), "--features", str(features), "-o",
+                 str(tmp_path / "hm.h5"), "--int16"]) == 0
+    poses = {}
+    for label, (qf, qm) in {"ours": (features, matches),
+                            "hloc": (tmp_path / "hf.h5", tmp_path / "hm.h5")}.items():
+        assert main(["localize", str(tmp_path / "model"), str(tmp_path / "queries"),
+                     str(tmp_path / label), "--query-list", str(tmp_path / "q.txt"),
+                     "--db-features", str(features), "--pairs", str(tmp_path / "pairs.txt"),
+                     "--query-features", str(qf), "--query-matches", str(qm),
+                     "--seed", "0"]) == 0
+        poses[label] = read_poses(tmp_path / label / "poses.txt")
+    assert set(poses["hloc"]) == set(poses["ours"]) == set(names)
+    for name in names:
+        truth = model.images[queries[names.index(name)]].cam_from_world()
+        assert max(pose_errors(poses["hloc"][name], truth)) < 1e-3
+        assert max(pose_errors(poses["hloc"][name], poses["ours"][name])) < 1e-9
+    assert main(["localize", str(tmp_path / "model"), str(tmp_path / "queries"),
+                 str(tmp_path / "x"), "--query-matches", str(matches)]) == 2
+    # query matches that were not made from the given query features are refused
+    with FeatureWriter(tmp_path / "other.h5", "sift", "x", {}) as writer:
+        for name in names:
+            writer.write(name, _features(3), (640, 480))
+    assert main(["localize", str(tmp_path / "model"), str(tmp_path / "queries"),
+                 str(tmp_path / "x"), "--query-list", str(tmp_path / "q.txt"),
+                 "--db-features", str(features), "--pairs", str(tmp_path / "pairs.txt"),
+                 "--query-features", str(tmp_path / "other.h5"), "--query-matches",
+                 str(tmp_path / "hm.h5")]) == 2
+    assert "was not matched from the features in" in capsys.readouterr().err
