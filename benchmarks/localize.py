@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:  # a script run from a checkout without an install
     sys.path.insert(0, str(REPO))
 
 from sfmfeat.extract import extract_features  # noqa: E402
+from sfmfeat.hloc import export_features, export_matches  # noqa: E402
 from sfmfeat.localization.leave_one_out import (colmap_sift_model, leave_one_out,  # noqa: E402
                                                 median_scene_distance)
 from sfmfeat.localization.pose import PoseConfig  # noqa: E402
@@ -224,23 +225,11 @@ def _import_hloc(path: str | None):
 
 
 def _write_hloc_h5(work: Path, features: Path, matches: Path, names, pairs):
-    """Our stores in hloc's layout: /<name>/keypoints, /<n0-with-dashes>/<n1>/matches0."""
-    import h5py
-
+    """Our stores in hloc's layout (``sfmfeat.hloc``), for hloc's own localizer."""
     hfeatures, hmatches = work / "hloc_features.h5", work / "hloc_matches.h5"
-    with FeatureReader(features) as reader, h5py.File(hfeatures, "w") as out:
-        for name in names:
-            out.create_group(name).create_dataset("keypoints", data=reader.keypoints(name))
-    with FeatureReader(features) as freader, MatchReader(matches) as reader, \
-            h5py.File(hmatches, "w") as out:
-        for q, d in pairs:
-            m, s = reader.read(q, d)
-            matches0 = np.full(len(freader.keypoints(q)), -1, np.int32)
-            scores0 = np.zeros(len(matches0), np.float32)
-            matches0[m[:, 0]], scores0[m[:, 0]] = m[:, 1], s
-            group = out.create_group(f"{q.replace('/', '-')}/{d.replace('/', '-')}")
-            group.create_dataset("matches0", data=matches0)
-            group.create_dataset("matching_scores0", data=scores0)
+    with FeatureReader(features) as freader, MatchReader(matches) as mreader:
+        export_features(freader, hfeatures, names)
+        export_matches(mreader, freader, hmatches, pairs)
     return hfeatures, hmatches
 
 

@@ -34,6 +34,9 @@ them up and skips their items. A different config for the same file is refused.
 A feature record whose image file has changed (other content hash) is re-extracted, and a
 match record whose feature digests differ from the current features' is re-matched.
 
+Files in hloc's layout open as the adapters of ``sfmfeat.hloc`` (``StoreReader.__new__``);
+writers refuse to add records to them.
+
 Each writer holds an advisory lock (``.<file>.lock`` beside it, holding the writer's pid)
 for its lifetime: a second writer of the same file fails at once, naming that pid.
 """
@@ -295,6 +298,7 @@ class _ShardedWriter:
         self.stored_attrs: dict[tuple[str, ...], dict[str, Any]] = {}
         for source in ([self.path] if self.path.exists() else []) + self._shards():
             with _open_h5(source) as handle:
+                self._refuse_foreign(handle, source)
                 self.info.check(handle, source)
                 keys = list(_item_keys(handle, self.info.kind))
                 self.done.update(keys)
@@ -305,6 +309,13 @@ class _ShardedWriter:
                                                   if a in attrs}
         if self.done:
             logger.info("%s: %d items already stored, resuming", self.path, len(self.done))
+
+    @staticmethod
+    def _refuse_foreign(handle: h5py.File, path: Path) -> None:
+        from .hloc import foreign_file_error, layout_kinds
+
+        if layout_kinds(handle):
+            raise foreign_file_error(path)
 
     def _shards(self) -> list[Path]:
         if not self.shard_dir.is_dir():
@@ -429,6 +440,11 @@ class StoreReader:
     kind: ClassVar[str]
     missing_hint: ClassVar[str]
 
+    def __new__(cls, path: str | Path, *args: Any, **kwargs: Any) -> "StoreReader":
+        from .hloc import reader_class   # a file in hloc's layout opens as its adapter
+
+        return super().__new__(reader_class(cls, path) or cls)
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -436,7 +452,16 @@ class StoreReader:
                              f"{self.missing_hint}")
         self._handle = _open_h5(self.path)
         attrs = self._handle.attrs
+        if "kind" not in attrs:
+            from .hloc import ITEM_DATASETS
+
+            self._handle.close()
+            raise StoreError(
+                f"{self.path} is neither an sfmfeat {self.kind.replace('_', ' ')} store (no "
+                "'kind' attribute) nor an hloc-layout file (no group holding "
+                f"{ITEM_DATASETS[self.kind]!r}); pass a file sfmfeat or hloc wrote")
         if attrs.get("kind") != self.kind:
+            self._handle.close()
             raise StoreError(f"{self.path} holds {attrs.get('kind')}, not {self.kind}")
         check_schema(attrs, self.path)
         self.method = str(attrs["method"])
@@ -619,7 +644,31 @@ def _ordered_digests(value: Any, swapped: bool) -> tuple[str, str] | None:
     return (digest_b, digest_a) if swapped else (digest_a, digest_b)
 
 
-def check_matches_lineage(matches: MatchReader, features: FeatureReader,
+class FeatureStores:
+    """Several open feature stores seen as one for lookups (a name is read from the first
+    that holds it): e.g. query and database features, for ``check_matches_lineage``."""
+
+    def __init__(self, readers: Iterable[FeatureReader]) -> None:
+        self.readers = list(readers)
+        self.path = ", ".join(str(r.path) for r in self.readers)
+
+    def _reader(self, name: str) -> FeatureReader:
+        for reader in self.readers:
+            if name in reader:
+                return reader
+        raise StoreError(f"no features for image {name!r} in {self.path}")
+
+    def __contains__(self, name: str) -> bool:
+        return any(name in reader for reader in self.readers)
+
+    def keypoints(self, name: str) -> np.ndarray:
+        return self._reader(name).keypoints(name)
+
+    def keypoints_digest(self, name: str) -> str:
+        return self._reader(name).keypoints_digest(name)
+
+
+def check_matches_lineage(matches: MatchReader, features: FeatureReader | FeatureStores,
                           pairs: Iterable[tuple[str, str]]) -> None:
     """Refuse (StoreError naming both files) when a pair's matches were made from other
     feature records than the FeatureReader ``features`` holds. Pairs of older stores, which

@@ -48,17 +48,50 @@ def _register_extract(subparsers) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     p.add_argument("--overwrite", action="store_true", help="discard existing results")
+    add_format_argument(p)
     p.set_defaults(func=_run_extract)
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("sfmfeat", "hloc"), default="sfmfeat",
+                        help="layout of OUTPUT: ours (default) or hloc's (float32, int32); "
+                             "with hloc, our resumable store is kept beside it as "
+                             "OUTPUT.sfmfeat.h5")
+    parser.add_argument("--half", action="store_true",
+                        help="with --format hloc: float16 keypoints, descriptors and scores "
+                             "(hloc's as_half)")
+
+
+def _store_path(args) -> Path:
+    """Where the command's own store goes: OUTPUT, or beside it for --format hloc."""
+    if args.half and args.format != "hloc":
+        raise InputError("--half applies to --format hloc only")
+    if args.format == "hloc":
+        from ..hloc import detect
+
+        if args.output.is_file() and not detect(args.output) and not args.overwrite:
+            raise InputError(f"{args.output} is not an hloc-layout file (an sfmfeat store?): "
+                             "--format hloc would replace it; choose another -o or pass "
+                             "--overwrite")
+        return args.output.with_name(args.output.name + ".sfmfeat.h5")
+    return args.output
 
 
 def _run_extract(args) -> int:
     from ..extract import extract_features
 
     names = read_image_list(args.image_list) if args.image_list else None
-    report = extract_features(args.images, args.output, args.features, image_names=names,
+    store = _store_path(args)
+    report = extract_features(args.images, store, args.features, image_names=names,
                               overrides=parse_overrides(args.conf), device=args.device,
                               strict=args.strict, overwrite=args.overwrite)
     _log_rejected(report.rejected)
+    if args.format == "hloc":
+        from ..hloc import export_features
+        from ..store import FeatureReader
+
+        with FeatureReader(store) as reader:
+            export_features(reader, args.output, report.valid_names, half=args.half)
     logger.info("%d extracted, %d already done, %d rejected in %.1f s -> %s",
                 len(report.extracted), len(report.already_done), len(report.rejected),
                 report.seconds, args.output)
@@ -130,6 +163,9 @@ def _register_match(subparsers) -> None:
     add_conf_argument(p, what="matcher")
     p.add_argument("--device")
     p.add_argument("--overwrite", action="store_true")
+    add_format_argument(p)
+    p.add_argument("--int16", action="store_true",
+                   help="with --format hloc: int16 matches0 (refused past index 32767)")
     p.set_defaults(func=_run_match)
 
 
@@ -140,10 +176,25 @@ def _run_match(args) -> int:
     pairs = read_pairs(args.pairs)
     if not pairs:
         raise InputError(f"pairs file {args.pairs} is empty")
-    report = match_pairs(pairs, args.features, args.output, args.matcher,
+    if args.int16 and args.format != "hloc":
+        raise InputError("--int16 applies to --format hloc only")
+    store = _store_path(args)
+    report = match_pairs(pairs, args.features, store, args.matcher,
                          overrides=parse_overrides(args.conf),
                          reference_features=args.reference_features, device=args.device,
                          overwrite=args.overwrite)
+    if args.format == "hloc":
+        from ..hloc import export_matches
+        from ..store import FeatureReader, MatchReader
+
+        readers = [FeatureReader(p) for p in (args.features, args.reference_features) if p]
+        try:
+            with MatchReader(store) as matches:
+                export_matches(matches, readers, args.output, pairs, int16=args.int16,
+                               half=args.half)
+        finally:
+            for reader in readers:
+                reader.close()
     logger.info("%d pairs matched, %d already done in %.1f s -> %s", report.matched,
                 report.already_done, report.seconds, args.output)
     return 0
@@ -176,11 +227,17 @@ def _register_reconstruct(subparsers) -> None:
                    help="also run dense MVS into OUTPUT/dense (fused.ply, meshed-poisson.ply)")
     p.add_argument("--dense-max-image-size", type=int, default=1000)
     add_no_report_argument(p)
+    p.add_argument("--features-file", type=Path,
+                   help="build from this features .h5 (ours or hloc's) instead of extracting; "
+                        "--features then only picks the default matcher")
+    p.add_argument("--matches-file", type=Path,
+                   help="and from these matches (ours or hloc's; needs --features-file) "
+                        "instead of matching: the pairs it holds are used")
     p.set_defaults(func=_run_reconstruct)
 
 
 def _run_reconstruct(args) -> int:
-    from ..reconstruction.pipeline import ReconstructionConfig, reconstruct
+    from ..reconstruction.pipeline import GivenStores, ReconstructionConfig, reconstruct
 
     pairs = args.pairs
     if pairs not in ("exhaustive", "sequential"):
@@ -194,8 +251,9 @@ def _run_reconstruct(args) -> int:
         feature_options=tuple(sorted(parse_overrides(args.conf).items())),
         matcher_options=tuple(sorted(parse_overrides(args.matcher_conf).items())))
     names = read_image_list(args.image_list) if args.image_list else None
+    stores = GivenStores(features=args.features_file, matches=args.matches_file)
     result = reconstruct(args.images, args.output, config, image_names=names,
-                         device=args.device)
+                         device=args.device, stores=stores)
     _log_rejected(result.rejected)
     s = result.summary
     logger.info("registered %d/%d images, %d points, mean track length %.2f, mean "

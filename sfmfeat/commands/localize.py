@@ -40,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder of the model's images (for retrieval:netvlad)")
     p.add_argument("--features", help="extractor preset for the queries (default: the one "
                                       "of --db-features)")
+    p.add_argument("--query-features", type=Path,
+                   help="query features made elsewhere (ours or hloc's) instead of extracting")
+    p.add_argument("--query-matches", type=Path,
+                   help="and their matches to the database images (ours or hloc's; needs "
+                        "--query-features) instead of matching")
     p.add_argument("--conf", action="append", metavar="KEY=VALUE",
                    help="extractor config override (repeatable)")
     p.add_argument("--matcher", help="matcher preset (default: the one the model was built "
@@ -99,7 +104,8 @@ def run(args) -> int:
         features=args.features, feature_overrides=parse_overrides(args.conf),
         matcher=args.matcher, matcher_overrides=parse_overrides(args.matcher_conf),
         config=config, ground_truth=args.ground_truth,
-        prepend_camera_name=args.prepend_camera_name, device=args.device)
+        prepend_camera_name=args.prepend_camera_name, device=args.device,
+        query_features=args.query_features, query_matches=args.query_matches)
     report = result.report
     summary = report.summary()
     print(f"localized {summary['num_localized']} of {summary['num_queries']} queries "

@@ -17,7 +17,7 @@ from ..images import list_images, read_image_list
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("vlad", "netvlad", "netvlad-tokyotm", "contextdesc")
+METHODS = ("vlad", "netvlad", "netvlad-tokyotm", "contextdesc", "stored")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,9 @@ def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="pairs file to write")
     p.add_argument("--method", choices=METHODS, default="vlad",
                    help="vlad: over local features (no weights); netvlad: official weights; "
-                        "contextdesc: max-pooled regional ResNet50 map of ContextDesc")
+                        "contextdesc: max-pooled regional ResNet50 map of ContextDesc; "
+                        "stored: the --descriptors file as it is (ours or hloc's, e.g. its "
+                        "global-feats-netvlad.h5), nothing computed")
     p.add_argument("--images", type=Path, help="image folder (NetVLAD)")
     p.add_argument("--features", type=Path, help="local features .h5 (VLAD)")
     p.add_argument("--descriptors", type=Path,
@@ -91,7 +93,17 @@ def run_retrieval(args) -> int:
     from ..pairs import write_pairs
 
     descriptors = args.descriptors or args.output.with_name(f"global-{args.method}.h5")
-    if args.method == "vlad":
+    if args.method == "stored":
+        if not args.descriptors:
+            raise InputError("--method stored needs --descriptors (a global-descriptor .h5)")
+        with ret.GlobalDescriptorReader(descriptors) as reader:
+            all_names = reader.names()
+        queries = _select(all_names, args.query_list, args.query_prefix, "query")
+        if args.db_descriptors:
+            with ret.GlobalDescriptorReader(args.db_descriptors) as reader:
+                all_names = reader.names()
+        db = _select(all_names, args.db_list, args.db_prefix, "database")
+    elif args.method == "vlad":
         if not args.features:
             raise InputError("--method vlad needs --features (a features .h5)")
         from ..store import FeatureReader

@@ -23,7 +23,7 @@ from ..images import image_size
 from ..lineage import check_features_belong_to_model
 from ..match import match_pairs
 from ..pairs import Pair, exhaustive, read_pairs, write_pairs
-from ..store import FeatureReader
+from ..store import FeatureReader, FeatureStores, MatchReader, check_matches_lineage
 from .queries import QueryList
 from .results import (DEFAULT_THRESHOLDS, evaluate, format_recall, read_poses, write_json,
                       write_poses, write_query_log)
@@ -112,14 +112,15 @@ def recorded_matcher(db_features: str | Path, features: str) -> tuple[str, dict[
     the ``matches.h5`` beside ``db_features``, else its ``summary.json``, else the default
     matcher of the ``features`` preset."""
     from ..extractors import default_matcher
-    from ..store import MatchReader
+    from ..hloc import METHOD as HLOC
 
     folder = Path(db_features).parent
     matches = folder / "matches.h5"
     if matches.is_file():
         with MatchReader(matches) as reader:
-            recorded = reader.config.get("config", {})
-            return reader.method, dict(recorded), f"recorded in {matches}"
+            if reader.method != HLOC:   # hloc records no matcher
+                recorded = reader.config.get("config", {})
+                return reader.method, dict(recorded), f"recorded in {matches}"
     summary = folder / "summary.json"
     if summary.is_file():
         import json
@@ -128,6 +129,9 @@ def recorded_matcher(db_features: str | Path, features: str) -> tuple[str, dict[
         if config.get("matcher"):
             options = dict(config.get("matcher_options") or ())
             return config["matcher"], options, f"recorded in {summary}"
+    if not features:
+        raise InputError(f"no matcher recorded beside {db_features} (no matches.h5 of ours or "
+                         "summary.json): pass --matcher")
     return default_matcher(features), {}, f"the default of {features}; no matches.h5 or " \
         f"summary.json in {folder}"
 
@@ -143,7 +147,8 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
                      ground_truth: str | Path | Mapping[str, pycolmap.Rigid3d] | None = None,
                      poses_name: str = "poses.txt", prepend_camera_name: bool = False,
                      thresholds: Sequence[tuple[float, float]] = DEFAULT_THRESHOLDS,
-                     device: str | None = None) -> LocalizationRun:
+                     device: str | None = None, query_features: str | Path | None = None,
+                     query_matches: str | Path | None = None) -> LocalizationRun:
     """Localize ``queries`` (images in ``query_dir``) against ``model``.
 
     db_features: the features.h5 the model's keypoints come from (keypoint indices must
@@ -153,7 +158,11 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
     ``ground_truth``, ``<stem>_eval.json``. Every query gets a log entry; queries that fail
     (missing image, bad intrinsics line, no pairs, too few inliers) get no pose.
     ``matcher`` None: the matcher the model was built with (``recorded_matcher``).
+    ``query_features`` (and ``query_matches``, of the query-database pairs): files made
+    elsewhere (ours or hloc's) used instead of extracting (and matching) the queries.
     """
+    if query_matches is not None and query_features is None:
+        raise InputError("query matches need the query features they were made from")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -168,12 +177,16 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
             raise InputError(f"no registered image of {source} has features in {db_features}")
         check_features_belong_to_model(reconstruction, model_folder(model), reader, source)
         extractor = None
-        if features is None:
+        if query_features is not None:
+            features = features or (reader.spec or {}).get("preset")   # for the matcher
+        elif features is None:
             features, stored = extractor_spec_like(reader)
             if not feature_overrides:
                 extractor = extractor_from_store(reader, device=device)
             feature_overrides = {**stored, **dict(feature_overrides or {})}
-    if matcher is None:
+    if query_matches is not None:
+        logger.info("localizing with the matches in %s", query_matches)
+    elif matcher is None:
         matcher, recorded, origin = recorded_matcher(db_features, features)
         matcher_overrides = {**recorded, **dict(matcher_overrides or {})}
         logger.info("localizing with matcher %s (%s)", matcher, origin)
@@ -194,8 +207,14 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
         else:
             names.append(name)
     timings: dict[str, float] = {}
-    query_features = output_dir / "query_features.h5"
-    if names:
+    if query_features is not None:
+        query_features = Path(query_features)
+        with FeatureReader(query_features) as reader:
+            for name in [n for n in names if n not in reader]:
+                errors[name] = f"query {name!r} has no features in {query_features}"
+        names = [n for n in names if n not in errors]
+    elif names:
+        query_features = output_dir / "query_features.h5"
         start = time.perf_counter()
         extraction = extract_features(query_dir, query_features, features, image_names=names,
                                       overrides=dict(feature_overrides or {}), device=device,
@@ -215,8 +234,13 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
         if name not in retrieval:
             errors[name] = f"query {name!r} has no database image in the pairs"
     names = [n for n in names if n in retrieval]
-    matches_path = output_dir / "query_matches.h5"
-    if query_pairs:
+    matches_path = Path(query_matches) if query_matches else output_dir / "query_matches.h5"
+    if query_pairs and query_matches is not None:
+        with FeatureReader(query_features) as queries_reader, \
+                FeatureReader(db_features) as db_reader, MatchReader(matches_path) as given:
+            check_matches_lineage(given, FeatureStores([queries_reader, db_reader]),
+                                  query_pairs)
+    elif query_pairs:
         start = time.perf_counter()
         match_pairs(query_pairs, query_features, matches_path, matcher,
                     overrides=dict(matcher_overrides or {}), reference_features=db_features,

@@ -30,7 +30,7 @@ import pycolmap
 from .. import __version__
 from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, InputError, ReconstructionError
-from ..extract import extract_features
+from ..extract import ExtractionReport, extract_features
 from ..extractors import default_matcher
 from ..features import resolve_device
 from ..images import list_images
@@ -96,8 +96,12 @@ _MAPPING_SCRATCH = re.compile(r"models-[A-Za-z0-9_]{8}")  # tempfile.mkdtemp nam
 def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 config: ReconstructionConfig = ReconstructionConfig(),
                 image_names: list[str] | None = None,
-                device: str | None = None) -> ReconstructionResult:
-    """Photos in ``image_dir`` -> COLMAP model in ``output_dir`` (see the module doc)."""
+                device: str | None = None, stores: GivenStores | None = None
+                ) -> ReconstructionResult:
+    """Photos in ``image_dir`` -> COLMAP model in ``output_dir`` (see the module doc).
+
+    ``stores``: features (and matches) files to build from instead of extracting (and
+    matching) into ``output_dir``; any layout the store reads (ours or hloc's)."""
     validate_camera_model(config.camera_model)  # everything cheap is checked before any work
     if device:
         resolve_device(device)   # only a given device: resolving None would import torch
@@ -106,7 +110,8 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path,
         raise InputError(f"output {output_dir} is a file; give a folder")
     with StoreLock(output_dir, inside=True):
         _set_aside_previous_outputs(output_dir)
-        result = _resolve_and_run(image_dir, output_dir, config, image_names, device)
+        result = _resolve_and_run(image_dir, output_dir, config, image_names, device,
+                                  stores or GivenStores())
         shutil.rmtree(output_dir / PREVIOUS_DIR, ignore_errors=True)
     return result
 
@@ -131,7 +136,7 @@ def _set_aside_previous_outputs(output_dir: Path) -> None:
 
 def _resolve_and_run(image_dir: str | Path, output_dir: str | Path,
                      config: ReconstructionConfig, image_names: list[str] | None,
-                     device: str | None) -> ReconstructionResult:
+                     device: str | None, stores: GivenStores) -> ReconstructionResult:
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     if image_names is None:
         image_names = list_images(image_dir)  # fails early on a missing or empty folder
@@ -141,34 +146,43 @@ def _resolve_and_run(image_dir: str | Path, output_dir: str | Path,
     config = replace(config, random_seed=resolve_seed(config.random_seed))
     output_dir.mkdir(parents=True, exist_ok=True)
     with cpu_threads(config.num_threads):
-        return _reconstruct(image_dir, output_dir, config, image_names, device)
+        return _reconstruct(image_dir, output_dir, config, image_names, device, stores)
 
 
 def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig,
-                 image_names: list[str], device: str | None) -> ReconstructionResult:
+                 image_names: list[str], device: str | None,
+                 stores: GivenStores) -> ReconstructionResult:
     timer = StageTimer(logger)
-    features_path = output_dir / "features.h5"
-    matches_path = output_dir / "matches.h5"
+    features_path = stores.features or output_dir / "features.h5"
+    matches_path = stores.matches or output_dir / "matches.h5"
     pairs_path = output_dir / "pairs.txt"
     database_path = output_dir / "database.db"
 
     with timer.stage("extract"):
-        extraction = extract_features(image_dir, features_path, config.features,
-                                      image_names=image_names,
-                                      overrides=dict(config.feature_options),
-                                      device=device, strict=config.strict)
+        if stores.features:
+            extraction = _given_features(features_path, image_names)
+        else:
+            extraction = extract_features(image_dir, features_path, config.features,
+                                          image_names=image_names,
+                                          overrides=dict(config.feature_options),
+                                          device=device, strict=config.strict)
     names = [n for n in image_names if n not in extraction.rejected]
     if len(names) < 2:
         raise InputError(f"need at least two readable images in {image_dir}, found "
                          f"{len(names)}")
     with timer.stage("pairs"):
         pairs = _make_pairs(config, names)
+        if stores.matches:
+            pairs = _pairs_in_matches(matches_path, pairs)
         write_pairs(pairs_path, pairs)
     with timer.stage("match"):
-        from ..match import match_pairs   # torch: not imported before the first image
+        from ..match import MatchingReport, match_pairs   # torch: not before the first image
 
-        matching = match_pairs(pairs, features_path, matches_path, config.matcher,
-                               overrides=dict(config.matcher_options), device=device)
+        if stores.matches:
+            matching = MatchingReport(output=matches_path, already_done=len(pairs))
+        else:
+            matching = match_pairs(pairs, features_path, matches_path, config.matcher,
+                                   overrides=dict(config.matcher_options), device=device)
     with timer.stage("database"):
         with FeatureReader(features_path) as features:
             image_ids = write_database(database_path, image_dir, names, features,
@@ -223,6 +237,50 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
                 summary["num_registered"], summary["num_images"], summary["num_points3D"],
                 summary["mean_track_length"], summary["mean_reprojection_error"])
     return ReconstructionResult(output_dir, reconstruction, summary, extraction.rejected)
+
+
+@dataclass(frozen=True)
+class GivenStores:
+    """Stores to build from instead of extracting / matching into the output folder."""
+
+    features: Path | None = None
+    matches: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.matches is not None and self.features is None:
+            raise ConfigError("stores.matches needs stores.features: the features the "
+                              "matches were made from")
+        for field_name in ("features", "matches"):
+            value = getattr(self, field_name)
+            if value is not None:
+                object.__setattr__(self, field_name, Path(value))
+
+
+def _given_features(path: Path, image_names: list[str]) -> ExtractionReport:
+    """What a given features store holds of ``image_names``; the others are rejected."""
+    with FeatureReader(path) as features:
+        stored = set(features.names())
+    report = ExtractionReport(output=path,
+                              already_done=[n for n in image_names if n in stored])
+    for name in image_names:
+        if name not in stored:
+            report.rejected[name] = f"no features in {path}"
+    if report.rejected:
+        logger.warning("%d image(s) have no features in %s: %s", len(report.rejected), path,
+                       ", ".join(list(report.rejected)[:5]))
+    return report
+
+
+def _pairs_in_matches(path: Path, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``pairs`` a given matches store holds (a warning counts the others)."""
+    with MatchReader(path) as matches:
+        kept = [pair for pair in pairs if pair in matches]
+    if len(kept) < len(pairs):
+        logger.warning("%d of %d pairs have no matches in %s; skipped",
+                       len(pairs) - len(kept), len(pairs), path)
+    if not kept:
+        raise InputError(f"{path} holds none of the {len(pairs)} pairs to reconstruct from")
+    return kept
 
 
 def _make_pairs(config: ReconstructionConfig, names: list[str]) -> list[tuple[str, str]]:
