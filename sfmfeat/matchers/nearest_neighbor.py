@@ -268,10 +268,10 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
     search takes the top k columns by s̃ (k = 2 with the ratio test, else 1) and scores them
     in fp32; then every other column whose s̃ could still reach the k-th exact score (one
     compare over the chunk; a few columns per row at near-ties, none for most rows) is
-    scored in fp32 too, and the row's top k are taken from all of them. For the mutual check each row "claims"
-    its top column: the running column maximum skips claimed entries, so a column's
-    claimers are compared exactly and all other rows through the bound of that maximum;
-    undecided columns are refined the same way. So every decision is the fp32 matcher's,
+    scored in fp32 too, and the row's top k are taken from all of them. For the mutual
+    check each row "claims" its top column: the column maxima (per block of rows) skip
+    claimed entries, so a column's claimers are compared exactly and all other rows through
+    the bound of those maxima; undecided rows re-score the blocks that could beat them. So every decision is the fp32 matcher's,
     except where two fp32 scores differ by their own round-off (~1e-7): scores here are
     dot products, not the GEMM's sums, and may break such a tie the other way.
     """
@@ -304,9 +304,8 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
         rows = torch.arange(start, stop, device=device)
         local_rows = rows - start
         # bf16 bits read as int16 (see _bounds); only value reductions (no indices) touch
-        # the whole chunk: per block of columns its maximum, and the column maxima
-        # one buffer for every chunk: a fresh 8 MiB output each time costs more in page
-        # faults than the bf16 GEMM itself
+        # the whole chunk: per block of columns its maximum, and the column maxima. One
+        # buffer for every chunk: a fresh output each time costs page faults.
         similarity = torch.mm(low0[start:stop], low1_t,
                               out=buffer[:stop - start]).view(torch.int16)
         by_block = similarity.view(len(rows), blocks, _BLOCK)
