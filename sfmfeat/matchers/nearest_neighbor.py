@@ -271,9 +271,10 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
     scored in fp32 too, and the row's top k are taken from all of them. For the mutual
     check each row "claims" its top column: the column maxima (per block of rows) skip
     claimed entries, so a column's claimers are compared exactly and all other rows through
-    the bound of those maxima; undecided rows re-score the blocks that could beat them. So every decision is the fp32 matcher's,
-    except where two fp32 scores differ by their own round-off (~1e-7): scores here are
-    dot products, not the GEMM's sums, and may break such a tie the other way.
+    the bound of those maxima; undecided rows re-score the blocks that could beat them.
+    So every decision is the fp32 matcher's, except where two fp32 scores differ by their
+    own round-off (~1e-7): scores here are dot products, not the GEMM's sums, and may
+    break such a tie the other way.
     """
     n0, n1 = len(d0), len(d1)
     device = d0.device
