@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,58 @@ def _fingerprint(paths: list[Path]) -> list[list]:
     return out
 
 
+def _photometric_depth_maps(workspace: Path, todo: list[int], views, sources, ranges,
+                            cfg: CpuMvsConfig) -> dict[int, np.ndarray]:
+    """Estimate and write the photometric depth map of each image in ``todo``, several at
+    once (one per OpenCV thread allowed; numpy and OpenCV release the GIL), each written as
+    soon as it is done and in order, so an interrupted run keeps a prefix of them."""
+    workers = max(1, min(cv2.getNumThreads(), len(todo)))
+    gray_cache: dict[int, np.ndarray] = {}
+
+    def gray(image_id: int) -> np.ndarray:
+        if image_id not in gray_cache:
+            if len(gray_cache) > (workers + 1) * (cfg.num_source_views + 1):
+                gray_cache.pop(next(iter(gray_cache)))
+            gray_cache[image_id] = _load_gray(workspace, views[image_id].name)
+        return gray_cache[image_id]
+
+    def finish(image_id: int, future: Future) -> None:
+        depth, _ = future.result()
+        lo, hi = ranges[image_id]
+        depth_path, _ = _depth_paths(workspace, views[image_id].name, "photometric")
+        depth_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(pycolmap.DepthMap.from_array(depth, lo, hi), depth_path)
+        done[image_id] = depth
+        bar.update()
+
+    done: dict[int, np.ndarray] = {}
+    in_flight: deque[tuple[int, Future]] = deque()
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)            # the parallelism is across images
+    bar = tqdm(total=len(todo), desc="depth maps (cpu)", unit="img")
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            try:
+                for image_id in todo:
+                    srcs = sources[image_id]
+                    in_flight.append((image_id, pool.submit(
+                        mvs_cpu.estimate_depth, gray(image_id), views[image_id],
+                        [gray(s) for s in srcs], [views[s] for s in srcs], ranges[image_id],
+                        cfg)))
+                    if len(in_flight) >= workers:
+                        finish(*in_flight.popleft())
+                while in_flight:
+                    finish(*in_flight.popleft())
+            except BaseException:
+                for _, future in in_flight:
+                    future.cancel()
+                raise
+    finally:
+        cv2.setNumThreads(threads)
+        bar.close()
+    return done
+
+
 def _run_cpu(workspace: Path, config: DenseConfig, skipped: dict[str, str],
              state: dict[str, Any]) -> list[str]:
     cfg = config.cpu
@@ -248,35 +302,17 @@ def _run_cpu(workspace: Path, config: DenseConfig, skipped: dict[str, str],
 
     # Pass 1: photometric depth maps, one per image, resumable.
     photometric: dict[int, np.ndarray] = {}
-    gray_cache: dict[int, np.ndarray] = {}
-
-    def gray(image_id: int) -> np.ndarray:
-        if image_id not in gray_cache:
-            if len(gray_cache) > 2 * cfg.num_source_views + 4:
-                gray_cache.pop(next(iter(gray_cache)))
-            gray_cache[image_id] = _load_gray(workspace, views[image_id].name)
-        return gray_cache[image_id]
-
-    reused = 0
-    bar = tqdm(todo, desc="depth maps (cpu)", unit="img")
-    for image_id in bar:
-        view = views[image_id]
-        bar.set_postfix_str(view.name[-24:])
-        depth_path, _ = _depth_paths(workspace, view.name, "photometric")
+    missing = []
+    for image_id in todo:
+        depth_path, _ = _depth_paths(workspace, views[image_id].name, "photometric")
         if depth_path.is_file():
             photometric[image_id] = _read_depth(depth_path)
-            reused += 1
-            continue
-        srcs = [s for s in sources[image_id]]
-        depth, _ = mvs_cpu.estimate_depth(
-            gray(image_id), view, [gray(s) for s in srcs], [views[s] for s in srcs],
-            ranges[image_id], cfg)
-        lo, hi = ranges[image_id]
-        depth_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(pycolmap.DepthMap.from_array(depth, lo, hi), depth_path)
-        photometric[image_id] = depth
-    if reused:
-        logger.info("reused %d photometric depth map(s) already written", reused)
+        else:
+            missing.append(image_id)
+    if len(missing) < len(todo):
+        logger.info("reused %d photometric depth map(s) already written",
+                    len(todo) - len(missing))
+    photometric.update(_photometric_depth_maps(workspace, missing, views, sources, ranges, cfg))
 
     # Pass 2: geometric consistency and normals (fast), unless already done on these maps.
     geometric_key = json.loads(json.dumps({
