@@ -97,6 +97,7 @@ class Figures:
 
     def check(self, name: str, value, operator: str, threshold) -> None:
         value = value.item() if hasattr(value, "item") else value
+        met = self._OPERATORS[operator](value, threshold)
         record = os.environ.get(FIGURES_VARIABLE)
         if record:
             import json
@@ -104,10 +105,10 @@ class Figures:
             with open(record, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({
                     "test": self.test_id, "figure": name, "value": value,
-                    "operator": operator, "threshold": threshold,
+                    "operator": operator, "threshold": threshold, "met": met,
                     "seed": os.environ.get(SEED_VARIABLE, "0"),
                     "threads": os.environ.get(THREADS_VARIABLE, "all")}) + "\n")
-        assert self._OPERATORS[operator](value, threshold), (
+        assert met, (
             f"{name} = {value}, expected {operator} {threshold}")
 
 
