@@ -7,9 +7,10 @@
 ``--set`` names a set placed by ``benchmarks/reference_sets.py`` (images and
 ``reference_poses.txt`` under ``~/.cache/sfmfeat-references/<set>``); ``--subset N`` takes
 N images evenly spaced in name order (the reference keeps all its poses; only the subset's
-are scored). Each ``--case`` is ``label:features:matcher:overrides`` as in
-``benchmarks/seed_spread.py`` (empty matcher: the preset's default). Cases that share
-features and overrides reuse the first one's ``features.h5``; the time column adds that
+are scored). Each ``--case`` is ``label:features:matcher:overrides:mapper`` as in
+``benchmarks/seed_spread.py`` (empty matcher: the preset's default; overrides of the
+extractor, of the matcher as ``match.K=V``, of verification as ``ransac_max_error=V`` or
+``min_num_inliers=N``). Cases that share features and feature overrides reuse the first one's ``features.h5``; the time column adds that
 extraction time back so rows compare.
 
 Prints one row per case: registered / subset images, 3D points, rotation and position error
@@ -31,7 +32,7 @@ from seed_spread import Case
 
 from sfmfeat.evaluation import EvaluationConfig, evaluate_poses, registered_poses
 from sfmfeat.posefiles import match_names, read_camera_poses, restrict_to_folder
-from sfmfeat.reconstruction.pipeline import ReconstructionConfig, reconstruct
+from sfmfeat.reconstruction.pipeline import reconstruct
 
 logger = logging.getLogger("accuracy")
 
@@ -67,9 +68,7 @@ def run_case(case: Case, images: Path, out: Path, reference: dict, seed: int, th
     if features_from is not None:
         shutil.copy(features_from[0], out / "features.h5")
     start = time.perf_counter()
-    result = reconstruct(images, out, ReconstructionConfig(
-        features=case.features, matcher=case.matcher, random_seed=seed, num_threads=threads,
-        feature_options=case.overrides, mapper=case.mapper))
+    result = reconstruct(images, out, case.reconstruction_config(seed, threads))
     seconds = time.perf_counter() - start
     extract = result.summary["timings"].get("extract", 0.0)
     if features_from is not None:
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     features_of: dict[tuple, tuple[Path, float]] = {}
     for case in cases:
-        key = (case.features, case.overrides)
+        key = (case.features, case.feature_options)
         try:
             row = run_case(case, images, work / case.label, reference, args.seed,
                            args.threads, features_of.get(key))

@@ -5,7 +5,10 @@
         [--seeds 0,1,2,3,4] [--threads 2,1] [--images DIR] [--work DIR] [--json FILE]
 
 A preset runs with its defaults; ``--case`` runs a preset with a matcher (empty: the
-preset's default), feature overrides and a mapper (default incremental), e.g. the
+preset's default), overrides and a mapper (default incremental). An override goes to the
+matcher when its key starts with ``match.`` (``match.ratio=0.9``), to the reconstruction
+when it names a ReconstructionConfig field (``ransac_max_error=2``, ``min_num_inliers=30``),
+else to the extractor; e.g. the
 end-to-end tests' own settings:
 ``--case deepdesc-1024:deepdesc:mnn:detector.max_keypoints=1024``.
 
@@ -51,9 +54,7 @@ def run_once(images: Path, out: Path, case: Case, seed: int, threads: int,
         for name in ("features.h5", "matches.h5"):
             shutil.copy(reuse_from / name, out / name)
     start = time.perf_counter()
-    result = reconstruct(images, out, ReconstructionConfig(
-        features=case.features, matcher=case.matcher, random_seed=seed, num_threads=threads,
-        feature_options=case.overrides, mapper=case.mapper))
+    result = reconstruct(images, out, case.reconstruction_config(seed, threads))
     summary = result.summary
     registered = {im.name for im in result.reconstruction.images.values() if im.has_pose}
     with FeatureReader(out / "features.h5") as features:
@@ -66,6 +67,11 @@ def run_once(images: Path, out: Path, case: Case, seed: int, threads: int,
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+MATCHER_PREFIX = "match."
+_RECONSTRUCTION_FIELDS = {"ransac_max_error": float, "min_num_inliers": int,
+                          "camera_model": str, "camera_mode": str}
+
+
 @dataclass(frozen=True)
 class Case:
     label: str
@@ -73,6 +79,24 @@ class Case:
     matcher: str | None = None
     overrides: tuple[tuple[str, str], ...] = ()
     mapper: str = "incremental"
+
+    @property
+    def feature_options(self) -> tuple[tuple[str, str], ...]:
+        return tuple((k, v) for k, v in self.overrides
+                     if not k.startswith(MATCHER_PREFIX) and k not in _RECONSTRUCTION_FIELDS)
+
+    def reconstruction_config(self, seed: int, threads: int) -> ReconstructionConfig:
+        """Overrides go where their key says: ``match.K`` to the matcher, a field of
+        ReconstructionConfig (``ransac_max_error``, ``min_num_inliers``, ...) to it, the rest
+        to the extractor."""
+        matcher = tuple((k[len(MATCHER_PREFIX):], v) for k, v in self.overrides
+                        if k.startswith(MATCHER_PREFIX))
+        own = {k: _RECONSTRUCTION_FIELDS[k](v) for k, v in self.overrides
+               if k in _RECONSTRUCTION_FIELDS}
+        return ReconstructionConfig(
+            features=self.features, matcher=self.matcher, random_seed=seed, num_threads=threads,
+            feature_options=self.feature_options, matcher_options=matcher, mapper=self.mapper,
+            **own)
 
     @classmethod
     def parse(cls, text: str) -> "Case":
