@@ -237,12 +237,13 @@ def test_reconstruct_sacre_coeur_registers_all(weights_env, sacre_coeur_dir, tmp
     from sfmfeat.cli import main
 
     out = tmp_path / "out"
-    # The preset's defaults (8192 SIFT keypoints a photo, mnn-ratio): 10/10 for every seed
-    # 0-4 with 1 and 2 threads, 722-932 points (benchmarks/seed_spread.py). A cheaper run of
-    # 1024 keypoints + mutual NN gave 287 points and registered 10, 9, 2, 10, 2 images over
-    # seeds 0-4: too few matches for a threshold that holds.
+    # 8192 SIFT keypoints a photo with mnn-ratio (the preset's default matcher until the fox
+    # reference poses chose mnn): 10/10 for every seed 0-4 with 1 and 2 threads, 722-932
+    # points (benchmarks/seed_spread.py). A cheaper run of 1024 keypoints + mutual NN gave
+    # 287 points and registered 10, 9, 2, 10, 2 images over seeds 0-4: too few matches for a
+    # threshold that holds.
     status = main(["-q", "reconstruct", str(sacre_coeur_dir), str(out), "--features",
-                   "deepdesc", *seed_args])
+                   "deepdesc", "--matcher", "mnn-ratio", *seed_args])
     assert status == 0
     summary = json.loads((out / "summary.json").read_text())
     print({k: summary[k] for k in ("num_registered", "num_points3D", "mean_track_length",

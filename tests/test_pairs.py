@@ -50,6 +50,7 @@ def test_each_extractor_brings_its_authors_matcher():
 
     assert default_matcher("sift") == "mnn-ratio"
     assert default_matcher("d2net-ss") == "mnn" and default_matcher("r2d2") == "mnn"
-    assert default_matcher("deepdesc+d2net-ss") == "mnn-ratio"  # the describer decides
+    assert default_matcher("deepdesc") == "mnn"
+    assert default_matcher("caps+d2net-ss") == "mnn-ratio"  # the describer decides
     assert default_matcher("contextdesc++") == "mnn-ratio"
     assert default_matcher("disk") == "mnn" and default_matcher("aliked-n32") == "mnn"

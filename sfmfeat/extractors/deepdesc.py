@@ -252,6 +252,7 @@ class DeepDesc(Describer):
     # setting), the 8192 strongest by response
     default_detector = "rootsift"
     descriptor_dim = 128
+    default_matcher = "mnn"   # measured against reference poses (README, "Default matchers")
 
     def __init__(self, config: DeepDescConfig | None = None, device: str | None = None) -> None:
         super().__init__(config, device)
