@@ -155,7 +155,13 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
 
 
 class _Ncc:
-    """NCC of a fixed reference image against warped source images, box windows."""
+    """NCC of a fixed reference image against warped source images, box windows.
+
+    Written for speed at equal results (bit-identical to the straightforward version):
+    buffers are allocated once per reference image, each view's cost is computed while
+    its planes are still in cache and folded at once into the best-k aggregate, and the
+    share of NaN samples in a window is an integer box count on a uint8 mask.
+    """
 
     def __init__(self, ref: np.ndarray, radius: int, min_texture: float) -> None:
         self.ksize = (2 * radius + 1, 2 * radius + 1)
@@ -165,34 +171,71 @@ class _Ncc:
         self.std = np.sqrt(np.maximum(var, 0))
         self.textured = self.std >= min_texture
         self._inv_std = 1.0 / np.maximum(self.std, 1e-4)
+        area = self.ksize[0] * self.ksize[1]
+        # Fewest NaN samples for which the window's float mean of the mask exceeds 0.2.
+        self._min_nan = next(n for n in range(area + 1)
+                             if np.float32(n * (1.0 / area)) > np.float32(0.2))
+        h, w = ref.shape
+        self.warped = np.empty((h, w), np.float32)     # warp callbacks write here
+        self._mean, self._sq, self._cross, self._tmp = (np.empty((h, w), np.float32)
+                                                        for _ in range(4))
+        self._nan = np.empty((h, w), bool)
+        self._count = np.empty((h, w), np.uint16)
+        self._invalid = np.empty((h, w), bool)
 
-    def cost(self, warped: np.ndarray) -> np.ndarray:
-        """1 - NCC in [0, 2]; 2 where the window leaves the source image (NaN samples)."""
-        invalid = np.isnan(warped)
-        if invalid.any():
-            warped = np.where(invalid, 0.0, warped).astype(np.float32)
-            invalid = cv2.blur(invalid.astype(np.float32), self.ksize) > 0.2
-        mu = cv2.blur(warped, self.ksize)
-        var = cv2.blur(warped * warped, self.ksize)
-        var -= mu * mu
-        cov = cv2.blur(self.ref * warped, self.ksize)
-        cov -= self.mu * mu
+    def _cost(self) -> np.ndarray:
+        """1 - NCC in [0, 2] of ``self.warped``; 2 where more than a fifth of the window left
+        the source image (NaN samples). Overwritten by the next call."""
+        warped, tmp, mean, var, cov = self.warped, self._tmp, self._mean, self._sq, self._cross
+        np.isnan(warped, out=self._nan)
+        partial = bool(self._nan.any())
+        if partial:
+            cv2.boxFilter(self._nan.view(np.uint8), cv2.CV_16U, self.ksize, dst=self._count,
+                          normalize=False)
+            np.greater_equal(self._count, self._min_nan, out=self._invalid)
+            cv2.patchNaNs(warped, 0.0)
+        cv2.blur(warped, self.ksize, dst=mean)
+        np.multiply(warped, warped, out=tmp)
+        cv2.blur(tmp, self.ksize, dst=var)
+        np.multiply(self.ref, warped, out=tmp)
+        cv2.blur(tmp, self.ksize, dst=cov)
+        np.multiply(mean, mean, out=tmp)
+        var -= tmp
+        np.multiply(self.mu, mean, out=tmp)
+        cov -= tmp
         np.maximum(var, 1e-8, out=var)
         np.sqrt(var, out=var)
         cov *= self._inv_std
         cov /= var
-        cost = 1.0 - np.clip(cov, -1.0, 1.0, out=cov)
-        if invalid.any():
-            cost[invalid] = 2.0
-        return cost
+        np.clip(cov, -1.0, 1.0, out=cov)
+        np.subtract(1.0, cov, out=cov)
+        if partial:
+            np.copyto(cov, 2.0, where=self._invalid)
+        return cov
 
-
-def _aggregate(costs: np.ndarray, best_k: int) -> np.ndarray:
-    """Mean of the ``best_k`` smallest costs along axis 0."""
-    k = min(best_k, costs.shape[0])
-    if k == costs.shape[0]:
-        return costs.mean(0)
-    return np.partition(costs, k - 1, axis=0)[:k].mean(0)
+    def aggregated_cost(self, warp, num_views: int, best_k: int) -> np.ndarray:
+        """Mean of the ``best_k`` smallest view costs (a new array). ``warp(v, dst)`` writes
+        source view ``v``, warped onto the reference, into ``dst``."""
+        k = min(best_k, num_views)
+        if k < num_views:
+            smallest = [np.full(self.ref.shape, np.inf, np.float32) for _ in range(k)]
+            larger = np.empty(self.ref.shape, np.float32)
+        for v in range(num_views):
+            warp(v, self.warped)
+            cost = self._cost()
+            if k == num_views:                         # plain mean, summed in view order
+                total = cost.copy() if v == 0 else total + cost
+                continue
+            for s in smallest:   # keep the k smallest sorted: insert with min/max
+                np.maximum(s, cost, out=larger)
+                np.minimum(s, cost, out=s)
+                cost, larger = larger, cost
+        if k < num_views:
+            total = smallest[0]
+            for s in smallest[1:]:
+                total += s
+        total /= k
+        return total
 
 
 def _parabola(c_minus: np.ndarray, c0: np.ndarray, c_plus: np.ndarray) -> np.ndarray:
@@ -209,28 +252,31 @@ def _relative(ref: PinholeView, src: PinholeView) -> tuple[np.ndarray, np.ndarra
     return r, src.t - r @ ref.t
 
 
+def _pick(volume: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(volume, index[None], 0)[0]
+
+
 def plane_sweep(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView],
                 inv_depths: np.ndarray, config: CpuMvsConfig) -> tuple[np.ndarray, np.ndarray]:
     """Winner-takes-all inverse depth (with parabola refinement) and its cost, at ref size."""
     ncc = _Ncc(ref_img, config.window_radius, config.min_texture)
     h, w = ref_img.shape
-    k_inv = np.linalg.inv(ref.K)
+    k_inv, from_cv = np.linalg.inv(ref.K), np.linalg.inv(_TO_CV)
+    relative = [_relative(ref, src) for src in srcs]
     volume = np.empty((len(inv_depths), h, w), np.float32)
     for di, inv_d in enumerate(inv_depths):
-        costs = np.empty((len(srcs), h, w), np.float32)
-        for vi, (img, src) in enumerate(zip(src_imgs, srcs)):
-            r, t = _relative(ref, src)
-            hom = _TO_CV @ src.K @ (r + np.outer(t, [0.0, 0.0, inv_d])) @ k_inv @ np.linalg.inv(_TO_CV)
-            warped = cv2.warpPerspective(img, hom, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                         borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
-            costs[vi] = ncc.cost(warped)
-        volume[di] = _aggregate(costs, config.best_k)
+        def warp(v: int, dst: np.ndarray) -> None:
+            r, t = relative[v]
+            hom = _TO_CV @ srcs[v].K @ (r + np.outer(t, [0.0, 0.0, inv_d])) @ k_inv @ from_cv
+            cv2.warpPerspective(src_imgs[v], hom, (w, h), dst=dst,
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+        volume[di] = ncc.aggregated_cost(warp, len(srcs), config.best_k)
     best = np.argmin(volume, axis=0)
-    rows, cols = np.indices((h, w))
-    cost0 = volume[best, rows, cols]
+    cost0 = _pick(volume, best)
     lo = np.clip(best - 1, 0, len(inv_depths) - 1)
     hi = np.clip(best + 1, 0, len(inv_depths) - 1)
-    offset = _parabola(volume[lo, rows, cols], cost0, volume[hi, rows, cols])
+    offset = _parabola(_pick(volume, lo), cost0, _pick(volume, hi))
     offset[(best == 0) | (best == len(inv_depths) - 1)] = 0.0
     step = inv_depths[1] - inv_depths[0] if len(inv_depths) > 1 else 0.0
     return (inv_depths[best] + offset * step).astype(np.float32), cost0
@@ -255,21 +301,19 @@ def refine(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView], inv_dep
         agg = np.empty((len(offsets), h, w), np.float32)
         for oi, off in enumerate(offsets):
             inv_d = (current + off * step).reshape(-1)
-            costs = np.empty((len(srcs), h, w), np.float32)
-            for vi, (img, (q, b)) in enumerate(zip(src_imgs, bases)):
+
+            def warp(v: int, dst: np.ndarray) -> None:
+                q, b = bases[v]
                 z = q[2] + b[2] * inv_d
                 with np.errstate(divide="ignore", invalid="ignore"):
                     map_x = ((q[0] + b[0] * inv_d) / z - 0.5).reshape(h, w)
                     map_y = ((q[1] + b[1] * inv_d) / z - 0.5).reshape(h, w)
-                bad = (z <= 0).reshape(h, w)
-                map_x[bad] = -1e4
-                warped = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
-                costs[vi] = ncc.cost(warped)
-            agg[oi] = _aggregate(costs, config.best_k)
+                map_x[(z <= 0).reshape(h, w)] = -1e4
+                cv2.remap(src_imgs[v], map_x, map_y, cv2.INTER_LINEAR, dst=dst,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+            agg[oi] = ncc.aggregated_cost(warp, len(srcs), config.best_k)
         best = np.argmin(agg, axis=0)
-        rows, cols = np.indices((h, w))
-        cost = agg[best, rows, cols]
+        cost = _pick(agg, best)
         shift = best.astype(np.float32) - 1.0
         at_centre = best == 1
         frac = _parabola(agg[0], agg[1], agg[2])
