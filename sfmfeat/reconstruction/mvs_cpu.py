@@ -352,44 +352,52 @@ def estimate_depth(ref_img: np.ndarray, ref: PinholeView, src_imgs: list[np.ndar
 def geometric_filter(depths: dict[int, np.ndarray], views: dict[int, PinholeView],
                      sources: dict[int, list[int]], config: CpuMvsConfig) -> dict[int, np.ndarray]:
     """Keep the pixels whose depth agrees with at least ``geom_min_consistent`` source views."""
-    result = {}
-    for ref_id, depth in depths.items():
-        ref = views[ref_id]
-        h, w = depth.shape
-        rows, cols = np.nonzero(depth > 0)
-        d = depth[rows, cols].astype(np.float64)
-        pix = np.stack([cols + 0.5, rows + 0.5, np.ones_like(d)], 0)
-        cam = (np.linalg.inv(ref.K) @ pix) * d
-        world = ref.R.T @ (cam - ref.t[:, None])
-        consistent = np.zeros(len(d), np.int32)
-        for src_id in sources.get(ref_id, []):
-            if src_id not in depths:
-                continue
-            src, src_depth = views[src_id], depths[src_id]
-            sc = src.R @ world + src.t[:, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                sp = src.K @ sc
-                sx, sy = sp[0] / sp[2], sp[1] / sp[2]
-            c, r = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-            inside = (sc[2] > 0) & (c >= 0) & (c < src.width) & (r >= 0) & (r < src.height)
-            ds = np.zeros(len(d))
-            ds[inside] = src_depth[r[inside], c[inside]]
-            ok = inside & (ds > 0)
-            # Lift the source pixel with the source depth and bring it back to the reference.
-            back = (np.linalg.inv(src.K) @ np.stack([sx, sy, np.ones_like(sx)])) * ds
-            back_world = src.R.T @ (back - src.t[:, None])
-            rc = ref.R @ back_world + ref.t[:, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rp = ref.K @ rc
-                err = np.hypot(rp[0] / rp[2] - pix[0], rp[1] / rp[2] - pix[1])
-                depth_err = np.abs(rc[2] - d) / d
-            ok &= (err <= config.geom_max_reproj_error) & (depth_err <= config.geom_max_depth_error)
-            consistent += ok
-        filtered = np.zeros_like(depth)
-        keep = consistent >= config.geom_min_consistent
-        filtered[rows[keep], cols[keep]] = depth[rows[keep], cols[keep]]
-        result[ref_id] = filtered
-    return result
+    return {ref_id: geometric_filter_one(ref_id, depths, views, sources.get(ref_id, []), config)
+            for ref_id in depths}
+
+
+def geometric_filter_one(ref_id: int, depths: dict[int, np.ndarray],
+                         views: dict[int, PinholeView], sources: list[int],
+                         config: CpuMvsConfig) -> np.ndarray:
+    """:func:`geometric_filter` of one reference image (images are independent).
+
+    Each pixel goes ref -> source -> ref through two composed 3x3 maps (pinhole K, last
+    row 0 0 1, so the projective third coordinate is the camera depth), component-wise in
+    float64; the way back is evaluated only where the source has a depth.
+    """
+    ref, depth = views[ref_id], depths[ref_id]
+    rows, cols = np.nonzero(depth > 0)
+    d = depth[rows, cols].astype(np.float64)
+    px, py = cols + 0.5, rows + 0.5
+    consistent = np.zeros(len(d), np.int32)
+    for src_id in sources:
+        if src_id not in depths:
+            continue
+        src, src_depth = views[src_id], depths[src_id]
+        r_rel, t_rel = _relative(ref, src)
+        there = src.K @ r_rel @ np.linalg.inv(ref.K)        # ref pixel * depth -> src pixel
+        there_t = src.K @ t_rel
+        back = ref.K @ r_rel.T @ np.linalg.inv(src.K)       # and back
+        back_t = -ref.K @ r_rel.T @ t_rel
+        sp = [(m[0] * px + m[1] * py + m[2]) * d + o for m, o in zip(there, there_t)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sx, sy = sp[0] / sp[2], sp[1] / sp[2]
+            c, r = np.floor(sx), np.floor(sy)
+            inside = (sp[2] > 0) & (c >= 0) & (c < src.width) & (r >= 0) & (r < src.height)
+        idx = np.flatnonzero(inside)
+        ds = src_depth[r[idx].astype(np.int64), c[idx].astype(np.int64)].astype(np.float64)
+        idx, ds = idx[ds > 0], ds[ds > 0]
+        qx, qy = sx[idx] * ds, sy[idx] * ds
+        rp = [m[0] * qx + m[1] * qy + m[2] * ds + o for m, o in zip(back, back_t)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            err = np.hypot(rp[0] / rp[2] - px[idx], rp[1] / rp[2] - py[idx])
+            depth_err = np.abs(rp[2] - d[idx]) / d[idx]
+        ok = (err <= config.geom_max_reproj_error) & (depth_err <= config.geom_max_depth_error)
+        consistent[idx[ok]] += 1
+    filtered = np.zeros_like(depth)
+    keep = consistent >= config.geom_min_consistent
+    filtered[rows[keep], cols[keep]] = depth[rows[keep], cols[keep]]
+    return filtered
 
 
 def normals_from_depth(depth: np.ndarray, K: np.ndarray, radius: int = 4) -> np.ndarray:
@@ -397,30 +405,35 @@ def normals_from_depth(depth: np.ndarray, K: np.ndarray, radius: int = 4) -> np.
 
     The back-projected points are first smoothed by a masked (normalised) box filter of
     radius ``radius``; the normal is the cross product of their central differences at the
-    same radius, so noise in single depths barely tilts it.
+    same radius, so noise in single depths barely tilts it. Computed per coordinate plane
+    (contiguous arrays, no reductions over a length-3 axis).
     """
     h, w = depth.shape
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32) + 0.5, np.arange(h, dtype=np.float32) + 0.5)
     k_inv = np.linalg.inv(K).astype(np.float32)
-    rays = np.stack([k_inv[0, 0] * xs + k_inv[0, 2], k_inv[1, 1] * ys + k_inv[1, 2],
-                     np.ones_like(xs)], -1)
+    rays = (k_inv[0, 0] * xs + k_inv[0, 2], k_inv[1, 1] * ys + k_inv[1, 2], np.ones_like(xs))
     valid = depth > 0
     r = max(1, radius)
     ksize = (2 * r + 1, 2 * r + 1)
-    weight = cv2.blur(valid.astype(np.float32), ksize)
-    points = cv2.blur(rays * depth[..., None], ksize) / np.maximum(weight, 1e-6)[..., None]
+    weight = np.maximum(cv2.blur(valid.astype(np.float32), ksize), 1e-6)
     ok = weight > 0.3
-    pad = np.pad(points, ((r, r), (r, r), (0, 0)), mode="edge")
+    dx, dy = [], []
+    for ray in rays:
+        point = cv2.blur(ray * depth, ksize) / weight
+        pad = np.pad(point, r, mode="edge")
+        dx.append(pad[r:-r, 2 * r:] - pad[r:-r, : -2 * r])
+        dy.append(pad[2 * r:, r:-r] - pad[: -2 * r, r:-r])
     okpad = np.pad(ok, r, mode="constant")
-    dx = pad[r:-r, 2 * r:] - pad[r:-r, : -2 * r]
-    dy = pad[2 * r:, r:-r] - pad[: -2 * r, r:-r]
     good = valid & okpad[r:-r, 2 * r:] & okpad[r:-r, : -2 * r] & okpad[2 * r:, r:-r] & okpad[: -2 * r, r:-r]
-    normals = np.cross(dx, dy)
-    norm = np.linalg.norm(normals, axis=-1, keepdims=True)
-    good &= norm[..., 0] > 0
-    fallback = -rays / np.linalg.norm(rays, axis=-1, keepdims=True)
-    normals = np.where(good[..., None], normals / np.maximum(norm, 1e-20), fallback)
-    flip = np.sum(normals * rays, -1) > 0
-    normals[flip] *= -1
-    normals[~valid] = 0
-    return normals.astype(np.float32)
+    normal = [dx[1] * dy[2] - dx[2] * dy[1], dx[2] * dy[0] - dx[0] * dy[2],
+              dx[0] * dy[1] - dx[1] * dy[0]]
+    norm = np.sqrt(normal[0] * normal[0] + normal[1] * normal[1] + normal[2] * normal[2])
+    good &= norm > 0
+    ray_norm = np.sqrt(rays[0] * rays[0] + rays[1] * rays[1] + rays[2] * rays[2])
+    norm = np.maximum(norm, 1e-20)
+    normal = [np.where(good, n / norm, -ray / ray_norm) for n, ray in zip(normal, rays)]
+    flip = (normal[0] * rays[0] + normal[1] * rays[1] + normal[2] * rays[2]) > 0
+    out = np.stack(normal, -1)
+    out[flip] *= -1
+    out[~valid] = 0
+    return out.astype(np.float32)
