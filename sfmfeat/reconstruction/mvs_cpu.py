@@ -159,11 +159,12 @@ class _Ncc:
 
     Written for speed at equal results (bit-identical to the straightforward version):
     buffers are allocated once per reference image, each view's cost is computed while
-    its planes are still in cache and folded at once into the best-k aggregate, and the
-    share of NaN samples in a window is an integer box count on a uint8 mask.
+    its planes are still in cache, the share of NaN samples in a window is an integer box
+    count on a uint8 mask, and the best-k mean uses elementwise min/max, not a partition.
     """
 
-    def __init__(self, ref: np.ndarray, radius: int, min_texture: float) -> None:
+    def __init__(self, ref: np.ndarray, radius: int, min_texture: float,
+                 num_views: int) -> None:
         self.ksize = (2 * radius + 1, 2 * radius + 1)
         self.ref = ref
         self.mu = cv2.blur(ref, self.ksize)
@@ -177,16 +178,17 @@ class _Ncc:
                              if np.float32(n * (1.0 / area)) > np.float32(0.2))
         h, w = ref.shape
         self.warped = np.empty((h, w), np.float32)     # warp callbacks write here
-        self._mean, self._sq, self._cross, self._tmp = (np.empty((h, w), np.float32)
-                                                        for _ in range(4))
+        self._mean, self._sq, self._tmp, self._tmp2 = (np.empty((h, w), np.float32)
+                                                       for _ in range(4))
+        self._costs = np.empty((num_views, h, w), np.float32)
         self._nan = np.empty((h, w), bool)
         self._count = np.empty((h, w), np.uint16)
         self._invalid = np.empty((h, w), bool)
 
-    def _cost(self) -> np.ndarray:
-        """1 - NCC in [0, 2] of ``self.warped``; 2 where more than a fifth of the window left
-        the source image (NaN samples). Overwritten by the next call."""
-        warped, tmp, mean, var, cov = self.warped, self._tmp, self._mean, self._sq, self._cross
+    def _cost(self, cov: np.ndarray) -> None:
+        """1 - NCC in [0, 2] of ``self.warped`` into ``cov``; 2 where more than a fifth of
+        the window left the source image (NaN samples)."""
+        warped, tmp, mean, var = self.warped, self._tmp, self._mean, self._sq
         np.isnan(warped, out=self._nan)
         partial = bool(self._nan.any())
         if partial:
@@ -211,31 +213,47 @@ class _Ncc:
         np.subtract(1.0, cov, out=cov)
         if partial:
             np.copyto(cov, 2.0, where=self._invalid)
-        return cov
 
-    def aggregated_cost(self, warp, num_views: int, best_k: int) -> np.ndarray:
-        """Mean of the ``best_k`` smallest view costs (a new array). ``warp(v, dst)`` writes
+    def aggregated_cost(self, warp, best_k: int, out: np.ndarray) -> None:
+        """Mean of the ``best_k`` smallest view costs into ``out``. ``warp(v, dst)`` writes
         source view ``v``, warped onto the reference, into ``dst``."""
-        k = min(best_k, num_views)
-        if k < num_views:
-            smallest = [np.full(self.ref.shape, np.inf, np.float32) for _ in range(k)]
-            larger = np.empty(self.ref.shape, np.float32)
-        for v in range(num_views):
+        costs = self._costs
+        for v in range(len(costs)):
             warp(v, self.warped)
-            cost = self._cost()
-            if k == num_views:                         # plain mean, summed in view order
-                total = cost.copy() if v == 0 else total + cost
-                continue
-            for s in smallest:   # keep the k smallest sorted: insert with min/max
+            self._cost(costs[v])
+        n = len(costs)
+        k = min(best_k, n)
+        if k == n:
+            np.mean(costs, 0, out=out)
+            return
+        if k == 1:
+            np.min(costs, 0, out=out)
+            return
+        if (n, k) == (4, 2):                 # the default: two smallest of four, 8 min/max
+            low, high = self._tmp, self._tmp2
+            np.minimum(costs[0], costs[1], out=low)
+            np.maximum(costs[0], costs[1], out=high)
+            np.maximum(costs[2], costs[3], out=out)
+            np.minimum(high, out, out=high)                   # min of the two pair maxima
+            np.minimum(costs[2], costs[3], out=out)
+            np.maximum(low, out, out=self._mean)              # larger pair minimum
+            np.minimum(low, out, out=low)                     # the smallest
+            np.minimum(self._mean, high, out=high)            # the second smallest
+            np.add(low, high, out=out)
+            out /= k
+            return
+        smallest = [np.full(out.shape, np.inf, np.float32) for _ in range(k)]
+        larger = np.empty(out.shape, np.float32)
+        for cost in costs:                   # keep the k smallest sorted: insert with min/max
+            cost = cost.copy()
+            for s in smallest:
                 np.maximum(s, cost, out=larger)
                 np.minimum(s, cost, out=s)
                 cost, larger = larger, cost
-        if k < num_views:
-            total = smallest[0]
-            for s in smallest[1:]:
-                total += s
-        total /= k
-        return total
+        np.copyto(out, smallest[0])
+        for s in smallest[1:]:
+            out += s
+        out /= k
 
 
 def _parabola(c_minus: np.ndarray, c0: np.ndarray, c_plus: np.ndarray) -> np.ndarray:
@@ -259,11 +277,13 @@ def _pick(volume: np.ndarray, index: np.ndarray) -> np.ndarray:
 def plane_sweep(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView],
                 inv_depths: np.ndarray, config: CpuMvsConfig) -> tuple[np.ndarray, np.ndarray]:
     """Winner-takes-all inverse depth (with parabola refinement) and its cost, at ref size."""
-    ncc = _Ncc(ref_img, config.window_radius, config.min_texture)
+    ncc = _Ncc(ref_img, config.window_radius, config.min_texture, len(srcs))
     h, w = ref_img.shape
     k_inv, from_cv = np.linalg.inv(ref.K), np.linalg.inv(_TO_CV)
     relative = [_relative(ref, src) for src in srcs]
     volume = np.empty((len(inv_depths), h, w), np.float32)
+    best = np.zeros((h, w), np.intp)                   # running argmin (first minimum)
+    better = np.empty((h, w), bool)
     for di, inv_d in enumerate(inv_depths):
         def warp(v: int, dst: np.ndarray) -> None:
             r, t = relative[v]
@@ -271,9 +291,13 @@ def plane_sweep(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView],
             cv2.warpPerspective(src_imgs[v], hom, (w, h), dst=dst,
                                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
-        volume[di] = ncc.aggregated_cost(warp, len(srcs), config.best_k)
-    best = np.argmin(volume, axis=0)
-    cost0 = _pick(volume, best)
+        ncc.aggregated_cost(warp, config.best_k, volume[di])
+        if di == 0:
+            cost0 = volume[0].copy()
+        else:
+            np.less(volume[di], cost0, out=better)
+            np.copyto(cost0, volume[di], where=better)
+            np.copyto(best, di, where=better)
     lo = np.clip(best - 1, 0, len(inv_depths) - 1)
     hi = np.clip(best + 1, 0, len(inv_depths) - 1)
     offset = _parabola(_pick(volume, lo), cost0, _pick(volume, hi))
@@ -285,7 +309,7 @@ def plane_sweep(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView],
 def refine(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView], inv_depth: np.ndarray,
            step: float, config: CpuMvsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local search around a per-pixel inverse depth: (inverse depth, cost, textured mask)."""
-    ncc = _Ncc(ref_img, config.refine_window_radius, config.min_texture)
+    ncc = _Ncc(ref_img, config.refine_window_radius, config.min_texture, len(srcs))
     h, w = ref_img.shape
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float64) + 0.5, np.arange(h, dtype=np.float64) + 0.5)
     pix = np.stack([xs, ys, np.ones_like(xs)], 0).reshape(3, -1)
@@ -311,7 +335,7 @@ def refine(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView], inv_dep
                 map_x[(z <= 0).reshape(h, w)] = -1e4
                 cv2.remap(src_imgs[v], map_x, map_y, cv2.INTER_LINEAR, dst=dst,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
-            agg[oi] = ncc.aggregated_cost(warp, len(srcs), config.best_k)
+            ncc.aggregated_cost(warp, config.best_k, agg[oi])
         best = np.argmin(agg, axis=0)
         cost = _pick(agg, best)
         shift = best.astype(np.float32) - 1.0
