@@ -1,7 +1,8 @@
 """sfmfeat's SIFT pipeline against pycolmap's own (extract_features + match_exhaustive +
 incremental_mapping) on the same images, timed as a user runs them: whole processes.
 
-    python benchmarks/reconstruct.py [IMAGES] [--synthetic 50] [--rounds 2] [--features sift]
+    python benchmarks/reconstruct.py [IMAGES] [--synthetic 50] [--synthetic-size 640x480]
+                                     [--rounds 2] [--features sift]
 
 Each run is a fresh subprocess started from scratch (interpreter start-up and imports
 included): ``python -m sfmfeat reconstruct IMAGES OUT --features F --seed 0`` (this checkout's
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--synthetic", type=int, default=0, metavar="N",
                         help="also an N-view synthetic scene (0: none)")
+    parser.add_argument("--synthetic-size", default="640x480", help="WIDTHxHEIGHT of its views")
     parser.add_argument("--no-images", action="store_true", help="only the synthetic scene")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-reconstruct-"))
@@ -111,8 +113,11 @@ def main() -> None:
             from sfmfeat.synthetic import SceneConfig, SyntheticScene
 
             images = work / "synthetic"
-            SyntheticScene(SceneConfig(num_views=args.synthetic)).write_images(images)
-            compare(f"synthetic scene, {args.synthetic} views", images, work, args.rounds,
+            width, height = (int(x) for x in args.synthetic_size.split("x"))
+            SyntheticScene(SceneConfig(num_views=args.synthetic, width=width,
+                                       height=height)).write_images(images)
+            compare(f"synthetic scene, {args.synthetic} views {width}x{height}", images, work,
+                    args.rounds,
                     args.features)
     finally:
         shutil.rmtree(work, ignore_errors=True)
