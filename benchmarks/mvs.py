@@ -268,21 +268,29 @@ def compare_with_commit(commit: str, images: Path, model: Path, work: Path,
     """Reference (``commit``) and current depth maps in alternating processes."""
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="mvs-reference-") as tmp:
+        # Both sides are snapshots taken now, so editing the checkout during a run is safe.
         archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "sfmfeat"],
                                  check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        sides = {"reference": Path(tmp), "current": repo}
+        (Path(tmp) / "reference").mkdir()
+        subprocess.run(["tar", "-x", "-C", str(Path(tmp) / "reference")], input=archive,
+                       check=True)
+        shutil.copytree(repo / "sfmfeat", Path(tmp) / "current" / "sfmfeat",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        worker = Path(tmp) / "worker" / "mvs.py"
+        worker.parent.mkdir()
+        shutil.copy(__file__, worker)
+        sides = {"reference": Path(tmp) / "reference", "current": Path(tmp) / "current"}
         runs: dict[str, list[dict]] = {name: [] for name in sides}
         for i in range(rounds):
             for name, root in sides.items():
                 env = dict(os.environ, PYTHONPATH=str(root))
                 out = subprocess.run(
-                    [sys.executable, __file__, "--worker", "--images", str(images), "--sfm",
+                    [sys.executable, str(worker), "--worker", "--images", str(images), "--sfm",
                      str(model), "--work", str(work / name), "--max-image-size",
                      str(max_image_size)], env=env, check=True, capture_output=True, text=True)
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"round {i + 1} {name:9s}: depth maps {runs[name][-1]['depth_seconds']:.1f} s",
-                      flush=True)
+                seconds = runs[name][-1]["depth_seconds"]
+                print(f"round {i + 1} {name:9s}: depth maps {seconds:.1f} s", flush=True)
     print(f"\n=== depth maps: {commit} (reference) vs this checkout, {images} at max "
           f"{max_image_size} px, {rounds} alternating rounds ===")
     for name, rs in runs.items():

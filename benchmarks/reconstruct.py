@@ -5,13 +5,13 @@ incremental_mapping) on the same images, timed as a user runs them: whole proces
                                      [--rounds 2] [--features sift]
 
 Each run is a fresh subprocess started from scratch (interpreter start-up and imports
-included): ``python -m sfmfeat reconstruct IMAGES OUT --features F --seed 0`` (this checkout's
-code, with its default outputs: stores, database, model and report) and a ``python -c`` that
-runs pycolmap's extract_features, match_exhaustive and incremental_mapping (CPU, default
-options, seed 0). The two alternate ours / pycolmap for ``--rounds`` rounds, on the image
-folder given (default: the shared sacre_coeur set) and, with ``--synthetic N``, on an N-view
-synthetic scene (``sfmfeat.synthetic``). Prints each run's wall time, the ratio ours/pycolmap
-of their sums and both models' registered images and 3D points.
+included): ``python -m sfmfeat reconstruct IMAGES OUT --features F --seed 0`` (a copy of this
+checkout's code taken at the start; its default outputs: stores, database, model and report)
+and a ``python -c`` that runs pycolmap's extract_features, match_exhaustive and
+incremental_mapping (CPU, default options, seed 0). The two alternate ours / pycolmap for
+``--rounds`` rounds, on the image folder given (default: the shared sacre_coeur set) and, with
+``--synthetic N``, on an N-view synthetic scene (``sfmfeat.synthetic``). Prints each run's wall
+time, the ratio ours/pycolmap of their sums and both models' registered images and 3D points.
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ print(json.dumps({"num_registered": best.num_reg_images() if best else 0,
 """
 
 
-def run_ours(images: Path, out: Path, features: str) -> tuple[float, dict]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def run_ours(code: Path, images: Path, out: Path, features: str) -> tuple[float, dict]:
+    """``code``: the folder holding the sfmfeat package to run."""
+    env = dict(os.environ, PYTHONPATH=str(code))
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "sfmfeat", "reconstruct", str(images), str(out),
-                    "--features", features, "--seed", "0"], env=env, check=True,
+                    "--features", features, "--seed", "0"], env=env, cwd=code, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text())
@@ -74,7 +75,7 @@ def compare(label: str, images: Path, work: Path, rounds: int, features: str) ->
         for name in runs:
             out = work / f"{name}-{i}"
             shutil.rmtree(out, ignore_errors=True)
-            result = (run_ours(images, out, features) if name == "sfmfeat"
+            result = (run_ours(work / "code", images, out, features) if name == "sfmfeat"
                       else run_pycolmap(images, out))
             runs[name].append(result)
             shutil.rmtree(out, ignore_errors=True)
@@ -107,6 +108,9 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-reconstruct-"))
     try:
+        # a snapshot of this checkout's package: editing it during a run is safe
+        shutil.copytree(REPO / "sfmfeat", work / "code" / "sfmfeat",
+                        ignore=shutil.ignore_patterns("__pycache__"))
         if not args.no_images:
             compare(args.images.name, args.images, work, args.rounds, args.features)
         if args.synthetic:

@@ -260,8 +260,8 @@ def _photometric_depth_maps(workspace: Path, todo: list[int], views, sources, ra
                         mvs_cpu.estimate_depth, gray(image_id), views[image_id],
                         [gray(s) for s in srcs], [views[s] for s in srcs], ranges[image_id],
                         cfg)))
-                    if len(in_flight) >= workers:
-                        finish(*in_flight.popleft())
+                    if len(in_flight) > workers:   # one queued: no worker waits on
+                        finish(*in_flight.popleft())  # the oldest map being written
                 while in_flight:
                     finish(*in_flight.popleft())
             except BaseException:

@@ -306,44 +306,70 @@ def plane_sweep(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView],
     return (inv_depths[best] + offset * step).astype(np.float32), cost0
 
 
+_BAND_ROWS = 64   # rows per band of the refinement: a band's planes stay in the caches
+
+
 def refine(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView], inv_depth: np.ndarray,
            step: float, config: CpuMvsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Local search around a per-pixel inverse depth: (inverse depth, cost, textured mask)."""
-    ncc = _Ncc(ref_img, config.refine_window_radius, config.min_texture, len(srcs))
+    """Local search around a per-pixel inverse depth: (inverse depth, cost, textured mask).
+
+    Every pixel is warped with its own depth, so the image is processed in bands of rows
+    (each with ``refine_window_radius`` rows of context on either side, whose own results
+    are dropped): the same numbers as one whole-image pass, at a fraction of its memory
+    traffic.
+    """
     h, w = ref_img.shape
+    radius = config.refine_window_radius
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float64) + 0.5, np.arange(h, dtype=np.float64) + 0.5)
     pix = np.stack([xs, ys, np.ones_like(xs)], 0).reshape(3, -1)
     rays = np.linalg.inv(ref.K) @ pix
     bases = []
     for src in srcs:
         r, t = _relative(ref, src)
-        bases.append(((src.K @ r @ rays).astype(np.float32), (src.K @ t).astype(np.float32)))
+        bases.append(((src.K @ r @ rays).astype(np.float32).reshape(3, h, w),
+                      (src.K @ t).astype(np.float32)))
     current = inv_depth.astype(np.float32).copy()
-    cost = None
-    for _ in range(max(1, config.refine_rounds)):
-        offsets = (-1.0, 0.0, 1.0)
-        agg = np.empty((len(offsets), h, w), np.float32)
-        for oi, off in enumerate(offsets):
-            inv_d = (current + off * step).reshape(-1)
-
-            def warp(v: int, dst: np.ndarray) -> None:
-                q, b = bases[v]
-                z = q[2] + b[2] * inv_d
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    map_x = ((q[0] + b[0] * inv_d) / z - 0.5).reshape(h, w)
-                    map_y = ((q[1] + b[1] * inv_d) / z - 0.5).reshape(h, w)
-                map_x[(z <= 0).reshape(h, w)] = -1e4
-                cv2.remap(src_imgs[v], map_x, map_y, cv2.INTER_LINEAR, dst=dst,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
-            ncc.aggregated_cost(warp, config.best_k, agg[oi])
-        best = np.argmin(agg, axis=0)
-        cost = _pick(agg, best)
-        shift = best.astype(np.float32) - 1.0
-        at_centre = best == 1
-        frac = _parabola(agg[0], agg[1], agg[2])
-        current = current + (shift + np.where(at_centre, frac, 0.0)) * step
+    cost = np.empty((h, w), np.float32)
+    textured = np.empty((h, w), bool)
+    for round_index in range(max(1, config.refine_rounds)):
+        updated = np.empty_like(current)
+        for y0 in range(0, h, _BAND_ROWS):
+            y1 = min(h, y0 + _BAND_ROWS)
+            top, bottom = max(0, y0 - radius), min(h, y1 + radius)
+            inner = slice(y0 - top, y1 - top)
+            ncc = _Ncc(ref_img[top:bottom], radius, config.min_texture, len(srcs))
+            band = _refine_band(ncc, src_imgs, [(q[:, top:bottom], b) for q, b in bases],
+                                current[top:bottom], step, config.best_k)
+            updated[y0:y1], cost[y0:y1] = band[0][inner], band[1][inner]
+            if round_index == 0:
+                textured[y0:y1] = ncc.textured[inner]
+        current = updated
         step = step / 3
-    return current.astype(np.float32), cost, ncc.textured
+    return current, cost, textured
+
+
+def _refine_band(ncc: _Ncc, src_imgs, bases, current: np.ndarray, step: float,
+                 best_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One refinement round of a band of rows: (inverse depth, cost)."""
+    offsets = (-1.0, 0.0, 1.0)
+    agg = np.empty((len(offsets),) + current.shape, np.float32)
+    for oi, off in enumerate(offsets):
+        inv_d = current + off * step
+
+        def warp(v: int, dst: np.ndarray) -> None:
+            q, b = bases[v]
+            z = q[2] + b[2] * inv_d
+            with np.errstate(divide="ignore", invalid="ignore"):
+                map_x = (q[0] + b[0] * inv_d) / z - 0.5
+                map_y = (q[1] + b[1] * inv_d) / z - 0.5
+            map_x[z <= 0] = -1e4
+            cv2.remap(src_imgs[v], map_x, map_y, cv2.INTER_LINEAR, dst=dst,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+        ncc.aggregated_cost(warp, best_k, agg[oi])
+    best = np.argmin(agg, axis=0)
+    shift = best.astype(np.float32) - 1.0
+    frac = _parabola(agg[0], agg[1], agg[2])
+    return current + (shift + np.where(best == 1, frac, 0.0)) * step, _pick(agg, best)
 
 
 def estimate_depth(ref_img: np.ndarray, ref: PinholeView, src_imgs: list[np.ndarray],
