@@ -13,14 +13,26 @@ Runs in one process, on the same undistorted images:
    their depths with the sparse points (median relative error, share within 1 %, coverage).
 Figures are printed as ratios sfmfeat / SGBM. It runs on the synthetic scene first (its "sparse
 points" are exact surface points, so agreement there is accuracy), then on the real images.
+
+    python benchmarks/mvs.py --reference-commit e21b4bd --sfm MODEL [--rounds 3] [--images DIR]
+
+instead times this checkout's depth maps against those of an earlier commit (its ``sfmfeat``
+taken with ``git archive`` into a temporary folder): each side runs ``densify`` from scratch
+in its own process, alternating reference / current for ``--rounds`` rounds, on the same
+model and images; it prints the depth-map seconds of each run, the ratio reference / current
+of their sums, and each side's fused points and agreement with the sparse points.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -234,6 +246,73 @@ def run(label: str, images: Path, model: Path, workspace: Path, max_image_size: 
               "(wide baselines / epipoles inside the images); no reference figures")
 
 
+def depth_run(images: Path, model: Path, workspace: Path, max_image_size: int) -> dict:
+    """One densify from scratch (no mesh): depth-map seconds, fused points, agreement."""
+    shutil.rmtree(workspace, ignore_errors=True)
+    result = densify(model, images, workspace, DenseConfig(max_image_size=max_image_size,
+                                                           mesh=False))
+    rec = pycolmap.Reconstruction(str(workspace / "sparse"))
+    errors, total = our_agreement(rec, workspace)
+    e = np.asarray(errors)
+    return {"depth_seconds": next(v for k, v in result.timings.items()
+                                  if k.startswith("depth maps")),
+            "backend": result.backend, "num_depth_maps": result.num_depth_maps,
+            "fused_points": result.num_fused_points,
+            "median_error": float(np.median(e)) if len(e) else None,
+            "within_1pct": float(np.mean(e < 0.01)) if len(e) else None,
+            "coverage": len(e) / max(total, 1)}
+
+
+def compare_with_commit(commit: str, images: Path, model: Path, work: Path,
+                        max_image_size: int, rounds: int) -> None:
+    """Reference (``commit``) and current depth maps in alternating processes."""
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="mvs-reference-") as tmp:
+        # Both sides are snapshots taken now, so editing the checkout during a run is safe.
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "sfmfeat"],
+                                 check=True, capture_output=True).stdout
+        (Path(tmp) / "reference").mkdir()
+        subprocess.run(["tar", "-x", "-C", str(Path(tmp) / "reference")], input=archive,
+                       check=True)
+        shutil.copytree(repo / "sfmfeat", Path(tmp) / "current" / "sfmfeat",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        worker = Path(tmp) / "worker" / "mvs.py"
+        worker.parent.mkdir()
+        shutil.copy(__file__, worker)
+        sides = {"reference": Path(tmp) / "reference", "current": Path(tmp) / "current"}
+        runs: dict[str, list[dict]] = {name: [] for name in sides}
+        for i in range(rounds):
+            for name, root in sides.items():
+                env = dict(os.environ, PYTHONPATH=str(root))
+                out = subprocess.run(
+                    [sys.executable, str(worker), "--worker", "--images", str(images), "--sfm",
+                     str(model), "--work", str(work / name), "--max-image-size",
+                     str(max_image_size)], env=env, check=True, capture_output=True, text=True)
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                seconds = runs[name][-1]["depth_seconds"]
+                print(f"round {i + 1} {name:9s}: depth maps {seconds:.1f} s", flush=True)
+    print(f"\n=== depth maps: {commit} (reference) vs this checkout, {images} at max "
+          f"{max_image_size} px, {rounds} alternating rounds ===")
+    for name, rs in runs.items():
+        r = rs[-1]
+        seconds = ", ".join(f"{x['depth_seconds']:.1f}" for x in rs)
+        print(f"{name:9s}: depth maps {seconds} s "
+              f"({r['num_depth_maps']} maps, {r['backend']}); fused points "
+              f"{', '.join(str(x['fused_points']) for x in rs)}; sparse-point agreement: median "
+              f"rel. error {100 * r['median_error']:.3f} %, within 1 %: "
+              f"{100 * r['within_1pct']:.2f} %, coverage {100 * r['coverage']:.1f} %")
+    ref_s = sum(r["depth_seconds"] for r in runs["reference"])
+    cur_s = sum(r["depth_seconds"] for r in runs["current"])
+    per_round = [a["depth_seconds"] / b["depth_seconds"]
+                 for a, b in zip(runs["reference"], runs["current"])]
+    print(f"speed-up reference / current: {ref_s / cur_s:.2f}x (per round "
+          f"{', '.join(f'{x:.2f}' for x in per_round)})")
+    ref, cur = runs["reference"][-1], runs["current"][-1]
+    print(f"current / reference: fused points {cur['fused_points'] / ref['fused_points']:.3f}, "
+          f"median error {cur['median_error'] / ref['median_error']:.3f}, share within 1 % "
+          f"{cur['within_1pct'] / ref['within_1pct']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
@@ -243,7 +322,22 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="resume the dense workspaces")
     parser.add_argument("--no-synthetic", action="store_true",
                         help="skip the synthetic scene (exact ground-truth points)")
+    parser.add_argument("--reference-commit",
+                        help="time the depth maps against this commit's (needs --sfm)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating reference/current rounds of --reference-commit")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        pycolmap.logging.minloglevel = 2
+        print(json.dumps(depth_run(args.images, args.sfm, args.work, args.max_image_size)))
+        return
+    if args.reference_commit:
+        if args.sfm is None:
+            parser.error("--reference-commit needs --sfm (a sparse model of --images)")
+        compare_with_commit(args.reference_commit, args.images, args.sfm, args.work,
+                            args.max_image_size, args.rounds)
+        return
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s",
                         datefmt="%H:%M:%S")
     pycolmap.logging.minloglevel = 2

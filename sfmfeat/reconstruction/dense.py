@@ -260,8 +260,8 @@ def _photometric_depth_maps(workspace: Path, todo: list[int], views, sources, ra
                         mvs_cpu.estimate_depth, gray(image_id), views[image_id],
                         [gray(s) for s in srcs], [views[s] for s in srcs], ranges[image_id],
                         cfg)))
-                    if len(in_flight) >= workers:
-                        finish(*in_flight.popleft())
+                    if len(in_flight) > workers:   # one queued: no worker waits on
+                        finish(*in_flight.popleft())  # the oldest map being written
                 while in_flight:
                     finish(*in_flight.popleft())
             except BaseException:
@@ -324,11 +324,10 @@ def _run_cpu(workspace: Path, config: DenseConfig, skipped: dict[str, str],
             p.is_file() for n in names for p in _depth_paths(workspace, n, "geometric")):
         logger.info("geometric depth and normal maps are up to date; reusing them")
         return names
-    geometric = mvs_cpu.geometric_filter(photometric, views, sources, cfg)
-    done = []
-    for image_id in tqdm(todo, desc="consistency + normals", unit="img"):
+    def consistent(image_id: int) -> str:
         view = views[image_id]
-        depth = geometric[image_id]
+        depth = mvs_cpu.geometric_filter_one(image_id, photometric, views,
+                                             sources.get(image_id, []), cfg)
         normals = mvs_cpu.normals_from_depth(depth, view.K, cfg.normal_radius)
         depth_path, normal_path = _depth_paths(workspace, view.name, "geometric")
         normal_path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,7 +338,12 @@ def _run_cpu(workspace: Path, config: DenseConfig, skipped: dict[str, str],
         if kept < 0.01:
             logger.warning("%s: only %.1f%% of its pixels have a consistent depth",
                            view.name, 100 * kept)
-        done.append(view.name)
+        return view.name
+
+    # Images are independent here, and numpy releases the GIL: one per core.
+    with ThreadPoolExecutor(max(1, min(cv2.getNumThreads(), len(todo)))) as pool:
+        done = list(tqdm(pool.map(consistent, todo), total=len(todo),
+                         desc="consistency + normals", unit="img"))
     state["geometric"] = geometric_key
     _write_state(workspace, state)
     return done

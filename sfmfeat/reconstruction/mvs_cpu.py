@@ -155,9 +155,16 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
 
 
 class _Ncc:
-    """NCC of a fixed reference image against warped source images, box windows."""
+    """NCC of a fixed reference image against warped source images, box windows.
 
-    def __init__(self, ref: np.ndarray, radius: int, min_texture: float) -> None:
+    Written for speed at equal results (bit-identical to the straightforward version):
+    buffers are allocated once per reference image, each view's cost is computed while
+    its planes are still in cache, the share of NaN samples in a window is an integer box
+    count on a uint8 mask, and the best-k mean uses elementwise min/max, not a partition.
+    """
+
+    def __init__(self, ref: np.ndarray, radius: int, min_texture: float,
+                 num_views: int) -> None:
         self.ksize = (2 * radius + 1, 2 * radius + 1)
         self.ref = ref
         self.mu = cv2.blur(ref, self.ksize)
@@ -165,34 +172,88 @@ class _Ncc:
         self.std = np.sqrt(np.maximum(var, 0))
         self.textured = self.std >= min_texture
         self._inv_std = 1.0 / np.maximum(self.std, 1e-4)
+        area = self.ksize[0] * self.ksize[1]
+        # Fewest NaN samples for which the window's float mean of the mask exceeds 0.2.
+        self._min_nan = next(n for n in range(area + 1)
+                             if np.float32(n * (1.0 / area)) > np.float32(0.2))
+        h, w = ref.shape
+        self.warped = np.empty((h, w), np.float32)     # warp callbacks write here
+        self._mean, self._sq, self._tmp, self._tmp2 = (np.empty((h, w), np.float32)
+                                                       for _ in range(4))
+        self._costs = np.empty((num_views, h, w), np.float32)
+        self._nan = np.empty((h, w), bool)
+        self._count = np.empty((h, w), np.uint16)
+        self._invalid = np.empty((h, w), bool)
 
-    def cost(self, warped: np.ndarray) -> np.ndarray:
-        """1 - NCC in [0, 2]; 2 where the window leaves the source image (NaN samples)."""
-        invalid = np.isnan(warped)
-        if invalid.any():
-            warped = np.where(invalid, 0.0, warped).astype(np.float32)
-            invalid = cv2.blur(invalid.astype(np.float32), self.ksize) > 0.2
-        mu = cv2.blur(warped, self.ksize)
-        var = cv2.blur(warped * warped, self.ksize)
-        var -= mu * mu
-        cov = cv2.blur(self.ref * warped, self.ksize)
-        cov -= self.mu * mu
+    def _cost(self, cov: np.ndarray) -> None:
+        """1 - NCC in [0, 2] of ``self.warped`` into ``cov``; 2 where more than a fifth of
+        the window left the source image (NaN samples)."""
+        warped, tmp, mean, var = self.warped, self._tmp, self._mean, self._sq
+        np.isnan(warped, out=self._nan)
+        partial = bool(self._nan.any())
+        if partial:
+            cv2.boxFilter(self._nan.view(np.uint8), cv2.CV_16U, self.ksize, dst=self._count,
+                          normalize=False)
+            np.greater_equal(self._count, self._min_nan, out=self._invalid)
+            cv2.patchNaNs(warped, 0.0)
+        cv2.blur(warped, self.ksize, dst=mean)
+        np.multiply(warped, warped, out=tmp)
+        cv2.blur(tmp, self.ksize, dst=var)
+        np.multiply(self.ref, warped, out=tmp)
+        cv2.blur(tmp, self.ksize, dst=cov)
+        np.multiply(mean, mean, out=tmp)
+        var -= tmp
+        np.multiply(self.mu, mean, out=tmp)
+        cov -= tmp
         np.maximum(var, 1e-8, out=var)
         np.sqrt(var, out=var)
         cov *= self._inv_std
         cov /= var
-        cost = 1.0 - np.clip(cov, -1.0, 1.0, out=cov)
-        if invalid.any():
-            cost[invalid] = 2.0
-        return cost
+        np.clip(cov, -1.0, 1.0, out=cov)
+        np.subtract(1.0, cov, out=cov)
+        if partial:
+            np.copyto(cov, 2.0, where=self._invalid)
 
-
-def _aggregate(costs: np.ndarray, best_k: int) -> np.ndarray:
-    """Mean of the ``best_k`` smallest costs along axis 0."""
-    k = min(best_k, costs.shape[0])
-    if k == costs.shape[0]:
-        return costs.mean(0)
-    return np.partition(costs, k - 1, axis=0)[:k].mean(0)
+    def aggregated_cost(self, warp, best_k: int, out: np.ndarray) -> None:
+        """Mean of the ``best_k`` smallest view costs into ``out``. ``warp(v, dst)`` writes
+        source view ``v``, warped onto the reference, into ``dst``."""
+        costs = self._costs
+        for v in range(len(costs)):
+            warp(v, self.warped)
+            self._cost(costs[v])
+        n = len(costs)
+        k = min(best_k, n)
+        if k == n:
+            np.mean(costs, 0, out=out)
+            return
+        if k == 1:
+            np.min(costs, 0, out=out)
+            return
+        if (n, k) == (4, 2):                 # the default: two smallest of four, 8 min/max
+            low, high = self._tmp, self._tmp2
+            np.minimum(costs[0], costs[1], out=low)
+            np.maximum(costs[0], costs[1], out=high)
+            np.maximum(costs[2], costs[3], out=out)
+            np.minimum(high, out, out=high)                   # min of the two pair maxima
+            np.minimum(costs[2], costs[3], out=out)
+            np.maximum(low, out, out=self._mean)              # larger pair minimum
+            np.minimum(low, out, out=low)                     # the smallest
+            np.minimum(self._mean, high, out=high)            # the second smallest
+            np.add(low, high, out=out)
+            out /= k
+            return
+        smallest = [np.full(out.shape, np.inf, np.float32) for _ in range(k)]
+        larger = np.empty(out.shape, np.float32)
+        for cost in costs:                   # keep the k smallest sorted: insert with min/max
+            cost = cost.copy()
+            for s in smallest:
+                np.maximum(s, cost, out=larger)
+                np.minimum(s, cost, out=s)
+                cost, larger = larger, cost
+        np.copyto(out, smallest[0])
+        for s in smallest[1:]:
+            out += s
+        out /= k
 
 
 def _parabola(c_minus: np.ndarray, c0: np.ndarray, c_plus: np.ndarray) -> np.ndarray:
@@ -209,73 +270,106 @@ def _relative(ref: PinholeView, src: PinholeView) -> tuple[np.ndarray, np.ndarra
     return r, src.t - r @ ref.t
 
 
+def _pick(volume: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(volume, index[None], 0)[0]
+
+
 def plane_sweep(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView],
                 inv_depths: np.ndarray, config: CpuMvsConfig) -> tuple[np.ndarray, np.ndarray]:
     """Winner-takes-all inverse depth (with parabola refinement) and its cost, at ref size."""
-    ncc = _Ncc(ref_img, config.window_radius, config.min_texture)
+    ncc = _Ncc(ref_img, config.window_radius, config.min_texture, len(srcs))
     h, w = ref_img.shape
-    k_inv = np.linalg.inv(ref.K)
+    k_inv, from_cv = np.linalg.inv(ref.K), np.linalg.inv(_TO_CV)
+    relative = [_relative(ref, src) for src in srcs]
     volume = np.empty((len(inv_depths), h, w), np.float32)
+    best = np.zeros((h, w), np.intp)                   # running argmin (first minimum)
+    better = np.empty((h, w), bool)
     for di, inv_d in enumerate(inv_depths):
-        costs = np.empty((len(srcs), h, w), np.float32)
-        for vi, (img, src) in enumerate(zip(src_imgs, srcs)):
-            r, t = _relative(ref, src)
-            hom = _TO_CV @ src.K @ (r + np.outer(t, [0.0, 0.0, inv_d])) @ k_inv @ np.linalg.inv(_TO_CV)
-            warped = cv2.warpPerspective(img, hom, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                         borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
-            costs[vi] = ncc.cost(warped)
-        volume[di] = _aggregate(costs, config.best_k)
-    best = np.argmin(volume, axis=0)
-    rows, cols = np.indices((h, w))
-    cost0 = volume[best, rows, cols]
+        def warp(v: int, dst: np.ndarray) -> None:
+            r, t = relative[v]
+            hom = _TO_CV @ srcs[v].K @ (r + np.outer(t, [0.0, 0.0, inv_d])) @ k_inv @ from_cv
+            cv2.warpPerspective(src_imgs[v], hom, (w, h), dst=dst,
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+        ncc.aggregated_cost(warp, config.best_k, volume[di])
+        if di == 0:
+            cost0 = volume[0].copy()
+        else:
+            np.less(volume[di], cost0, out=better)
+            np.copyto(cost0, volume[di], where=better)
+            np.copyto(best, di, where=better)
     lo = np.clip(best - 1, 0, len(inv_depths) - 1)
     hi = np.clip(best + 1, 0, len(inv_depths) - 1)
-    offset = _parabola(volume[lo, rows, cols], cost0, volume[hi, rows, cols])
+    offset = _parabola(_pick(volume, lo), cost0, _pick(volume, hi))
     offset[(best == 0) | (best == len(inv_depths) - 1)] = 0.0
     step = inv_depths[1] - inv_depths[0] if len(inv_depths) > 1 else 0.0
     return (inv_depths[best] + offset * step).astype(np.float32), cost0
 
 
+_BAND_ROWS = 64   # rows per band of the refinement: a band's planes stay in the caches
+
+
 def refine(ref_img, ref: PinholeView, src_imgs, srcs: list[PinholeView], inv_depth: np.ndarray,
            step: float, config: CpuMvsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Local search around a per-pixel inverse depth: (inverse depth, cost, textured mask)."""
-    ncc = _Ncc(ref_img, config.refine_window_radius, config.min_texture)
+    """Local search around a per-pixel inverse depth: (inverse depth, cost, textured mask).
+
+    Every pixel is warped with its own depth, so the image is processed in bands of rows
+    (each with ``refine_window_radius`` rows of context on either side, whose own results
+    are dropped): the same numbers as one whole-image pass, at a fraction of its memory
+    traffic.
+    """
     h, w = ref_img.shape
+    radius = config.refine_window_radius
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float64) + 0.5, np.arange(h, dtype=np.float64) + 0.5)
     pix = np.stack([xs, ys, np.ones_like(xs)], 0).reshape(3, -1)
     rays = np.linalg.inv(ref.K) @ pix
     bases = []
     for src in srcs:
         r, t = _relative(ref, src)
-        bases.append(((src.K @ r @ rays).astype(np.float32), (src.K @ t).astype(np.float32)))
+        bases.append(((src.K @ r @ rays).astype(np.float32).reshape(3, h, w),
+                      (src.K @ t).astype(np.float32)))
     current = inv_depth.astype(np.float32).copy()
-    cost = None
-    for _ in range(max(1, config.refine_rounds)):
-        offsets = (-1.0, 0.0, 1.0)
-        agg = np.empty((len(offsets), h, w), np.float32)
-        for oi, off in enumerate(offsets):
-            inv_d = (current + off * step).reshape(-1)
-            costs = np.empty((len(srcs), h, w), np.float32)
-            for vi, (img, (q, b)) in enumerate(zip(src_imgs, bases)):
-                z = q[2] + b[2] * inv_d
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    map_x = ((q[0] + b[0] * inv_d) / z - 0.5).reshape(h, w)
-                    map_y = ((q[1] + b[1] * inv_d) / z - 0.5).reshape(h, w)
-                bad = (z <= 0).reshape(h, w)
-                map_x[bad] = -1e4
-                warped = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
-                costs[vi] = ncc.cost(warped)
-            agg[oi] = _aggregate(costs, config.best_k)
-        best = np.argmin(agg, axis=0)
-        rows, cols = np.indices((h, w))
-        cost = agg[best, rows, cols]
-        shift = best.astype(np.float32) - 1.0
-        at_centre = best == 1
-        frac = _parabola(agg[0], agg[1], agg[2])
-        current = current + (shift + np.where(at_centre, frac, 0.0)) * step
+    cost = np.empty((h, w), np.float32)
+    textured = np.empty((h, w), bool)
+    for round_index in range(max(1, config.refine_rounds)):
+        updated = np.empty_like(current)
+        for y0 in range(0, h, _BAND_ROWS):
+            y1 = min(h, y0 + _BAND_ROWS)
+            top, bottom = max(0, y0 - radius), min(h, y1 + radius)
+            inner = slice(y0 - top, y1 - top)
+            ncc = _Ncc(ref_img[top:bottom], radius, config.min_texture, len(srcs))
+            band = _refine_band(ncc, src_imgs, [(q[:, top:bottom], b) for q, b in bases],
+                                current[top:bottom], step, config.best_k)
+            updated[y0:y1], cost[y0:y1] = band[0][inner], band[1][inner]
+            if round_index == 0:
+                textured[y0:y1] = ncc.textured[inner]
+        current = updated
         step = step / 3
-    return current.astype(np.float32), cost, ncc.textured
+    return current, cost, textured
+
+
+def _refine_band(ncc: _Ncc, src_imgs, bases, current: np.ndarray, step: float,
+                 best_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One refinement round of a band of rows: (inverse depth, cost)."""
+    offsets = (-1.0, 0.0, 1.0)
+    agg = np.empty((len(offsets),) + current.shape, np.float32)
+    for oi, off in enumerate(offsets):
+        inv_d = current + off * step
+
+        def warp(v: int, dst: np.ndarray) -> None:
+            q, b = bases[v]
+            z = q[2] + b[2] * inv_d
+            with np.errstate(divide="ignore", invalid="ignore"):
+                map_x = (q[0] + b[0] * inv_d) / z - 0.5
+                map_y = (q[1] + b[1] * inv_d) / z - 0.5
+            map_x[z <= 0] = -1e4
+            cv2.remap(src_imgs[v], map_x, map_y, cv2.INTER_LINEAR, dst=dst,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+        ncc.aggregated_cost(warp, best_k, agg[oi])
+    best = np.argmin(agg, axis=0)
+    shift = best.astype(np.float32) - 1.0
+    frac = _parabola(agg[0], agg[1], agg[2])
+    return current + (shift + np.where(best == 1, frac, 0.0)) * step, _pick(agg, best)
 
 
 def estimate_depth(ref_img: np.ndarray, ref: PinholeView, src_imgs: list[np.ndarray],
@@ -308,44 +402,52 @@ def estimate_depth(ref_img: np.ndarray, ref: PinholeView, src_imgs: list[np.ndar
 def geometric_filter(depths: dict[int, np.ndarray], views: dict[int, PinholeView],
                      sources: dict[int, list[int]], config: CpuMvsConfig) -> dict[int, np.ndarray]:
     """Keep the pixels whose depth agrees with at least ``geom_min_consistent`` source views."""
-    result = {}
-    for ref_id, depth in depths.items():
-        ref = views[ref_id]
-        h, w = depth.shape
-        rows, cols = np.nonzero(depth > 0)
-        d = depth[rows, cols].astype(np.float64)
-        pix = np.stack([cols + 0.5, rows + 0.5, np.ones_like(d)], 0)
-        cam = (np.linalg.inv(ref.K) @ pix) * d
-        world = ref.R.T @ (cam - ref.t[:, None])
-        consistent = np.zeros(len(d), np.int32)
-        for src_id in sources.get(ref_id, []):
-            if src_id not in depths:
-                continue
-            src, src_depth = views[src_id], depths[src_id]
-            sc = src.R @ world + src.t[:, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                sp = src.K @ sc
-                sx, sy = sp[0] / sp[2], sp[1] / sp[2]
-            c, r = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-            inside = (sc[2] > 0) & (c >= 0) & (c < src.width) & (r >= 0) & (r < src.height)
-            ds = np.zeros(len(d))
-            ds[inside] = src_depth[r[inside], c[inside]]
-            ok = inside & (ds > 0)
-            # Lift the source pixel with the source depth and bring it back to the reference.
-            back = (np.linalg.inv(src.K) @ np.stack([sx, sy, np.ones_like(sx)])) * ds
-            back_world = src.R.T @ (back - src.t[:, None])
-            rc = ref.R @ back_world + ref.t[:, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rp = ref.K @ rc
-                err = np.hypot(rp[0] / rp[2] - pix[0], rp[1] / rp[2] - pix[1])
-                depth_err = np.abs(rc[2] - d) / d
-            ok &= (err <= config.geom_max_reproj_error) & (depth_err <= config.geom_max_depth_error)
-            consistent += ok
-        filtered = np.zeros_like(depth)
-        keep = consistent >= config.geom_min_consistent
-        filtered[rows[keep], cols[keep]] = depth[rows[keep], cols[keep]]
-        result[ref_id] = filtered
-    return result
+    return {ref_id: geometric_filter_one(ref_id, depths, views, sources.get(ref_id, []), config)
+            for ref_id in depths}
+
+
+def geometric_filter_one(ref_id: int, depths: dict[int, np.ndarray],
+                         views: dict[int, PinholeView], sources: list[int],
+                         config: CpuMvsConfig) -> np.ndarray:
+    """:func:`geometric_filter` of one reference image (images are independent).
+
+    Each pixel goes ref -> source -> ref through two composed 3x3 maps (pinhole K, last
+    row 0 0 1, so the projective third coordinate is the camera depth), component-wise in
+    float64; the way back is evaluated only where the source has a depth.
+    """
+    ref, depth = views[ref_id], depths[ref_id]
+    rows, cols = np.nonzero(depth > 0)
+    d = depth[rows, cols].astype(np.float64)
+    px, py = cols + 0.5, rows + 0.5
+    consistent = np.zeros(len(d), np.int32)
+    for src_id in sources:
+        if src_id not in depths:
+            continue
+        src, src_depth = views[src_id], depths[src_id]
+        r_rel, t_rel = _relative(ref, src)
+        there = src.K @ r_rel @ np.linalg.inv(ref.K)        # ref pixel * depth -> src pixel
+        there_t = src.K @ t_rel
+        back = ref.K @ r_rel.T @ np.linalg.inv(src.K)       # and back
+        back_t = -ref.K @ r_rel.T @ t_rel
+        sp = [(m[0] * px + m[1] * py + m[2]) * d + o for m, o in zip(there, there_t)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sx, sy = sp[0] / sp[2], sp[1] / sp[2]
+            c, r = np.floor(sx), np.floor(sy)
+            inside = (sp[2] > 0) & (c >= 0) & (c < src.width) & (r >= 0) & (r < src.height)
+        idx = np.flatnonzero(inside)
+        ds = src_depth[r[idx].astype(np.int64), c[idx].astype(np.int64)].astype(np.float64)
+        idx, ds = idx[ds > 0], ds[ds > 0]
+        qx, qy = sx[idx] * ds, sy[idx] * ds
+        rp = [m[0] * qx + m[1] * qy + m[2] * ds + o for m, o in zip(back, back_t)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            err = np.hypot(rp[0] / rp[2] - px[idx], rp[1] / rp[2] - py[idx])
+            depth_err = np.abs(rp[2] - d[idx]) / d[idx]
+        ok = (err <= config.geom_max_reproj_error) & (depth_err <= config.geom_max_depth_error)
+        consistent[idx[ok]] += 1
+    filtered = np.zeros_like(depth)
+    keep = consistent >= config.geom_min_consistent
+    filtered[rows[keep], cols[keep]] = depth[rows[keep], cols[keep]]
+    return filtered
 
 
 def normals_from_depth(depth: np.ndarray, K: np.ndarray, radius: int = 4) -> np.ndarray:
@@ -353,30 +455,35 @@ def normals_from_depth(depth: np.ndarray, K: np.ndarray, radius: int = 4) -> np.
 
     The back-projected points are first smoothed by a masked (normalised) box filter of
     radius ``radius``; the normal is the cross product of their central differences at the
-    same radius, so noise in single depths barely tilts it.
+    same radius, so noise in single depths barely tilts it. Computed per coordinate plane
+    (contiguous arrays, no reductions over a length-3 axis).
     """
     h, w = depth.shape
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32) + 0.5, np.arange(h, dtype=np.float32) + 0.5)
     k_inv = np.linalg.inv(K).astype(np.float32)
-    rays = np.stack([k_inv[0, 0] * xs + k_inv[0, 2], k_inv[1, 1] * ys + k_inv[1, 2],
-                     np.ones_like(xs)], -1)
+    rays = (k_inv[0, 0] * xs + k_inv[0, 2], k_inv[1, 1] * ys + k_inv[1, 2], np.ones_like(xs))
     valid = depth > 0
     r = max(1, radius)
     ksize = (2 * r + 1, 2 * r + 1)
-    weight = cv2.blur(valid.astype(np.float32), ksize)
-    points = cv2.blur(rays * depth[..., None], ksize) / np.maximum(weight, 1e-6)[..., None]
+    weight = np.maximum(cv2.blur(valid.astype(np.float32), ksize), 1e-6)
     ok = weight > 0.3
-    pad = np.pad(points, ((r, r), (r, r), (0, 0)), mode="edge")
+    dx, dy = [], []
+    for ray in rays:
+        point = cv2.blur(ray * depth, ksize) / weight
+        pad = np.pad(point, r, mode="edge")
+        dx.append(pad[r:-r, 2 * r:] - pad[r:-r, : -2 * r])
+        dy.append(pad[2 * r:, r:-r] - pad[: -2 * r, r:-r])
     okpad = np.pad(ok, r, mode="constant")
-    dx = pad[r:-r, 2 * r:] - pad[r:-r, : -2 * r]
-    dy = pad[2 * r:, r:-r] - pad[: -2 * r, r:-r]
     good = valid & okpad[r:-r, 2 * r:] & okpad[r:-r, : -2 * r] & okpad[2 * r:, r:-r] & okpad[: -2 * r, r:-r]
-    normals = np.cross(dx, dy)
-    norm = np.linalg.norm(normals, axis=-1, keepdims=True)
-    good &= norm[..., 0] > 0
-    fallback = -rays / np.linalg.norm(rays, axis=-1, keepdims=True)
-    normals = np.where(good[..., None], normals / np.maximum(norm, 1e-20), fallback)
-    flip = np.sum(normals * rays, -1) > 0
-    normals[flip] *= -1
-    normals[~valid] = 0
-    return normals.astype(np.float32)
+    normal = [dx[1] * dy[2] - dx[2] * dy[1], dx[2] * dy[0] - dx[0] * dy[2],
+              dx[0] * dy[1] - dx[1] * dy[0]]
+    norm = np.sqrt(normal[0] * normal[0] + normal[1] * normal[1] + normal[2] * normal[2])
+    good &= norm > 0
+    ray_norm = np.sqrt(rays[0] * rays[0] + rays[1] * rays[1] + rays[2] * rays[2])
+    norm = np.maximum(norm, 1e-20)
+    normal = [np.where(good, n / norm, -ray / ray_norm) for n, ray in zip(normal, rays)]
+    flip = (normal[0] * rays[0] + normal[1] * rays[1] + normal[2] * rays[2]) > 0
+    out = np.stack(normal, -1)
+    out[flip] *= -1
+    out[~valid] = 0
+    return out.astype(np.float32)

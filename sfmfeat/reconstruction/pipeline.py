@@ -15,11 +15,13 @@ once this run has succeeded: a failed run never leaves a success-looking result 
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import re
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -158,6 +160,8 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
     pairs_path = output_dir / "pairs.txt"
     database_path = output_dir / "database.db"
 
+    if not stores.matches:
+        _import_in_background("sfmfeat.match")   # torch, ~2 s, while the images decode
     with timer.stage("extract"):
         if stores.features:
             extraction = _given_features(features_path, image_names)
@@ -237,6 +241,20 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
                 summary["num_registered"], summary["num_images"], summary["num_points3D"],
                 summary["mean_track_length"], summary["mean_reprojection_error"])
     return ReconstructionResult(output_dir, reconstruction, summary, extraction.rejected)
+
+
+def _import_in_background(module: str) -> None:
+    """Start importing ``module`` in a thread: the import (mostly torch's, Python bound)
+    overlaps the extraction (OpenCV or torch kernels, which release the GIL). A later
+    ``import`` of it waits for this one; a failure is left for that import to raise. Not a
+    daemon: an interpreter never shuts down in the middle of a C extension's import."""
+    def run() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - re-raised by the stage that needs the module
+            pass
+
+    threading.Thread(target=run, name=f"import {module}").start()
 
 
 @dataclass(frozen=True)
