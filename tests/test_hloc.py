@@ -121,6 +121,25 @@ def test_hand_written_hloc_files_give_the_expected_database(tmp_path, caplog):
                                       [[8, 1], [0, 9]])
 
 
+def test_float16_keypoints_past_1024_px_get_the_exact_half_pixel(tmp_path):
+    """hloc's own import adds COLMAP's 0.5 in float16, whose step is 1 px from 1024 px on, so
+    half of those keypoints land 0.5 px off in its database (seen on hloc's DISK files of
+    sacre_coeur). Ours widens first: every keypoint gets exactly +0.5."""
+    kps = np.array([[1024, 1025], [1500, 700.5], [2047, 1031], [3.25, 1999]], np.float16)
+    assert not np.array_equal((kps + np.float16(0.5)).astype(np.float32),
+                              kps.astype(np.float32) + 0.5)  # the case is one float16 breaks
+    with h5py.File(tmp_path / "feats.h5", "w") as out:
+        group = out.create_group("big.jpg")
+        group.create_dataset("keypoints", data=kps)
+        group.create_dataset("descriptors", data=np.eye(4, dtype=np.float16))
+        group.create_dataset("image_size", data=np.array([2048, 2048]))
+    with FeatureReader(tmp_path / "feats.h5") as features:
+        ids = write_database(tmp_path / "db.db", tmp_path, ["big.jpg"], features, "single")
+    with pycolmap.Database.open(tmp_path / "db.db") as db:
+        np.testing.assert_array_equal(db.read_keypoints(ids["big.jpg"])[:, :2],
+                                      kps.astype(np.float32) + 0.5)
+
+
 def test_matching_hloc_features_resumes_and_follows_their_content(tmp_path):
     _write_hloc_by_hand(tmp_path)
     pairs = [("sub/a b.jpg", "c.jpg"), ("c.jpg", "d.jpg")]
