@@ -169,8 +169,11 @@ def _placement(ray: Any, executor: ExecutorConfig, device: str | None) -> _Place
 
 def _start_actors(ray: Any, cls: type, executor: ExecutorConfig, placement: _Placement,
                   *args: Any) -> list[Any]:
+    # the driver's SFMFEAT_* settings (weights folder, ...) hold on the workers too
+    env = {k: v for k, v in os.environ.items() if k.startswith("SFMFEAT_")}
     remote = ray.remote(cls).options(max_restarts=executor.max_retries,
                                      max_task_retries=executor.max_retries,
+                                     runtime_env={"env_vars": env} if env else None,
                                      **placement.options)
     return [remote.remote(*args) for _ in range(placement.num_workers)]
 
