@@ -51,13 +51,16 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def executor_from_args(args: argparse.Namespace):
-    from ..executors import ExecutorConfig
+    """The ExecutorConfig of --executor (None: in process); fails at once without Ray."""
+    from ..executors import ExecutorConfig, import_ray
 
     if args.executor == "local":
         if args.ray_address or args.workers:
             raise InputError("--ray-address and --workers apply to --executor ray only")
         return None
-    return ExecutorConfig(kind="ray", address=args.ray_address, num_workers=args.workers)
+    config = ExecutorConfig(kind="ray", address=args.ray_address, num_workers=args.workers)
+    import_ray()   # before any work
+    return config
 
 
 def _register_extract(subparsers) -> None:
