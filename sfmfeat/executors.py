@@ -90,7 +90,8 @@ def session(executor: ExecutorConfig | None) -> Iterator[None]:
 def ray_session(executor: ExecutorConfig) -> Iterator[Any]:
     """``ray`` connected to the cluster at ``executor.address`` (or to a new local
     instance); an already initialised Ray (an outer session, a user's script) is reused
-    and left as it is."""
+    and left as it is. The workers' own output stays in Ray's session logs: their errors
+    reach the driver as exceptions, reported in one line."""
     ray = import_ray()
     if ray.is_initialized():
         yield ray
@@ -100,11 +101,11 @@ def ray_session(executor: ExecutorConfig) -> Iterator[Any]:
         _check_reachable(address)
     try:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
             ray.init(num_cpus=max(os.cpu_count() or 1, executor.num_workers),
                      object_store_memory=_LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ExecutorError(f"cannot connect to {where}: {_one_line(err)}") from None
@@ -384,6 +385,7 @@ def match_on_ray(pairs: list[tuple[str, str]], readers: list[Any], output: str |
                  matcher: str, overrides: dict[str, Any] | None, device: str | None,
                  overwrite: bool, executor: ExecutorConfig, report: Any) -> None:
     """``match_pairs`` on Ray actors; fills ``report`` (a MatchingReport)."""
+    from .config import apply_overrides
     from .match import _FeatureDigests, features_identity, pairs_to_match
     from .matchers import MATCHER_PRESETS
     from .store import MatchWriter
@@ -391,6 +393,7 @@ def match_on_ray(pairs: list[tuple[str, str]], readers: list[Any], output: str |
     if matcher not in MATCHER_PRESETS:
         raise ConfigError(f"unknown matcher {matcher!r}; choose one of: "
                           + ", ".join(sorted(MATCHER_PRESETS)))
+    apply_overrides(MATCHER_PRESETS[matcher][1], overrides or {})   # before any cluster
     paths = [str(Path(r.path).resolve()) for r in readers]
     first_names = [next((n for pair in pairs for n in pair if n in r), None) for r in readers]
     with ray_session(executor) as ray:
