@@ -14,8 +14,9 @@ FeatureReader, MatchWriter / MatchReader, retrieval_pairs, write_database + writ
 Each measurement runs in a fresh process: its wall time and its peak resident memory
 (ru_maxrss) are the driver's. The table prints per-item times and the growth ratios
 against the issue's targets (times: CPU seconds of the phase's process, which a loaded
-machine inflates much less than wall time): driver memory <= 1.2x from 10k to 100k images, per-item time
-<= 1.5x from 10k to 1M pairs, database import of 1M pairs within 2 GiB.
+machine inflates much less than wall time): driver memory <= 1.2x from 10k to 100k
+images, per-item time <= 1.5x from 10k to 1M pairs, database import of 1M pairs within
+2 GiB.
 
     nice -n 19 python benchmarks/scale.py --work /tmp/scale            # the full sizes
     python benchmarks/scale.py --work /tmp/scale --images 1000,10000 --pairs 10000,100000

@@ -90,7 +90,8 @@ def two_node_cluster(tmp_path):
     processes = []
     try:
         processes.append(subprocess.Popen(
-            ["ray", "start", "--head", "--port", str(gcs_port), "--include-dashboard", "false", "--temp-dir", str(temp_dir),
+            ["ray", "start", "--head", "--port", str(gcs_port), "--include-dashboard", "false",
+             "--temp-dir", str(temp_dir),
              "--object-store-memory", str(100 << 20), *common,
              *_node_ports((base, base + 9))],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env))
