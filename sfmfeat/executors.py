@@ -106,9 +106,11 @@ def ray_session(executor: ExecutorConfig) -> Iterator[Any]:
             ray.init(num_cpus=max(os.cpu_count() or 1, executor.num_workers),
                      object_store_memory=_LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
                      logging_level=logging.ERROR, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
+    except Exception as err:  # noqa: BLE001 - Ray raises bare Exceptions (startup timeouts)
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise ExecutorError(f"cannot connect to {where}: {_one_line(err)}") from None
+        hint = "" if address else (" (on a busy machine, start one with `ray start --head` "
+                                   "and pass --ray-address)")
+        raise ExecutorError(f"cannot connect to {where}: {_one_line(err)}{hint}") from None
     try:
         yield ray
     finally:
