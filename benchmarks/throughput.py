@@ -137,7 +137,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logger.info("load before: %s", " ".join(f"{v:.2f}" for v in os.getloadavg()))
-    rates = per_worker(args.images, args.methods.split(","), args.per_worker_images)
+    rates = per_worker(args.images, [m for m in args.methods.split(",") if m],
+                       args.per_worker_images)
     images = fifty_images(args.images, args.work / "images", args.copies)
     count = len(list(images.iterdir()))
     times = overhead(images, args.work, args.overhead_method, args.repeats)

@@ -103,7 +103,8 @@ def ray_session(executor: ExecutorConfig) -> Iterator[Any]:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
-            ray.init(num_cpus=max(os.cpu_count() or 1, executor.num_workers),
+            # "local": a new instance even where `ray start` runs a cluster on this machine
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, executor.num_workers),
                      object_store_memory=_LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
                      logging_level=logging.ERROR, log_to_driver=False)
     except Exception as err:  # noqa: BLE001 - Ray raises bare Exceptions (startup timeouts)
