@@ -34,8 +34,8 @@ RAY = ExecutorConfig(kind="ray", images_per_task=1, pairs_per_task=4)
 @pytest.fixture(scope="module")
 def local_ray():
     ray = require_ray()
-    ray.init(num_cpus=2, object_store_memory=100 << 20, include_dashboard=False,
-             logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, object_store_memory=100 << 20,
+             include_dashboard=False, logging_level="WARNING")
     try:
         yield ray
     finally:
