@@ -26,6 +26,8 @@ setup(
         "torchfile>=0.1.0",
         "plotly>=5.0",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # ray: --executor ray (sfmfeat.executors); in the test extra so CI runs its tests
+    extras_require={"ray": ["ray>=2.9"],
+                    "test": ["pytest>=7", "hypothesis>=6", "ray>=2.9"]},
     entry_points={"console_scripts": ["sfmfeat=sfmfeat.cli:main"]},
 )

@@ -35,6 +35,7 @@ from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.commands.report import add_no_report_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.errors import InputError
+from sfmfeat.commands.core import add_executor_arguments, executor_from_args
 from sfmfeat.extract import extract_features
 from sfmfeat.localization.pose import PoseConfig
 from sfmfeat.localization.queries import QueryList, read_query_lists
@@ -115,7 +116,8 @@ def triangulate_database(args, reference, images: Path, db_features: Path, pairs
     """Match the database pairs and re-triangulate the reference model with them."""
     db_matches = outputs / f"db_matches_{args.features}+{args.matcher}.h5"
     match_pairs(pairs, db_features, db_matches, args.matcher,
-                overrides=parse_overrides(args.matcher_conf), device=args.device)
+                overrides=parse_overrides(args.matcher_conf), device=args.device,
+                executor=executor_from_args(args))
     triangulation = triangulate_model(
         reference, outputs / f"{sfm_name}_{args.features}+{args.matcher}", db_features,
         db_matches, pairs, image_dir=images,
@@ -135,7 +137,8 @@ def run_full(args, dataset: Path, outputs: Path) -> dict:
     feature_overrides = parse_overrides(args.conf)
     db_features = outputs / f"db_features_{args.features}.h5"
     extraction = extract_features(images, db_features, args.features, image_names=db_names,
-                                  overrides=feature_overrides, device=args.device)
+                                  overrides=feature_overrides, device=args.device,
+                                  executor=executor_from_args(args))
     if extraction.rejected:
         raise InputError(f"{len(extraction.rejected)} database image(s) unreadable, e.g. "
                          + "; ".join(list(extraction.rejected.values())[:3]))
@@ -218,7 +221,8 @@ def run_local(args, dataset: Path, outputs: Path) -> dict:
     db_features = outputs / f"db_features_{args.features}.h5"
     needed = sorted({n for p in db_pairs for n in p} | set(db_names))
     extract_features(images, db_features, args.features, image_names=needed,
-                     overrides=feature_overrides, device=args.device)
+                     overrides=feature_overrides, device=args.device,
+                     executor=executor_from_args(args))
     triangulation = triangulate_database(args, reference, images, db_features, db_pairs,
                                          outputs, "sfm_local", "ransac")
     queries = QueryList(cameras=night, sources={n: str(database) for n in night})
@@ -266,6 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ground-truth", type=Path, help="reference query poses, if you have any")
     p.add_argument("--seed", type=int, default=-1)
     p.add_argument("--device")
+    add_executor_arguments(p)   # the database steps (extraction, matching) on Ray
     p.add_argument("-v", "--verbose", action="store_true")
     add_no_report_argument(p)
     return p.parse_args(argv)

@@ -26,6 +26,8 @@ from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.commands.report import add_no_report_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.errors import InputError
+from sfmfeat.commands.core import add_executor_arguments, executor_from_args
+from sfmfeat.executors import ExecutorConfig
 from sfmfeat.extract import extract_features
 from sfmfeat.images import list_images
 from sfmfeat.localization import inloc
@@ -111,7 +113,8 @@ def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = Non
         features: str = "sift", matcher: str | None = None, retrieval: str = "vlad",
         num_neighbors: int = 40, ground_truth: str | Path | None = None,
         feature_overrides: dict | None = None, device: str | None = None,
-        config: inloc.InLocConfig | None = None, write_report: bool = True) -> dict:
+        config: inloc.InLocConfig | None = None, write_report: bool = True,
+        executor: ExecutorConfig | None = None) -> dict:
     dataset, outputs = Path(dataset), Path(outputs)
     if matcher is None:
         matcher = default_matcher(features)
@@ -145,7 +148,8 @@ def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = Non
     for name in sorted(set(needed) - set(existing)):
         logger.warning("%s is named in the pairs but does not exist", dataset / name)
     extraction = extract_features(dataset, features_path, features, image_names=existing,
-                                  overrides=feature_overrides, device=device)
+                                  overrides=feature_overrides, device=device,
+                                  executor=executor)
     timings["extraction"] = time.perf_counter() - start
     with_features = set(extraction.valid_names)
 
@@ -166,7 +170,8 @@ def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = Non
     if not to_match:
         raise InputError("no pair has features on both sides; nothing to match "
                          f"(rejected: {extraction.rejected})")
-    match_pairs(to_match, features_path, matches_path, matcher, device=device)
+    match_pairs(to_match, features_path, matches_path, matcher, device=device,
+                executor=executor)
     timings["matching"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-neighbors", type=int, default=40)
     parser.add_argument("--ground-truth", type=Path, help="reference poses (name qw..tz)")
     parser.add_argument("--device", default=None)
+    add_executor_arguments(parser)   # extraction and matching on Ray
     parser.add_argument("--seed", type=int, default=-1,
                         help="seed of the pose RANSAC (default: a fresh one, logged)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         run(args.dataset, args.outputs, args.pairs, args.features, args.matcher,
             args.retrieval, args.num_neighbors, args.ground_truth,
             parse_overrides(args.conf), args.device, inloc.InLocConfig(pose=pose),
-            write_report=not args.no_report)
+            write_report=not args.no_report, executor=executor_from_args(args))
 
     return run_guarded("pipelines.inloc", job)
 

@@ -39,3 +39,7 @@ class LocalizationError(SfmfeatError):
 
 class ReportError(SfmfeatError):
     """A folder is not a run output, or what it holds cannot be shown in a report."""
+
+
+class ExecutorError(SfmfeatError):
+    """A distributed run cannot start or a worker failed (cluster unreachable, no GPU, ...)."""

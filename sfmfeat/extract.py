@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from .features import Features
 from .images import list_images, read_image
 from .progress import tqdm
 from .store import FeatureReader, FeatureWriter, image_fingerprint, same_image_content
+
+if TYPE_CHECKING:
+    from .executors import ExecutorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,8 @@ def extract_features(image_dir: str | Path, output: str | Path, features: str = 
                      overrides: dict[str, Any] | None = None, device: str | None = None,
                      strict: bool = False, overwrite: bool = False,
                      extractor: Extractor | None = None,
-                     checkpoint_every: int = 16) -> ExtractionReport:
+                     checkpoint_every: int = 16,
+                     executor: ExecutorConfig | None = None) -> ExtractionReport:
     """Extract ``features`` (a preset name) for every image and store them in ``output``.
 
     Images already in ``output`` with the same config and the same file content (size and
@@ -49,15 +53,22 @@ def extract_features(image_dir: str | Path, output: str | Path, features: str = 
     file has changed since is re-extracted and listed in ``ExtractionReport.changed``. Unreadable
     images are reported in ``ExtractionReport.rejected`` with their reason, or raise with
     ``strict=True``. Results are made durable every ``checkpoint_every`` images (and at
-    least every 20 s), so a killed run loses at most that much work.
+    least every 20 s), so a killed run loses at most that much work. ``executor``: where to
+    extract (default in this process; ``sfmfeat.executors`` for a Ray cluster).
     """
     start = time.perf_counter()
     image_dir = Path(image_dir)
     names = list(image_names) if image_names is not None else list_images(image_dir)
     if not names:
         raise InputError(f"no images to extract in {image_dir}")
-    extractor = extractor or create_extractor(features, overrides, device=device)
     report = ExtractionReport(output=Path(output))
+    if executor is not None and executor.kind == "ray":
+        from .executors import extract_on_ray
+
+        extract_on_ray(image_dir, names, features, overrides, device, strict, overwrite,
+                       executor, report)
+        return _finish(report, start, image_dir, names)
+    extractor = extractor or create_extractor(features, overrides, device=device)
     with FeatureWriter(output, method=features, config_hash=extractor.config_hash,
                        config=extractor.describe_config(), overwrite=overwrite,
                        spec=extractor.spec, flush_items=checkpoint_every) as writer:
@@ -80,6 +91,11 @@ def extract_features(image_dir: str | Path, output: str | Path, features: str = 
                 _check_features(result, name)
                 writer.write(name, result, (image.shape[1], image.shape[0]), fingerprint)
                 report.extracted.append(name)
+    return _finish(report, start, image_dir, names)
+
+
+def _finish(report: ExtractionReport, start: float, image_dir: Path,
+            names: list[str]) -> ExtractionReport:
     report.seconds = time.perf_counter() - start
     if not report.valid_names:
         raise InputError(f"none of the {len(names)} images in {image_dir} could be read: "

@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import config_to_dict
 from .errors import InputError
@@ -17,6 +17,9 @@ from .matchers import create_matcher
 from .pairs import Pair, unique_pairs
 from .progress import tqdm
 from .store import FeatureReader, MatchWriter
+
+if TYPE_CHECKING:
+    from .executors import ExecutorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +84,15 @@ def features_identity(readers: list[FeatureReader]) -> str:
 def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
                 matcher: str = "mnn-ratio", overrides: dict[str, Any] | None = None,
                 reference_features: str | Path | None = None, device: str | None = None,
-                overwrite: bool = False, checkpoint_every: int = 64) -> MatchingReport:
+                overwrite: bool = False, checkpoint_every: int = 64,
+                executor: ExecutorConfig | None = None) -> MatchingReport:
     """Match every pair; names are looked up in ``features`` then ``reference_features``.
 
     Pairs already stored with the same matcher and features config, and made from the same
     feature records (``store.keypoints_digest``), are skipped; a stored pair whose features
     have changed since is matched again (``MatchingReport.rematched``). Results
     are made durable every ``checkpoint_every`` pairs (and at least every 20 s).
+    ``executor``: where to match (default in this process; ``sfmfeat.executors`` for Ray).
     """
     start = time.perf_counter()
     pairs = unique_pairs(pairs)
@@ -104,6 +109,13 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
         if len({(r.method, r.config_hash) for r in readers}) > 1:
             raise InputError("query and reference features were made with different "
                              f"extractors/configs: {[(r.method, r.config_hash) for r in readers]}")
+        if executor is not None and executor.kind == "ray":
+            from .executors import match_on_ray
+
+            match_on_ray(pairs, readers, output, matcher, overrides, device, overwrite,
+                         executor, report)
+            report.seconds = time.perf_counter() - start
+            return report
         model = create_matcher(matcher, overrides, device=device,
                                features_method=readers[0].method)
         cache = _FeatureCache(readers)
@@ -116,18 +128,7 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
                          features_config_hash=features_identity(readers),
                          overwrite=overwrite, flush_items=checkpoint_every) as writer:
             digests = _FeatureDigests(readers)
-            todo = []
-            for pair in pairs:
-                if pair not in writer:
-                    todo.append(pair)
-                elif writer.stored_digests(*pair) != (digests(pair[0]), digests(pair[1])):
-                    todo.append(pair)
-                    report.rematched += 1
-            report.already_done = len(pairs) - len(todo)
-            if report.rematched:
-                logger.warning("%d stored pair(s) were matched from other features than %s "
-                               "holds now; matching them again", report.rematched,
-                               ", ".join(map(str, paths)))
+            todo = pairs_to_match(pairs, writer, digests, report, paths)
             batch = max(1, model.pairs_per_batch)
             with tqdm(total=len(todo), desc=f"match {matcher}", unit="pair") as progress:
                 for first in range(0, len(todo), batch):
@@ -144,3 +145,21 @@ def match_pairs(pairs: list[Pair], features: str | Path, output: str | Path,
             reader.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def pairs_to_match(pairs: list[Pair], writer: MatchWriter, digests: _FeatureDigests,
+                   report: MatchingReport, paths: list[Path]) -> list[Pair]:
+    """The pairs to (re-)match: new ones and stored ones made from other feature records."""
+    todo = []
+    for pair in pairs:
+        if pair not in writer:
+            todo.append(pair)
+        elif writer.stored_digests(*pair) != (digests(pair[0]), digests(pair[1])):
+            todo.append(pair)
+            report.rematched += 1
+    report.already_done = len(pairs) - len(todo)
+    if report.rematched:
+        logger.warning("%d stored pair(s) were matched from other features than %s "
+                       "holds now; matching them again", report.rematched,
+                       ", ".join(map(str, paths)))
+    return todo

@@ -290,6 +290,19 @@ class _ShardedWriter:
             self._lock.release()
             raise
 
+    @classmethod
+    def shard_sink(cls, path: str | Path, info: StoreInfo) -> "_ShardedWriter":
+        """A writer for a worker process of a run whose driver holds ``path``'s writer: it
+        only adds shards (on ``flush``), takes no lock, resumes nothing and never merges;
+        the driver's writer merges the shards when it closes."""
+        sink = cls.__new__(cls)
+        sink.path, sink.info = Path(path), info
+        sink.shard_dir = sink.path.with_name(sink.path.name + ".partial")
+        sink.flush_items, sink.flush_seconds = 1 << 62, float("inf")
+        sink._buffer, sink._last_flush, sink._closed = [], time.monotonic(), False
+        sink.done, sink.stored_attrs, sink._lock = set(), {}, None
+        return sink
+
     def _resume(self, overwrite: bool) -> None:
         if overwrite:
             self.path.unlink(missing_ok=True)
@@ -357,7 +370,11 @@ class _ShardedWriter:
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        """Flush and merge everything into the final file (atomic replace)."""
+        """Flush and merge everything into the final file (atomic replace); a
+        ``shard_sink`` only flushes."""
+        if self._lock is None:
+            self.flush()
+            return
         try:
             self._merge()
         finally:

@@ -38,6 +38,31 @@ def add_reproducibility_arguments(parser: argparse.ArgumentParser) -> None:
                              "rerun with the same --seed gives the identical model")
 
 
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="where to extract/match: this process (default) or Ray workers "
+                             "(pip install 'sfmfeat[ray]'); images and outputs must be on a "
+                             "file system every node sees")
+    parser.add_argument("--ray-address", metavar="HOST:PORT",
+                        help="a running Ray cluster (`ray start --head` prints it; default: "
+                             "start a local Ray instance)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="Ray workers (default 0: one per CPU, or per GPU on cuda)")
+
+
+def executor_from_args(args: argparse.Namespace):
+    """The ExecutorConfig of --executor (None: in process); fails at once without Ray."""
+    from ..executors import ExecutorConfig, import_ray
+
+    if args.executor == "local":
+        if args.ray_address or args.workers:
+            raise InputError("--ray-address and --workers apply to --executor ray only")
+        return None
+    config = ExecutorConfig(kind="ray", address=args.ray_address, num_workers=args.workers)
+    import_ray()   # before any work
+    return config
+
+
 def _register_extract(subparsers) -> None:
     p = subparsers.add_parser("extract", help="extract local features into an HDF5 file")
     p.add_argument("images", type=Path, help="image folder")
@@ -49,6 +74,7 @@ def _register_extract(subparsers) -> None:
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     p.add_argument("--overwrite", action="store_true", help="discard existing results")
     add_format_argument(p)
+    add_executor_arguments(p)
     p.set_defaults(func=_run_extract)
 
 
@@ -84,7 +110,8 @@ def _run_extract(args) -> int:
     store = _store_path(args)
     report = extract_features(args.images, store, args.features, image_names=names,
                               overrides=parse_overrides(args.conf), device=args.device,
-                              strict=args.strict, overwrite=args.overwrite)
+                              strict=args.strict, overwrite=args.overwrite,
+                              executor=executor_from_args(args))
     _log_rejected(report.rejected)
     if args.format == "hloc":
         from ..hloc import export_features
@@ -166,6 +193,7 @@ def _register_match(subparsers) -> None:
     add_format_argument(p)
     p.add_argument("--int16", action="store_true",
                    help="with --format hloc: int16 matches0 (refused past index 32767)")
+    add_executor_arguments(p)
     p.set_defaults(func=_run_match)
 
 
@@ -182,7 +210,7 @@ def _run_match(args) -> int:
     report = match_pairs(pairs, args.features, store, args.matcher,
                          overrides=parse_overrides(args.conf),
                          reference_features=args.reference_features, device=args.device,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, executor=executor_from_args(args))
     if args.format == "hloc":
         from ..hloc import export_matches
         from ..store import FeatureReader, MatchReader
@@ -233,6 +261,7 @@ def _register_reconstruct(subparsers) -> None:
     p.add_argument("--matches-file", type=Path,
                    help="and from these matches (ours or hloc's; needs --features-file) "
                         "instead of matching: the pairs it holds are used")
+    add_executor_arguments(p)
     p.set_defaults(func=_run_reconstruct)
 
 
@@ -253,7 +282,8 @@ def _run_reconstruct(args) -> int:
     names = read_image_list(args.image_list) if args.image_list else None
     stores = GivenStores(features=args.features_file, matches=args.matches_file)
     result = reconstruct(args.images, args.output, config, image_names=names,
-                         device=args.device, stores=stores)
+                         device=args.device, stores=stores,
+                         executor=executor_from_args(args))
     _log_rejected(result.rejected)
     s = result.summary
     logger.info("registered %d/%d images, %d points, mean track length %.2f, mean "

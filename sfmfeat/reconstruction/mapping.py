@@ -1,4 +1,5 @@
-"""Sparse mapping (incremental or global) of a verified database, and model statistics."""
+"""Sparse mapping (incremental, global or hierarchical) of a verified database, and model
+statistics."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..progress import tqdm
 
 logger = logging.getLogger(__name__)
 
-MAPPERS = ("incremental", "global")
+MAPPERS = ("incremental", "global", "hierarchical")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,16 @@ class MappingConfig:
     num_threads: int = -1
     random_seed: int = -1
     extract_colors: bool = True
+    # hierarchical: the scene is cut into overlapping clusters of at most this many images,
+    # mapped incrementally each (in parallel) and merged (COLMAP's defaults)
+    leaf_max_num_images: int = 500
+    cluster_image_overlap: int = 50
+
+    def __post_init__(self) -> None:
+        if self.leaf_max_num_images < 2 or self.cluster_image_overlap < 0:
+            raise ReconstructionError(
+                f"hierarchical mapping: leaf_max_num_images={self.leaf_max_num_images} (need "
+                f">= 2) and cluster_image_overlap={self.cluster_image_overlap} (need >= 0)")
 
 
 def set_focal_priors(database_path: str | Path) -> int:
@@ -96,6 +107,9 @@ def _map_once(database_path: str | Path, image_dir: str | Path, scratch_parent: 
                     database_path, image_dir, scratch, options,
                     initial_image_pair_callback=lambda: _advance(bar, 2),
                     next_image_callback=lambda: _advance(bar, 1))
+        elif config.mapper == "hierarchical":
+            models = _map_hierarchically(database_path, image_dir, scratch, config,
+                                         min_model_size, num_images, seed)
         else:
             options = pycolmap.GlobalPipelineOptions()
             options.num_threads = config.num_threads
@@ -113,6 +127,27 @@ def _map_once(database_path: str | Path, image_dir: str | Path, scratch_parent: 
     if len(models) > 1:
         logger.info("mapping produced %d models; keeping the largest", len(models))
     return max(models.values(), key=_size)
+
+
+def _map_hierarchically(database_path: str | Path, image_dir: str | Path, scratch: Path,
+                        config: MappingConfig, min_model_size: int, num_images: int,
+                        seed: int) -> dict[int, pycolmap.Reconstruction]:
+    options = pycolmap.HierarchicalPipelineOptions()
+    options.num_threads = config.num_threads
+    # clusters mapped at once; one with one thread, so that a seeded run replays
+    options.num_workers = 1 if config.num_threads == 1 else -1
+    options.clustering_options.leaf_max_num_images = config.leaf_max_num_images
+    options.clustering_options.image_overlap = config.cluster_image_overlap
+    incremental = options.incremental_options
+    incremental.min_model_size = min_model_size
+    incremental.num_threads = config.num_threads
+    incremental.random_seed = seed
+    incremental.extract_colors = config.extract_colors
+    clusters = -(-num_images // config.leaf_max_num_images)
+    logger.info("hierarchical mapping of %d images (%s)", num_images,
+                f"about {clusters} clusters of <= {config.leaf_max_num_images} images"
+                if clusters > 1 else "one cluster: the scene is not partitioned")
+    return pycolmap.hierarchical_mapping(database_path, image_dir, scratch, options)
 
 
 def _advance(bar: tqdm, count: int) -> None:

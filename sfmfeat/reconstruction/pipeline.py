@@ -32,6 +32,7 @@ import pycolmap
 from .. import __version__
 from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, InputError, ReconstructionError
+from ..executors import ExecutorConfig, session, uses_ray
 from ..extract import ExtractionReport, extract_features
 from ..extractors import default_matcher
 from ..features import resolve_device
@@ -98,22 +99,25 @@ _MAPPING_SCRATCH = re.compile(r"models-[A-Za-z0-9_]{8}")  # tempfile.mkdtemp nam
 def reconstruct(image_dir: str | Path, output_dir: str | Path,
                 config: ReconstructionConfig = ReconstructionConfig(),
                 image_names: list[str] | None = None,
-                device: str | None = None, stores: GivenStores | None = None
-                ) -> ReconstructionResult:
+                device: str | None = None, stores: GivenStores | None = None,
+                executor: ExecutorConfig | None = None) -> ReconstructionResult:
     """Photos in ``image_dir`` -> COLMAP model in ``output_dir`` (see the module doc).
 
     ``stores``: features (and matches) files to build from instead of extracting (and
-    matching) into ``output_dir``; any layout the store reads (ours or hloc's)."""
+    matching) into ``output_dir``; any layout the store reads (ours or hloc's).
+    ``executor``: where extraction and matching run (``sfmfeat.executors``; default here);
+    it changes no result, so it is not part of the config or its hash."""
     validate_camera_model(config.camera_model)  # everything cheap is checked before any work
-    if device:
+    if device and not uses_ray(executor):   # the workers resolve it on their nodes
         resolve_device(device)   # only a given device: resolving None would import torch
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} is a file; give a folder")
     with StoreLock(output_dir, inside=True):
         _set_aside_previous_outputs(output_dir)
-        result = _resolve_and_run(image_dir, output_dir, config, image_names, device,
-                                  stores or GivenStores())
+        with session(executor):
+            result = _resolve_and_run(image_dir, output_dir, config, image_names, device,
+                                      stores or GivenStores(), executor)
         shutil.rmtree(output_dir / PREVIOUS_DIR, ignore_errors=True)
     return result
 
@@ -138,7 +142,8 @@ def _set_aside_previous_outputs(output_dir: Path) -> None:
 
 def _resolve_and_run(image_dir: str | Path, output_dir: str | Path,
                      config: ReconstructionConfig, image_names: list[str] | None,
-                     device: str | None, stores: GivenStores) -> ReconstructionResult:
+                     device: str | None, stores: GivenStores,
+                     executor: ExecutorConfig | None) -> ReconstructionResult:
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     if image_names is None:
         image_names = list_images(image_dir)  # fails early on a missing or empty folder
@@ -148,12 +153,13 @@ def _resolve_and_run(image_dir: str | Path, output_dir: str | Path,
     config = replace(config, random_seed=resolve_seed(config.random_seed))
     output_dir.mkdir(parents=True, exist_ok=True)
     with cpu_threads(config.num_threads):
-        return _reconstruct(image_dir, output_dir, config, image_names, device, stores)
+        return _reconstruct(image_dir, output_dir, config, image_names, device, stores,
+                            executor)
 
 
 def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig,
                  image_names: list[str], device: str | None,
-                 stores: GivenStores) -> ReconstructionResult:
+                 stores: GivenStores, executor: ExecutorConfig | None) -> ReconstructionResult:
     timer = StageTimer(logger)
     features_path = stores.features or output_dir / "features.h5"
     matches_path = stores.matches or output_dir / "matches.h5"
@@ -169,7 +175,8 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
             extraction = extract_features(image_dir, features_path, config.features,
                                           image_names=image_names,
                                           overrides=dict(config.feature_options),
-                                          device=device, strict=config.strict)
+                                          device=device, strict=config.strict,
+                                          executor=executor)
     names = [n for n in image_names if n not in extraction.rejected]
     if len(names) < 2:
         raise InputError(f"need at least two readable images in {image_dir}, found "
@@ -186,7 +193,8 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
             matching = MatchingReport(output=matches_path, already_done=len(pairs))
         else:
             matching = match_pairs(pairs, features_path, matches_path, config.matcher,
-                                   overrides=dict(config.matcher_options), device=device)
+                                   overrides=dict(config.matcher_options), device=device,
+                                   executor=executor)
     with timer.stage("database"):
         with FeatureReader(features_path) as features:
             image_ids = write_database(database_path, image_dir, names, features,

@@ -1,0 +1,237 @@
+"""--executor ray (issue 16): identical results to the in-process run, a killed worker
+retried, a killed driver resumed, bad images reported the same way, one-line errors.
+
+One small local Ray instance (2 CPUs, 100 MB object store) serves the module; synthetic
+320×240 images and 200 SIFT keypoints keep it fast."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_helpers import SIFT, assert_same_features, assert_same_matches, require_ray, \
+    scene_images
+from sfmfeat.cli import main
+from sfmfeat.errors import ImageReadError
+from sfmfeat.executors import ExecutorConfig
+from sfmfeat.extract import extract_features
+from sfmfeat.match import match_pairs
+from sfmfeat.pairs import exhaustive
+
+pytestmark = pytest.mark.slow
+
+RAY = ExecutorConfig(kind="ray", images_per_task=1, pairs_per_task=4)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = require_ray()
+    ray.init(address="local", num_cpus=2, object_store_memory=100 << 20,
+             include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Images, and the in-process features and matches of them (SIFT and DISK)."""
+    root = tmp_path_factory.mktemp("ray_reference")
+    images = scene_images(root / "images", num_views=8)
+    names = sorted(p.name for p in images.iterdir())
+    pairs = exhaustive(names)
+    extract_features(images, root / "sift.h5", "sift", overrides=SIFT)
+    match_pairs(pairs, root / "sift.h5", root / "sift-matches.h5", "mnn-ratio")
+    return images, names, pairs, root
+
+
+def test_ray_run_is_array_equal_to_the_in_process_run(local_ray, reference, tmp_path,
+                                                       weights_env):
+    images, names, pairs, root = reference
+    report = extract_features(images, tmp_path / "sift.h5", "sift", overrides=SIFT,
+                              executor=RAY)
+    assert report.extracted == names and not report.rejected
+    assert assert_same_features(tmp_path / "sift.h5", root / "sift.h5") == len(names)
+    matching = match_pairs(pairs, tmp_path / "sift.h5", tmp_path / "m.h5", "mnn-ratio",
+                           executor=RAY)
+    assert matching.matched == len(pairs) and matching.num_matches
+    assert assert_same_matches(tmp_path / "m.h5", root / "sift-matches.h5") == len(pairs)
+    assert not (tmp_path / "m.h5.partial").exists()   # merged, shards removed
+    # a learned extractor (torch on the workers) too, on two images
+    disk = {"max_keypoints": 128, "max_edge": 256}
+    extract_features(images, tmp_path / "disk.h5", "disk", overrides=disk,
+                     image_names=names[:2])
+    extract_features(images, tmp_path / "disk-ray.h5", "disk", overrides=disk,
+                     image_names=names[:2], executor=RAY)
+    assert_same_features(tmp_path / "disk-ray.h5", tmp_path / "disk.h5")
+
+
+def _worker_pids(title: str) -> list[int]:
+    """This user's Ray actor processes of the class ``title`` (Ray sets the process title)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(f"ray::{title}".encode()):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill_a_worker_once_shards_appear(shard_dir: Path, title: str, killed: list[int],
+                                      stop: threading.Event) -> None:
+    while not stop.is_set():
+        if shard_dir.is_dir() and any(shard_dir.glob("shard-*.h5")):
+            for pid in _worker_pids(title)[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("stage", ["extract", "match"])
+def test_a_killed_worker_is_retried_and_the_output_is_identical(local_ray, reference,
+                                                                tmp_path, stage):
+    images, names, pairs, root = reference
+    output = tmp_path / f"{stage}.h5"
+    killed: list[int] = []
+    stop = threading.Event()
+    title = "_ExtractionWorker" if stage == "extract" else "_MatchingWorker"
+    killer = threading.Thread(target=_kill_a_worker_once_shards_appear,
+                              args=(output.with_name(output.name + ".partial"), title,
+                                    killed, stop))
+    killer.start()
+    try:
+        if stage == "extract":
+            report = extract_features(images, output, "sift", overrides=SIFT, executor=RAY)
+            assert report.extracted == names
+        else:
+            report = match_pairs(pairs, root / "sift.h5", output, "mnn-ratio",
+                                 executor=ExecutorConfig(kind="ray", pairs_per_task=1))
+            assert report.matched == len(pairs)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no worker was killed mid-run: the test did not test anything"
+    if stage == "extract":
+        assert_same_features(output, root / "sift.h5")
+    else:
+        assert_same_matches(output, root / "sift-matches.h5")
+
+
+def test_a_killed_driver_resumes_on_rerun(local_ray, reference, tmp_path):
+    images, names, _, root = reference
+    output = tmp_path / "features.h5"
+    shard_dir = output.with_name(output.name + ".partial")
+    # the driver starts its own local Ray instance, in a session of its own so that the
+    # cleanup below reaches whatever it leaves behind
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sfmfeat", "-q", "extract", str(images), "-o", str(output),
+         "--conf", f"max_keypoints={SIFT['max_keypoints']}", "--executor", "ray",
+         "--workers", "1"], start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(shard_dir.glob("shard-*.h5")):
+            if driver.poll() is not None:
+                pytest.fail(f"driver ended before it was killed: {driver.stderr.read()}")
+            if time.monotonic() > deadline:
+                pytest.fail("no shard written within 120 s")
+            time.sleep(0.01)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        driver.wait(30)
+    assert not output.exists()          # the final file is written only at the end
+    report = extract_features(images, output, "sift", overrides=SIFT, executor=RAY)
+    assert report.already_done, "the rerun redid everything"
+    assert sorted(report.already_done + report.extracted) == names
+    assert_same_features(output, root / "sift.h5")
+
+
+@pytest.fixture
+def images_with_a_bad_one(reference, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(reference[0], images)
+    (images / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return images
+
+
+def test_a_bad_image_is_named_and_skipped_like_in_process(local_ray, images_with_a_bad_one,
+                                                          tmp_path):
+    images = images_with_a_bad_one
+    local = extract_features(images, tmp_path / "local.h5", "sift", overrides=SIFT)
+    remote = extract_features(images, tmp_path / "ray.h5", "sift", overrides=SIFT,
+                              executor=RAY)
+    assert list(remote.rejected) == ["broken.jpg"]
+    assert remote.rejected == local.rejected
+    assert remote.extracted == local.extracted
+    assert_same_features(tmp_path / "ray.h5", tmp_path / "local.h5")
+
+
+def test_strict_fails_on_a_bad_image_like_in_process(local_ray, images_with_a_bad_one,
+                                                     tmp_path, capsys):
+    images = images_with_a_bad_one
+    with pytest.raises(ImageReadError) as local:
+        extract_features(images, tmp_path / "local.h5", "sift", overrides=SIFT, strict=True)
+    with pytest.raises(ImageReadError) as remote:
+        extract_features(images, tmp_path / "ray.h5", "sift", overrides=SIFT, strict=True,
+                         executor=RAY)
+    assert str(remote.value) == str(local.value) and "broken.jpg" in str(remote.value)
+    code = main(["-q", "extract", str(images), "-o", str(tmp_path / "cli.h5"), "--strict",
+                 "--executor", "ray"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(lines) == 1 and "broken.jpg" in lines[0], lines
+
+
+def test_cuda_on_a_cluster_without_gpus_is_one_line(local_ray, reference, tmp_path, capsys):
+    if local_ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this machine has a GPU")
+    images = reference[0]
+    code = main(["extract", str(images), "-o", str(tmp_path / "f.h5"), "--executor", "ray",
+                 "--device", "cuda"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith("has no GPU (2 CPUs); pass --device cpu or add "
+                                          "GPU nodes"), err
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_an_unreachable_address_is_one_line(tmp_path, reference):
+    require_ray()
+    images = reference[0]
+    args = ["extract", str(images), "-o", str(tmp_path / "f.h5"), "--executor", "ray"]
+    with socket_on_a_free_port() as port:   # nothing accepts on it
+        run = subprocess.run([sys.executable, "-m", "sfmfeat", *args, "--ray-address",
+                              f"127.0.0.1:{port}"], capture_output=True, text=True,
+                             timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        f"sfmfeat extract: error: cannot reach the Ray cluster at 127.0.0.1:{port}")
+
+
+class socket_on_a_free_port:
+    """A port nobody listens on: bound (so no one else takes it) but not listening."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
