@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,12 @@ from typing import Any
 import numpy as np
 import pycolmap
 
+from ..atomic import write_text_atomic
 from ..errors import InputError
 from ..textfiles import quote_name, read_records
 
 DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 INLOC_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 10.0), (0.5, 10.0), (1.0, 10.0))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def quaternion_wxyz(pose: pycolmap.Rigid3d) -> np.ndarray:
@@ -67,7 +60,7 @@ def write_poses(path: str | Path, poses: Mapping[str, pycolmap.Rigid3d],
         t = np.asarray(pose.translation, dtype=np.float64)
         values = " ".join(f"{v:.10g}" for v in (*q, *t))
         lines.append(f"{quote_name(short)} {values}\n")
-    _atomic_write_text(path, "".join(lines))
+    write_text_atomic(path, "".join(lines), parents=True)
     return path
 
 
@@ -189,7 +182,8 @@ def _jsonable(value: Any) -> Any:
 def write_json(path: str | Path, payload: Any) -> Path:
     """Atomic JSON write (numpy values and poses converted, non-finite floats -> null)."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(_jsonable(payload), indent=1, sort_keys=False) + "\n")
+    write_text_atomic(path, json.dumps(_jsonable(payload), indent=1, sort_keys=False) + "\n",
+                      parents=True)
     return path
 
 

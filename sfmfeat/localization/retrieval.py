@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,12 +31,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import h5py
 import numpy as np
 
+from ..atomic import atomic_path
 from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, ImageReadError, InputError, StoreError
 from ..pairs import Pair, unique_pairs
 from ..progress import tqdm
-from ..store import (SCHEMA_VERSION, FeatureReader, StoreInfo, StoreReader, _item_keys, _item_path,
-                     _open_h5, _ShardedWriter)
+from ..store import (SCHEMA_VERSION, FeatureReader, RecordWriter, StoreInfo, StoreReader,
+                     open_h5, record_path)
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +50,7 @@ DATASET = "global_descriptor"
 
 # ------------------------------------------------------------------------------ store
 
-class GlobalDescriptorWriter(_ShardedWriter):
+class GlobalDescriptorWriter(RecordWriter):
     """Writes one global descriptor per image; ``name in writer`` tells what is done."""
 
     def __init__(self, path: str | Path, method: str, config_hash: str,
@@ -75,16 +75,16 @@ class GlobalDescriptorReader(StoreReader):
     missing_hint = "run `sfmfeat retrieval` first"
 
     def names(self) -> list[str]:
-        return [key[0] for key in _item_keys(self._handle, KIND)]
+        return [key[0] for key in self.keys()]
 
     def __contains__(self, name: str) -> bool:
-        return _item_path(KIND, (name,)) in self._handle
+        return self.has((name,))
 
     def read(self, name: str) -> np.ndarray:
-        path = _item_path(KIND, (name,))
-        if path not in self._handle:
+        group = self.record((name,))
+        if group is None:
             raise StoreError(f"{self.path} has no global descriptor for image {name!r}")
-        return self._handle[path][DATASET][()]
+        return group[DATASET][()]
 
     def read_many(self, names: Sequence[str]) -> np.ndarray:
         """len(names)×D float32."""
@@ -96,7 +96,7 @@ class GlobalDescriptorReader(StoreReader):
         for row, name in enumerate(names):
             # low-level read straight into the output row: ~10x faster than h5py's
             # high-level path lookups, which matters for 100k database images
-            path = f"{_item_path(KIND, (name,))}/{DATASET}".encode()
+            path = f"{record_path((name,))}/{DATASET}".encode()
             try:
                 dataset = h5py.h5d.open(handle_id, path)
             except KeyError:
@@ -369,15 +369,13 @@ class Codebook:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with h5py.File(tmp, "w") as handle:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
             handle.create_dataset("centroids", data=self.centroids.astype(np.float32))
             handle.attrs["schema_version"] = SCHEMA_VERSION
             handle.attrs["kind"] = "vlad_codebook"
             handle.attrs["features_method"] = self.features_method
             handle.attrs["features_config_hash"] = self.features_config_hash
             handle.attrs["config"] = json.dumps(config_to_dict(self.config), sort_keys=True)
-        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -385,7 +383,7 @@ class Codebook:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"VLAD codebook {path} does not exist")
-        with _open_h5(path) as handle:
+        with open_h5(path) as handle:
             if handle.attrs.get("kind") != "vlad_codebook" or "centroids" not in handle:
                 raise StoreError(f"{path} is not a VLAD codebook file")
             config = VladConfig(**json.loads(handle.attrs["config"]))

@@ -29,6 +29,7 @@ import pycolmap
 
 from .. import __version__
 from ..config import config_hash, config_to_dict
+from ..atomic import write_text_atomic
 from ..errors import ConfigError, InputError, ReconstructionError
 from ..extract import ExtractionReport, extract_features
 from ..extractors import default_matcher
@@ -328,6 +329,4 @@ class _HashInput:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
