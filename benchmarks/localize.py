@@ -48,7 +48,7 @@ from sfmfeat.localization.pose import PoseConfig  # noqa: E402
 from sfmfeat.localization.queries import QueryList, queries_from_exif  # noqa: E402
 from sfmfeat.localization.results import pose_errors  # noqa: E402
 from sfmfeat.localization.run import run_localization  # noqa: E402
-from sfmfeat.localization.sfm import LocalizationConfig  # noqa: E402
+from sfmfeat.localization.model_localization import LocalizationConfig  # noqa: E402
 from sfmfeat.match import match_pairs  # noqa: E402
 from sfmfeat.pairs import exhaustive  # noqa: E402
 from sfmfeat.reconstruction.triangulation import (TriangulationConfig,  # noqa: E402

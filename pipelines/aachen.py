@@ -40,7 +40,7 @@ from sfmfeat.localization.pose import PoseConfig
 from sfmfeat.localization.queries import QueryList, read_query_lists
 from sfmfeat.localization.results import format_recall
 from sfmfeat.localization.run import netvlad_retrieval, run_localization, vlad_retrieval
-from sfmfeat.localization.sfm import LocalizationConfig
+from sfmfeat.localization.model_localization import LocalizationConfig
 from sfmfeat.extractors import default_matcher
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import Pair, exhaustive, read_pairs, write_pairs

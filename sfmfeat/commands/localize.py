@@ -82,7 +82,7 @@ def run(args) -> int:
     from ..localization.queries import queries_from_exif, read_query_lists
     from ..localization.results import format_recall
     from ..localization.run import run_localization
-    from ..localization.sfm import LocalizationConfig
+    from ..localization.model_localization import LocalizationConfig
 
     if not args.model.is_dir():
         raise InputError(f"model folder {args.model} does not exist")

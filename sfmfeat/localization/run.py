@@ -27,7 +27,7 @@ from ..store import FeatureReader, FeatureStores, MatchReader, check_matches_lin
 from .queries import QueryList
 from .results import (DEFAULT_THRESHOLDS, evaluate, format_recall, read_poses, write_json,
                       write_poses, write_query_log)
-from .sfm import LocalizationConfig, LocalizationReport, ModelIndex, localize, \
+from .model_localization import LocalizationConfig, LocalizationReport, ModelIndex, localize, \
     retrieval_from_pairs
 
 logger = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def run_localization(model: str | Path | pycolmap.Reconstruction,
     else:
         report = LocalizationReport()
     seconds["localize"] = time.perf_counter() - start
-    from .sfm import QueryResult
+    from .model_localization import QueryResult
 
     for key, message in errors.items():
         report.results[key] = QueryResult(name=key, status="error", reason=message)

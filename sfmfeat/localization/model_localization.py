@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,5 +360,3 @@ def retrieval_from_pairs(pairs: Iterable[Pair], queries: Iterable[str]) -> dict[
             result.setdefault(name1, []).append(name0)
     return result
 
-
-PairsFunction = Callable[[list[str]], list[Pair]]
