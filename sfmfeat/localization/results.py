@@ -199,3 +199,37 @@ def read_query_log(path: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(f"cannot read localization log {path}: {err}") from None
+
+
+def summary_text(results: Mapping[str, Any], poses_path: str | Path,
+                 log_path: str | Path | None = None,
+                 evaluation: Mapping[str, Any] | None = None,
+                 groups: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """What a localization run prints at the end (every verb and pipeline): the counts,
+    one line per query not localized, the mean per-query timings, per-group counts and
+    recall (``groups``: e.g. InLoc's floors) and the recall against ground truth.
+
+    results: query -> result (anything with ``localized``, ``status``, ``reason`` and
+    ``timings``)."""
+    localized = sum(bool(r.localized) for r in results.values())
+    lines = [f"localized {localized} of {len(results)} queries -> {poses_path}"
+             + (f" (log: {log_path})" if log_path else "")]
+    for name, result in results.items():
+        if not result.localized:   # most reasons already name the query
+            reason = result.reason or result.status
+            lines.append(f"  not localized: {reason if name in reason else f'{name}: {reason}'}")
+    keys = sorted({k for r in results.values() for k in r.timings})
+    if keys:
+        lines.append("mean seconds per query: " + ", ".join(
+            f"{k} {np.mean([r.timings[k] for r in results.values() if k in r.timings]):.3f}"
+            for k in keys))
+    for group, entry in (groups or {}).items():
+        line = f"{group}: {entry['num_localized']}/{entry['num_queries']} localized"
+        if "recall" in entry:
+            line += " | recall " + " / ".join(
+                f"({t:g}m,{r:g}°) {100 * v:.1f}%"
+                for (t, r), v in zip(entry["thresholds"], entry["recall"]))
+        lines.append(line)
+    if evaluation is not None:
+        lines.append(format_recall(evaluation))
+    return "\n".join(lines)

@@ -360,6 +360,7 @@ class Codebook:
     features_method: str
     features_config_hash: str
     config: VladConfig
+    training_digest: str = ""                # the database images it was learned on
 
     @property
     def digest(self) -> str:
@@ -376,6 +377,7 @@ class Codebook:
             handle.attrs["features_method"] = self.features_method
             handle.attrs["features_config_hash"] = self.features_config_hash
             handle.attrs["config"] = json.dumps(config_to_dict(self.config), sort_keys=True)
+            handle.attrs["training_digest"] = self.training_digest
         return path
 
     @classmethod
@@ -390,7 +392,8 @@ class Codebook:
             return cls(centroids=handle["centroids"][()],
                        features_method=str(handle.attrs["features_method"]),
                        features_config_hash=str(handle.attrs["features_config_hash"]),
-                       config=config)
+                       config=config,
+                       training_digest=str(handle.attrs.get("training_digest", "")))
 
 
 def kmeans(data: np.ndarray, num_clusters: int, iterations: int = 25, seed: int = 0,
@@ -488,7 +491,19 @@ def train_vlad_codebook(features: str | Path, db_names: Sequence[str],
     logger.info("VLAD codebook: %d clusters from %d descriptors of %d images in %.1f s",
                 config.num_clusters, len(data), len(db_names), time.perf_counter() - start)
     return Codebook(centroids=centroids, features_method=method, features_config_hash=fhash,
-                    config=config)
+                    config=config, training_digest=names_digest(db_names))
+
+
+def names_digest(names: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def vlad_identity(codebook: Codebook, features_method: str) -> tuple[str, dict[str, Any]]:
+    """(config hash, config) of the VLAD descriptors made with ``codebook``."""
+    config = {"method": "vlad", "vlad": config_to_dict(codebook.config),
+              "codebook": codebook.digest, "features": features_method,
+              "features_config_hash": codebook.features_config_hash}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16], config
 
 
 def compute_vlad(features: str | Path, output: str | Path, codebook: Codebook,
@@ -501,10 +516,7 @@ def compute_vlad(features: str | Path, output: str | Path, codebook: Codebook,
                 f"(config {codebook.features_config_hash}) but {features} holds "
                 f"{reader.method} (config {reader.config_hash}); learn a new codebook")
         names = list(names) if names is not None else reader.names()
-        config = {"method": "vlad", "vlad": config_to_dict(codebook.config),
-                  "codebook": codebook.digest, "features": reader.method,
-                  "features_config_hash": reader.config_hash}
-        chash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+        chash, config = vlad_identity(codebook, reader.method)
         with GlobalDescriptorWriter(output, "vlad", chash, config,
                                     overwrite=overwrite) as writer:
             for name in tqdm([n for n in names if n not in writer], desc="vlad", unit="img"):
@@ -536,3 +548,270 @@ def compute_global_descriptors(image_dir: str | Path, output: str | Path,
                 continue
             writer.write(name, describe(image))
     return Path(output)
+
+
+# ---------------------------------------------------------------- methods and the policy
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How query images find their database images by global descriptor."""
+
+    method: str = "vlad"                     # a name of RETRIEVAL_METHODS
+    num_neighbors: int = 20
+    min_score: float | None = None
+    memory_mb: float = 512.0
+    vlad: VladConfig = VladConfig()          # the "vlad" method's codebook and encoding
+
+    def __post_init__(self) -> None:
+        if self.method not in RETRIEVAL_METHODS:
+            raise ConfigError(f"unknown retrieval method {self.method!r}; choose one of "
+                              + ", ".join(RETRIEVAL_METHODS))
+        if self.num_neighbors < 1:
+            raise ConfigError(f"RetrievalConfig.num_neighbors={self.num_neighbors}: must "
+                              "be >= 1")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """One side of a retrieval: image names and where their input lives (the image
+    folder, the local features or a descriptor file, as the method needs)."""
+
+    names: tuple[str, ...]
+    images: Path | None = None
+    features: Path | None = None
+    descriptors: Path | None = None
+
+
+class RetrievalMethod(Protocol):
+    """A registered way of making global descriptors (see ``RETRIEVAL_METHODS``)."""
+
+    name: str
+    needs: str        # the ImageSet field it reads: "images", "features" or "descriptors"
+
+    def prepare(self, database: ImageSet, work_dir: Path) -> None:
+        """Whatever the method learns from the database (e.g. VLAD's codebook)."""
+
+    def identity(self, images: ImageSet) -> tuple[str, dict[str, Any]]:
+        """(config hash, config) of the descriptors it makes of ``images``."""
+
+    def compute(self, images: ImageSet, output: Path, overwrite: bool) -> None:
+        """Write the missing descriptors of ``images`` into ``output`` (resumable)."""
+
+
+class VladMethod:
+    """VLAD over the local features; the codebook is learned on the database images once
+    and kept in the work folder, keyed on the features' and VLAD's config hashes."""
+
+    name = "vlad"
+    needs = "features"
+
+    def __init__(self, config: RetrievalConfig, device: str | None = None,
+                 codebook_path: Path | None = None) -> None:
+        self.config = config.vlad
+        self.codebook_path = codebook_path   # a user's file: must fit, never retrained
+        self.codebook: Codebook | None = None
+
+    def prepare(self, database: ImageSet, work_dir: Path) -> None:
+        with FeatureReader(_source(database, "features", self.name)) as reader:
+            features_hash = reader.config_hash
+        training = names_digest(database.names)
+        path = self.codebook_path or work_dir / (
+            f"vlad-codebook-{features_hash}-{config_hash('vlad', self.config)}.h5")
+        if path.is_file():
+            codebook = Codebook.load(path)
+            fits = (codebook.features_config_hash == features_hash
+                    and codebook.config == self.config
+                    and codebook.training_digest in ("", training))
+            if fits:
+                logger.info("VLAD codebook: already done (%s)", path)
+                self.codebook = codebook
+                return
+            if self.codebook_path is not None:
+                raise InputError(f"codebook {path} was learned on other features, database "
+                                 "images or VLAD settings; remove --codebook to learn one")
+        self.codebook = train_vlad_codebook(database.features, list(database.names),
+                                            self.config)
+        self.codebook.save(path)
+        logger.info("VLAD codebook -> %s", path)
+
+    def identity(self, images: ImageSet) -> tuple[str, dict[str, Any]]:
+        if self.codebook is None:
+            raise StoreError("VladMethod.prepare must run before its descriptors")
+        with FeatureReader(_source(images, "features", self.name)) as reader:
+            return vlad_identity(self.codebook, reader.method)
+
+    def compute(self, images: ImageSet, output: Path, overwrite: bool) -> None:
+        compute_vlad(images.features, output, self.codebook, list(images.names),
+                     overwrite=overwrite)
+
+
+class ImageMethod:
+    """A network that maps an image to its global descriptor (NetVLAD, ContextDesc's
+    regional map); the network is built only when a descriptor is missing."""
+
+    needs = "images"
+
+    def __init__(self, name: str, config: Any, build: Callable[[], Callable[[np.ndarray],
+                                                                          np.ndarray]]):
+        self.name, self.config, self.build = name, config, build
+
+    def prepare(self, database: ImageSet, work_dir: Path) -> None:
+        return None
+
+    def identity(self, images: ImageSet) -> tuple[str, dict[str, Any]]:
+        return config_hash(self.name, self.config), {"method": self.name,
+                                                     "config": config_to_dict(self.config)}
+
+    def compute(self, images: ImageSet, output: Path, overwrite: bool) -> None:
+        compute_global_descriptors(_source(images, "images", self.name), output,
+                                   self.build(), self.name, self.config,
+                                   image_names=list(images.names), overwrite=overwrite)
+
+
+class StoredMethod:
+    """Descriptors made elsewhere (ours or hloc's ``global-feats-*.h5``), used as they are."""
+
+    name = "stored"
+    needs = "descriptors"
+
+    def prepare(self, database: ImageSet, work_dir: Path) -> None:
+        return None
+
+    def identity(self, images: ImageSet) -> tuple[str, dict[str, Any]]:
+        with GlobalDescriptorReader(_source(images, "descriptors", self.name)) as reader:
+            return reader.config_hash, reader.config
+
+    def compute(self, images: ImageSet, output: Path, overwrite: bool) -> None:
+        with GlobalDescriptorReader(output) as reader:
+            absent = [n for n in images.names if n not in reader]
+        raise InputError(f"{len(absent)} image(s) have no descriptor in {output} (method "
+                         f"stored computes none): {', '.join(absent[:5])}")
+
+
+def _netvlad(preset: str) -> Callable[..., RetrievalMethod]:
+    def create(config: RetrievalConfig, device: str | None = None, **_: Any) -> ImageMethod:
+        from . import netvlad
+
+        weights = netvlad.PRESETS[preset]
+        return ImageMethod(preset, weights, lambda: netvlad.NetVladDescriber(weights,
+                                                                             device=device))
+    return create
+
+
+def _contextdesc(config: RetrievalConfig, device: str | None = None,
+                 **_: Any) -> ImageMethod:
+    from ..extractors import resolve_spec
+
+    spec = resolve_spec("contextdesc++")
+    return ImageMethod("contextdesc-regional", spec.config,
+                       lambda: spec.build(device).global_descriptor)
+
+
+# name -> factory(config, device, **options); register more with register_retrieval_method
+RETRIEVAL_METHODS: dict[str, Callable[..., RetrievalMethod]] = {
+    "vlad": VladMethod,
+    "netvlad": _netvlad("netvlad"),
+    "netvlad-tokyotm": _netvlad("netvlad-tokyotm"),
+    "contextdesc": _contextdesc,
+    "stored": lambda config, device=None, **_: StoredMethod(),
+}
+
+
+def retrieval_needs(method: str) -> str:
+    """What a registered method reads: "images", "features" or "descriptors"."""
+    config = RetrievalConfig(method=method)
+    return RETRIEVAL_METHODS[method](config).needs
+
+
+def register_retrieval_method(name: str, factory: Callable[..., RetrievalMethod]) -> None:
+    RETRIEVAL_METHODS[name] = factory
+
+
+def _source(images: ImageSet, field: str, method: str) -> Path:
+    value = getattr(images, field)
+    if value is None:
+        raise InputError(f"retrieval method {method} needs the {field} of the images "
+                         f"({images.names[0] if images.names else 'none given'}, ...)")
+    return Path(value)
+
+
+def available_names(method: RetrievalMethod, images: ImageSet) -> list[str]:
+    """Every image the method could describe from ``images``' source."""
+    source = _source(images, method.needs, method.name)
+    if method.needs == "features":
+        with FeatureReader(source) as reader:
+            return reader.names()
+    if method.needs == "descriptors":
+        with GlobalDescriptorReader(source) as reader:
+            return reader.names()
+    from ..images import list_images
+
+    return list_images(source)
+
+
+def describe(method: RetrievalMethod, images: ImageSet, output: Path) -> list[str]:
+    """Make sure ``output`` holds ``images``' descriptors of the method's current config
+    (resumed when partial, recomputed when made otherwise); the names it holds."""
+    chash, _ = method.identity(images)
+    if output.is_file() and not output.with_name(output.name + ".partial").exists():
+        with GlobalDescriptorReader(output) as reader:
+            same = reader.config_hash == chash
+            stored = set(reader.names()) if same else set()
+        if same and stored.issuperset(images.names):
+            logger.info("%s descriptors: already done (%s)", method.name, output)
+            return list(images.names)
+        if not same:
+            logger.info("%s was made with another config: recomputing it", output)
+    else:
+        same = True
+    method.compute(images, output, overwrite=not same)
+    with GlobalDescriptorReader(output) as reader:
+        stored = set(reader.names())
+    dropped = [n for n in images.names if n not in stored]
+    if dropped:   # unreadable images: reported by the method, left out of retrieval
+        logger.warning("%d image(s) without a global descriptor, left out: %s", len(dropped),
+                       ", ".join(dropped[:5]))
+    return [n for n in images.names if n in stored]
+
+
+def retrieve(queries: ImageSet, database: ImageSet, work_dir: str | Path,
+             config: RetrievalConfig = RetrievalConfig(), device: str | None = None,
+             descriptors: tuple[Path | None, Path | None] = (None, None),
+             codebook: Path | None = None) -> list[Pair]:
+    """(query, database image) pairs by global descriptor: the one retrieval policy.
+
+    Resumable step by step: the method's database model (VLAD's codebook), then the
+    database's and the queries' descriptors, each kept in ``work_dir`` under a name keyed
+    on the inputs' and the method's config hashes, reused when complete ("already done"),
+    resumed when partial. ``descriptors``: (query, database) files instead of those
+    names (one file when both sides read the same source); ``codebook``: a given VLAD
+    codebook file (must fit). When both sides are the same images, reversed duplicates are
+    dropped."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    method = RETRIEVAL_METHODS[config.method](config, device=device, codebook_path=codebook)
+    method.prepare(database, work_dir)
+    shared = getattr(queries, method.needs) == getattr(database, method.needs)
+    if shared:
+        both = ImageSet(tuple(dict.fromkeys(queries.names + database.names)),
+                        queries.images, queries.features, queries.descriptors)
+        path = descriptors[0] or descriptors[1] or _keyed(work_dir, method, both, "global")
+        kept = set(describe(method, both, path))
+        query_path = db_path = path
+    else:
+        query_path = descriptors[0] or _keyed(work_dir, method, queries, "query")
+        db_path = descriptors[1] or _keyed(work_dir, method, database, "db")
+        kept = set(describe(method, database, db_path)) | set(
+            describe(method, queries, query_path))
+    query_names = [n for n in queries.names if n in kept]
+    db_names = [n for n in database.names if n in kept]
+    return pairs_from_store(query_path, config.num_neighbors, query_names=query_names,
+                            db_names=db_names, db_descriptors=db_path,
+                            min_score=config.min_score, memory_mb=config.memory_mb)
+
+
+def _keyed(work_dir: Path, method: RetrievalMethod, images: ImageSet, side: str) -> Path:
+    if method.needs == "descriptors":
+        return Path(images.descriptors)
+    chash, _ = method.identity(images)
+    return work_dir / f"{side}-{method.name}-{chash}.h5"
