@@ -405,9 +405,11 @@ def results_step(report: LocalizationReport, model: ModelInputs, query_dir: Path
                          "query_dir": str(query_dir.resolve())}   # for `sfmfeat report`
     if evaluation is not None:
         summary["evaluation"] = {k: v for k, v in evaluation.items() if k != "per_query"}
-    key = step_key(log=report.log(), summary={k: v for k, v in summary.items()
-                                              if k != "seconds"},
-                   prepend=config.prepend_camera_name)
+    timing = ("seconds", "mean_seconds_per_query", "timings")   # not what the files say
+    key = step_key(log={n: {k: v for k, v in e.items() if k not in timing}
+                        for n, e in report.log().items()},
+                   summary={k: v for k, v in summary.items() if k not in timing},
+                   poses_name=config.poses_name, prepend=config.prepend_camera_name)
 
     def compute() -> tuple[Path, Path]:
         write_poses(poses_path, report.poses, config.prepend_camera_name)
