@@ -47,7 +47,7 @@ from sfmfeat.localization.leave_one_out import (colmap_sift_model, leave_one_out
 from sfmfeat.localization.pose import PoseConfig  # noqa: E402
 from sfmfeat.localization.queries import QueryList, queries_from_exif  # noqa: E402
 from sfmfeat.localization.results import pose_errors  # noqa: E402
-from sfmfeat.localization.run import run_localization  # noqa: E402
+from sfmfeat.localization.run import LocalizationRunConfig, run_localization  # noqa: E402
 from sfmfeat.localization.model_localization import LocalizationConfig  # noqa: E402
 from sfmfeat.match import match_pairs  # noqa: E402
 from sfmfeat.pairs import exhaustive  # noqa: E402

@@ -1,7 +1,8 @@
 """Reconstruct the same images with several features and compare the CVPR'17 statistics.
 
     python -m pipelines.benchmark_reconstruction --images DIR --features sift,rootsift,disk
-        --outputs OUT [--matcher mnn-ratio] [--dense] [--image-list FILE] [--seed 0] [--rerun]
+        --outputs OUT [--conf KEY=VALUE] [--matcher mnn-ratio] [--matcher-conf KEY=VALUE]
+        [--dense] [--image-list FILE] [--seed 0] [--rerun]
 
 Outputs (``--outputs``):
     <features>/         one reconstruction per feature (features.h5, matches.h5, database.db,
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from sfmfeat.atomic import write_text_atomic
 from sfmfeat.cli import run_guarded, setup_logging
+from sfmfeat.config import parse_overrides
 from sfmfeat.benchmarks.reconstruction import benchmark, markdown_table, to_json
 from sfmfeat.extractors import check_feature_names
 from sfmfeat.images import read_image_list
@@ -82,7 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--features", required=True, help="feature presets, comma-separated")
     p.add_argument("--outputs", type=Path, required=True)
+    p.add_argument("--conf", action="append", metavar="KEY=VALUE",
+                   help="extractor config override for every feature (repeatable)")
     p.add_argument("--matcher", default="mnn-ratio")
+    p.add_argument("--matcher-conf", action="append", metavar="KEY=VALUE",
+                   help="matcher config override (repeatable)")
     p.add_argument("--pairs", default="exhaustive",
                    help="exhaustive, sequential or a pairs file")
     p.add_argument("--min-num-inliers", type=int, default=15)
@@ -105,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         config = BenchmarkConfig(
             features=features, reconstruction=ReconstructionConfig(
                 matcher=args.matcher, pairs=args.pairs, random_seed=args.seed,
-                min_num_inliers=args.min_num_inliers),
+                min_num_inliers=args.min_num_inliers,
+                feature_options=tuple(parse_overrides(args.conf).items()),
+                matcher_options=tuple(parse_overrides(args.matcher_conf).items())),
             image_list=args.image_list, dense=args.dense,
             dense_max_image_size=args.dense_max_image_size, rerun=args.rerun,
             device=args.device)

@@ -511,17 +511,21 @@ class FeatureWriter(RecordWriter):
         self.add((name,), datasets, attrs)
 
 
-class FeatureReader(StoreReader):
-    """Read access to a finished features.h5."""
-
-    kind = "features"
-    missing_hint = "run `sfmfeat extract` first"
+class ImageRecordReader(StoreReader):
+    """A store of one record per image: ``names()`` and ``name in reader``."""
 
     def names(self) -> list[str]:
         return [key[0] for key in self.keys()]
 
     def __contains__(self, name: str) -> bool:
         return self.has((name,))
+
+
+class FeatureReader(ImageRecordReader):
+    """Read access to a finished features.h5."""
+
+    kind = "features"
+    missing_hint = "run `sfmfeat extract` first"
 
     def _group(self, name: str) -> h5py.Group:
         path = record_path((name,))

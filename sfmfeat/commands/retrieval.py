@@ -18,7 +18,6 @@ from ..images import read_image_list
 logger = logging.getLogger(__name__)
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "retrieval", help="global descriptors and retrieval pairs (VLAD, NetVLAD)",

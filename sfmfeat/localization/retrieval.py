@@ -36,7 +36,7 @@ from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, ImageReadError, InputError, StoreError
 from ..pairs import Pair, unique_pairs
 from ..progress import tqdm
-from ..store import (SCHEMA_VERSION, FeatureReader, RecordWriter, StoreInfo, StoreReader,
+from ..store import (SCHEMA_VERSION, FeatureReader, ImageRecordReader, RecordWriter, StoreInfo,
                      open_h5, record_path)
 
 if TYPE_CHECKING:
@@ -68,17 +68,11 @@ class GlobalDescriptorWriter(RecordWriter):
         self.add((name,), {DATASET: descriptor}, {"name": name})
 
 
-class GlobalDescriptorReader(StoreReader):
+class GlobalDescriptorReader(ImageRecordReader):
     """Read access to a finished global-descriptor file."""
 
     kind = KIND
     missing_hint = "run `sfmfeat retrieval` first"
-
-    def names(self) -> list[str]:
-        return [key[0] for key in self.keys()]
-
-    def __contains__(self, name: str) -> bool:
-        return self.has((name,))
 
     def read(self, name: str) -> np.ndarray:
         group = self.record((name,))
@@ -730,8 +724,11 @@ def register_retrieval_method(name: str, factory: Callable[..., RetrievalMethod]
 def _source(images: ImageSet, field: str, method: str) -> Path:
     value = getattr(images, field)
     if value is None:
-        raise InputError(f"retrieval method {method} needs the {field} of the images "
-                         f"({images.names[0] if images.names else 'none given'}, ...)")
+        what = {"images": "the folder of the images", "features": "their local features",
+                "descriptors": "a global-descriptor file"}[field]
+        example = f" (e.g. {images.names[0]})" if images.names else ""
+        raise InputError(f"retrieval method {method} reads {what}, which was not given for "
+                         f"{len(images.names)} image(s){example}")
     return Path(value)
 
 
