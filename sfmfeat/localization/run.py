@@ -289,9 +289,10 @@ def query_pairs_step(source: PairsSource, features: QueryFeatures, model: ModelI
         if not names:
             pairs: list[Pair] = []
         elif isinstance(source, RetrievalConfig):
+            # sorted: the codebook's training sample must not follow the model's image order
+            database = tuple(sorted(model.db_names))
             pairs = retrieve(ImageSet(tuple(names), query_dir, features.path),
-                             ImageSet(tuple(model.db_names), config.db_images,
-                                      model.db_features),
+                             ImageSet(database, config.db_images, model.db_features),
                              output.parent, source, device=config.device)
         else:
             pairs = resolve_pairs(source, names, model.db_names)
