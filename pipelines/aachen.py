@@ -36,6 +36,7 @@ import pycolmap
 
 from sfmfeat.atomic import write_text_atomic
 from sfmfeat.cli import run_guarded, setup_logging
+from sfmfeat.commands.core import add_conf_argument
 from sfmfeat.commands.report import add_no_report_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.errors import InputError
@@ -302,11 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outputs", type=Path, required=True)
     p.add_argument("--version", default="1.0", choices=sorted(LAYOUT))
     p.add_argument("--features", default="sift")
-    p.add_argument("--conf", action="append", metavar="KEY=VALUE",
-                   help="extractor config override (repeatable)")
+    add_conf_argument(p)
     p.add_argument("--matcher", help="matcher preset (default: the extractor's own)")
-    p.add_argument("--matcher-conf", action="append", metavar="KEY=VALUE",
-                   help="matcher config override (repeatable)")
+    add_conf_argument(p, "--matcher-conf", "matcher")
     p.add_argument("--protocol", default="full", choices=("full", "local"))
     p.add_argument("--retrieval", default="vlad",
                    help="exhaustive, or a retrieval method: vlad (no weights), netvlad, ...")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sfmfeat.atomic import write_text_atomic
 from sfmfeat.cli import run_guarded, setup_logging
+from sfmfeat.commands.core import add_conf_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.benchmarks.reconstruction import benchmark, markdown_table, to_json
 from sfmfeat.extractors import check_feature_names
@@ -84,11 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--features", required=True, help="feature presets, comma-separated")
     p.add_argument("--outputs", type=Path, required=True)
-    p.add_argument("--conf", action="append", metavar="KEY=VALUE",
-                   help="extractor config override for every feature (repeatable)")
+    add_conf_argument(p)
     p.add_argument("--matcher", default="mnn-ratio")
-    p.add_argument("--matcher-conf", action="append", metavar="KEY=VALUE",
-                   help="matcher config override (repeatable)")
+    add_conf_argument(p, "--matcher-conf", "matcher")
     p.add_argument("--pairs", default="exhaustive",
                    help="exhaustive, sequential or a pairs file")
     p.add_argument("--min-num-inliers", type=int, default=15)

@@ -35,6 +35,7 @@ from sfmfeat.benchmarks.hpatches import (EXCLUDED_SEQUENCES, PLOT_THRESHOLDS, Ho
                                          evaluate_method, list_sequences, load_cache,
                                          save_cache, summarize_cache)
 from sfmfeat.cli import run_guarded, setup_logging
+from sfmfeat.commands.core import add_conf_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.extractors import check_feature_names
 
@@ -140,9 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", required=True, help="feature preset(s), comma-separated")
     p.add_argument("--outputs", type=Path, required=True)
     p.add_argument("--matcher", default="mnn", help="matcher preset (protocol: mnn)")
-    p.add_argument("--conf", action="append", metavar="KEY=VALUE",
-                   help="extractor config override (repeatable)")
-    p.add_argument("--matcher-conf", action="append", metavar="KEY=VALUE")
+    add_conf_argument(p)
+    add_conf_argument(p, "--matcher-conf", "matcher")
     p.add_argument("--top-k", type=int, help="keep the K highest-scoring features per image")
     p.add_argument("--compare", nargs="*", metavar="[NAME=]CACHE.npy",
                    help="published caches to report and plot beside ours")

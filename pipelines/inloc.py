@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sfmfeat.cli import run_guarded, setup_logging
+from sfmfeat.commands.core import add_conf_argument
 from sfmfeat.commands.report import add_no_report_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.errors import InputError
@@ -205,11 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", type=Path, required=True)
     parser.add_argument("--pairs", type=Path, help="query-cutout pairs file (else retrieval)")
     parser.add_argument("--features", default="sift", help="local feature preset")
-    parser.add_argument("--conf", action="append", metavar="KEY=VALUE",
-                        help="extractor config override (repeatable)")
+    add_conf_argument(parser)
     parser.add_argument("--matcher", help="matcher preset (default: the extractor's own)")
-    parser.add_argument("--matcher-conf", action="append", metavar="KEY=VALUE",
-                        help="matcher config override (repeatable)")
+    add_conf_argument(parser, "--matcher-conf", "matcher")
     parser.add_argument("--retrieval", default="vlad",
                         help="a retrieval method: vlad (no weights), netvlad, ...")
     parser.add_argument("--num-neighbors", type=int, default=40)

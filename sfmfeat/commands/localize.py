@@ -10,6 +10,7 @@ from pathlib import Path
 from ..config import parse_overrides
 from ..errors import InputError
 from ..runtime import resolve_seed
+from .core import add_conf_argument
 from .report import add_no_report_argument
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,11 @@ def add_localize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query-matches", type=Path,
                    help="and their matches to the database images (ours or hloc's; needs "
                         "--query-features) instead of matching")
-    p.add_argument("--conf", action="append", metavar="KEY=VALUE",
-                   help="extractor config override (repeatable)")
+    add_conf_argument(p)
     p.add_argument("--matcher", help="matcher preset (default: the one the model was built "
                                       "with, from MODEL's matches.h5 or summary.json, else "
                                       "the extractor's default)")
-    p.add_argument("--matcher-conf", action="append", metavar="KEY=VALUE")
+    add_conf_argument(p, "--matcher-conf", "matcher")
     p.add_argument("--ransac-max-error", type=float, default=12.0, help="PnP threshold (px)")
     p.add_argument("--min-inliers", type=int, default=12)
     p.add_argument("--covisibility-clustering", action="store_true")
