@@ -47,8 +47,8 @@ from sfmfeat.localization.leave_one_out import (colmap_sift_model, leave_one_out
 from sfmfeat.localization.pose import PoseConfig  # noqa: E402
 from sfmfeat.localization.queries import QueryList, queries_from_exif  # noqa: E402
 from sfmfeat.localization.results import pose_errors  # noqa: E402
-from sfmfeat.localization.run import run_localization  # noqa: E402
-from sfmfeat.localization.sfm import LocalizationConfig  # noqa: E402
+from sfmfeat.localization.run import LocalizationRunConfig, run_localization  # noqa: E402
+from sfmfeat.localization.model_localization import LocalizationConfig  # noqa: E402
 from sfmfeat.match import match_pairs  # noqa: E402
 from sfmfeat.pairs import exhaustive  # noqa: E402
 from sfmfeat.reconstruction.triangulation import (TriangulationConfig,  # noqa: E402
@@ -116,10 +116,12 @@ def section_night(work: Path, args) -> None:
     poses = {}
     for label, ratio in (("mnn + ratio 0.8", 0.8), ("mnn + ratio 0.9", 0.9)):
         out = Path(tempfile.mkdtemp(prefix="night-", dir=work))
-        run = run_localization(model, features, QUERY, queries, out, features="sift",
-                               feature_overrides=conf, matcher="mnn-ratio",
-                               matcher_overrides={"ratio": ratio},
-                               config=LocalizationConfig(pose=PoseConfig(random_seed=0)))
+        run = run_localization(model, features, QUERY, queries, out,
+                               config=LocalizationRunConfig(
+                                   features="sift", feature_overrides=conf,
+                                   matcher="mnn-ratio", matcher_overrides={"ratio": ratio},
+                                   localization=LocalizationConfig(
+                                       pose=PoseConfig(random_seed=0))))
         r = run.report.results["night.jpg"]
         print(f"sift preset (max_edge 1600, 8192 kp), db mnn + known-pose verification, "
               f"query {label}: {r.status}, {r.num_inliers} PnP inliers of "
@@ -172,8 +174,9 @@ def section_speed(work: Path, args) -> None:
     qlist = QueryList(cameras={names[q]: camera for q in queries})
     out = Path(tempfile.mkdtemp(prefix="speed-", dir=work))
     run = run_localization(model, features, work / "synthetic30_1280", qlist, out,
-                           pairs=query_pairs, features="sift", matcher="mnn",
-                           config=LocalizationConfig(pose=PoseConfig(random_seed=0)))
+                           pairs=query_pairs, config=LocalizationRunConfig(
+                               features="sift", matcher="mnn", localization=LocalizationConfig(
+                                   pose=PoseConfig(random_seed=0))))
     ours = []
     for q in queries:
         r = run.report.results[names[q]]

@@ -26,13 +26,16 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from sfmfeat.atomic import write_text_atomic
 from sfmfeat.benchmarks.curves import draw_mma_curves
 from sfmfeat.benchmarks.hpatches import (EXCLUDED_SEQUENCES, PLOT_THRESHOLDS, HomographyConfig,
                                          evaluate_method, list_sequences, load_cache,
                                          save_cache, summarize_cache)
 from sfmfeat.cli import run_guarded, setup_logging
+from sfmfeat.commands.core import add_conf_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.extractors import check_feature_names
 
@@ -55,10 +58,27 @@ def parse_compare(items: list[str] | None) -> dict[str, Path]:
     return result
 
 
-def run(args: argparse.Namespace) -> dict:
-    feature_names = check_feature_names([f.strip() for f in args.features.split(",")
-                                         if f.strip()])
-    sequences, dropped = list_sequences(args.dataset, () if args.keep_high_resolution
+@dataclass(frozen=True)
+class HPatchesConfig:
+    """One HPatches run (the options of ``python -m pipelines.hpatches``)."""
+
+    features: tuple[str, ...]
+    matcher: str = "mnn"
+    feature_overrides: dict = field(default_factory=dict)
+    matcher_overrides: dict = field(default_factory=dict)
+    top_k: int | None = None
+    compare: dict = field(default_factory=dict)      # name -> published cache .npy
+    homography: HomographyConfig = HomographyConfig()
+    keep_high_resolution: bool = False
+    device: str | None = None
+
+
+def run(dataset: str | Path, outputs: str | Path, config: HPatchesConfig) -> dict:
+    """Evaluate every feature of ``config`` on the sequences; the results (also in
+    ``outputs/results.json``, curves in ``outputs/mma.png``)."""
+    dataset, outputs = Path(dataset), Path(outputs)
+    feature_names = check_feature_names(list(config.features))
+    sequences, dropped = list_sequences(dataset, () if config.keep_high_resolution
                                         else EXCLUDED_SEQUENCES)
     if dropped:
         logger.info("skipping %d high-resolution sequence(s) as the protocol does: %s",
@@ -66,20 +86,19 @@ def run(args: argparse.Namespace) -> dict:
     logger.info("%d sequences (%d i_, %d v_)", len(sequences),
                 sum(s.startswith("i_") for s in sequences),
                 sum(s.startswith("v_") for s in sequences))
-    outputs: Path = args.outputs
-    homography = HomographyConfig(ransac_threshold=args.ransac_threshold)
-    results: dict = {"dataset": str(args.dataset), "sequences": sequences,
-                     "excluded_sequences": dropped, "matcher": args.matcher,
-                     "top_k": args.top_k, "methods": {}, "compared_caches": {}}
+    outputs.mkdir(parents=True, exist_ok=True)
+    results: dict = {"dataset": str(dataset), "sequences": sequences,
+                     "excluded_sequences": dropped, "matcher": config.matcher,
+                     "top_k": config.top_k, "methods": {}, "compared_caches": {}}
     curves = {}
-    overrides = parse_overrides(args.conf)
-    matcher_overrides = parse_overrides(args.matcher_conf)
     for features in feature_names:
-        label = method_label(features, args.matcher, args.top_k)
-        method = evaluate_method(args.dataset, sequences, features,
-                                 outputs / "features" / f"{features}.h5", args.matcher,
-                                 overrides=overrides, matcher_overrides=matcher_overrides,
-                                 top_k=args.top_k, homography=homography, device=args.device)
+        label = method_label(features, config.matcher, config.top_k)
+        method = evaluate_method(dataset, sequences, features,
+                                 outputs / "features" / f"{features}.h5", config.matcher,
+                                 overrides=config.feature_overrides,
+                                 matcher_overrides=config.matcher_overrides,
+                                 top_k=config.top_k, homography=config.homography,
+                                 device=config.device)
         cache_path = save_cache(outputs / "cache" / f"{label}.npy", method.cache)
         summary = {**summarize_cache(load_cache(cache_path)),   # figures from the file
                    **{k: v for k, v in method.summary().items()
@@ -88,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
         results["methods"][label] = summary
         curves[label] = summary["mma"]
         _log_summary(label, summary)
-    for name, path in parse_compare(args.compare).items():
+    for name, path in config.compare.items():
         summary = {**summarize_cache(load_cache(path)), "cache": str(path)}
         results["compared_caches"][name] = summary
         curves[name] = summary["mma"]
@@ -96,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
     plot = draw_mma_curves({k: {p: v[p][:len(PLOT_THRESHOLDS)] for p in v}
                             for k, v in curves.items()}, PLOT_THRESHOLDS, outputs / "mma.png")
     results["plot"] = str(plot)
-    (outputs / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_text_atomic(outputs / "results.json", json.dumps(results, indent=2))
     logger.info("results in %s, plot in %s", outputs / "results.json", plot)
     return results
 
@@ -122,9 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", required=True, help="feature preset(s), comma-separated")
     p.add_argument("--outputs", type=Path, required=True)
     p.add_argument("--matcher", default="mnn", help="matcher preset (protocol: mnn)")
-    p.add_argument("--conf", action="append", metavar="KEY=VALUE",
-                   help="extractor config override (repeatable)")
-    p.add_argument("--matcher-conf", action="append", metavar="KEY=VALUE")
+    add_conf_argument(p)
+    add_conf_argument(p, "--matcher-conf", "matcher")
     p.add_argument("--top-k", type=int, help="keep the K highest-scoring features per image")
     p.add_argument("--compare", nargs="*", metavar="[NAME=]CACHE.npy",
                    help="published caches to report and plot beside ours")
@@ -142,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def job() -> None:  # run_guarded turns an OSError into one line with path and cause
-        args.outputs.mkdir(parents=True, exist_ok=True)
-        run(args)
+        run(args.dataset, args.outputs, HPatchesConfig(
+            features=tuple(f.strip() for f in args.features.split(",") if f.strip()),
+            matcher=args.matcher, feature_overrides=parse_overrides(args.conf),
+            matcher_overrides=parse_overrides(args.matcher_conf), top_k=args.top_k,
+            compare=parse_compare(args.compare),
+            homography=HomographyConfig(ransac_threshold=args.ransac_threshold),
+            keep_high_resolution=args.keep_high_resolution, device=args.device))
 
     return run_guarded("pipelines.hpatches", job)
 

@@ -1,8 +1,8 @@
 """InLoc: localize the iPhone 7 queries against the lidar cut-outs.
 
     python -m pipelines.inloc --dataset DIR --outputs DIR [--pairs FILE]
-        [--features sift] [--matcher PRESET] [--retrieval vlad|netvlad]
-        [--num-neighbors 40] [--ground-truth POSES]
+        [--features sift] [--conf KEY=VALUE] [--matcher PRESET] [--matcher-conf KEY=VALUE]
+        [--retrieval vlad|netvlad|...] [--num-neighbors 40] [--ground-truth POSES]
 
 Steps: pairs (the given file, e.g. hloc's ``pairs-query-netvlad40.txt``, or retrieval
 over the cut-outs with VLAD on the local features or NetVLAD) -> local features of the
@@ -19,26 +19,53 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sfmfeat.cli import run_guarded, setup_logging
+from sfmfeat.commands.core import add_conf_argument, add_executor_arguments, executor_from_args
 from sfmfeat.commands.report import add_no_report_argument
 from sfmfeat.config import parse_overrides
 from sfmfeat.errors import InputError
-from sfmfeat.commands.core import add_executor_arguments, executor_from_args
 from sfmfeat.executors import ExecutorConfig
 from sfmfeat.extract import extract_features
+from sfmfeat.extractors import default_matcher
 from sfmfeat.images import list_images
 from sfmfeat.localization import inloc
-from sfmfeat.localization.results import read_poses, write_poses, write_query_log
-from sfmfeat.extractors import default_matcher
+from sfmfeat.localization.results import read_poses, summary_text, write_poses, write_query_log
+from sfmfeat.localization.retrieval import (ImageSet, RetrievalConfig, retrieval_needs,
+                                            retrieve)
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import read_pairs, write_pairs
 from sfmfeat.report import write_report_after_run
 from sfmfeat.runtime import resolve_seed
 
 logger = logging.getLogger("pipelines.inloc")
+
+
+@dataclass(frozen=True)
+class InLocRunConfig:
+    """One InLoc run (the options of ``python -m pipelines.inloc``)."""
+
+    pairs: Path | None = None             # query-cutout pairs file (else retrieval)
+    features: str = "sift"
+    feature_overrides: dict = field(default_factory=dict)
+    matcher: str | None = None            # default: the extractor's own
+    matcher_overrides: dict = field(default_factory=dict)
+    retrieval: str = "vlad"               # a retrieval method
+    num_neighbors: int = 40
+    ground_truth: Path | None = None
+    device: str | None = None
+    executor: ExecutorConfig | None = None  # extraction and matching on Ray
+    localization: inloc.InLocConfig = inloc.InLocConfig()
+    write_report: bool = True
+
+    def __post_init__(self) -> None:
+        RetrievalConfig(method=self.retrieval, num_neighbors=self.num_neighbors)  # validates
+
+    @property
+    def pairs_name(self) -> str:
+        return Path(self.pairs).stem if self.pairs else f"{self.retrieval}{self.num_neighbors}"
 
 
 def list_dataset(dataset: Path) -> tuple[list[str], list[str]]:
@@ -69,117 +96,99 @@ def retrieval_from_file(path: Path) -> dict[str, list[str]]:
     return retrieval
 
 
-def retrieve(dataset: Path, outputs: Path, method: str, queries: list[str],
-             cutouts: list[str], features_path: Path, num_neighbors: int,
-             device: str | None) -> dict[str, list[str]]:
-    from sfmfeat.localization import retrieval as ret
-
-    descriptors = outputs / f"global-{method}.h5"
-    if method == "vlad":
-        codebook_path = outputs / "vlad-codebook.h5"
-        codebook = None
-        if codebook_path.is_file():
-            codebook = ret.Codebook.load(codebook_path)
-            from sfmfeat.store import FeatureReader
-
-            with FeatureReader(features_path) as reader:
-                if codebook.features_config_hash != reader.config_hash:
-                    codebook = None
-        retrained = codebook is None
-        if retrained:
-            codebook = ret.train_vlad_codebook(features_path, cutouts)
-            codebook.save(codebook_path)
-        ret.compute_vlad(features_path, descriptors, codebook, queries + cutouts,
-                         overwrite=retrained)   # descriptors of an old codebook are void
-    elif method.startswith("netvlad"):
-        from sfmfeat.localization.netvlad import compute_netvlad
-
-        compute_netvlad(dataset, descriptors, method, image_names=queries + cutouts,
-                        device=device)
-    else:
-        raise InputError(f"unknown retrieval method {method!r}; choose vlad or netvlad")
-    with ret.GlobalDescriptorReader(descriptors) as reader:   # unreadable images dropped
-        stored = set(reader.names())
-    pairs = ret.pairs_from_store(descriptors, num_neighbors,
-                                 query_names=[q for q in queries if q in stored],
-                                 db_names=[c for c in cutouts if c in stored])
-    result: dict[str, list[str]] = {}
-    for query, cutout in pairs:
-        result.setdefault(query, []).append(cutout)
-    return result
-
-
-def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = None,
-        features: str = "sift", matcher: str | None = None, retrieval: str = "vlad",
-        num_neighbors: int = 40, ground_truth: str | Path | None = None,
-        feature_overrides: dict | None = None, device: str | None = None,
-        config: inloc.InLocConfig | None = None, write_report: bool = True,
-        executor: ExecutorConfig | None = None) -> dict:
+def run(dataset: str | Path, outputs: str | Path, config: InLocRunConfig = InLocRunConfig()
+        ) -> dict:
+    """Localize the InLoc queries; the summary (per floor, timings, the report)."""
     dataset, outputs = Path(dataset), Path(outputs)
-    if matcher is None:
-        matcher = default_matcher(features)
-        logger.info("matcher %s (the default of %s)", matcher, features)
+    if config.matcher is None:
+        config = replace(config, matcher=default_matcher(config.features))
+        logger.info("matcher %s (the default of %s)", config.matcher, config.features)
     outputs.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    references = read_poses(ground_truth) if ground_truth else None
     queries, cutouts = list_dataset(dataset)
-    features_path = outputs / f"feats-{features}.h5"
+    features = outputs / f"feats-{config.features}.h5"
+    retrieval = (retrieval_from_file(Path(config.pairs)) if config.pairs
+                 else retrieval_step(dataset, outputs, queries, cutouts, features, config,
+                                     timings) if retrieval_needs(config.retrieval) == "images"
+                 else None)   # image methods retrieve before extracting
+    with_features = features_step(dataset, needed_images(retrieval, queries, cutouts),
+                                  features, config, timings)
+    if retrieval is None:   # methods over the local features
+        retrieval = retrieval_step(dataset, outputs, [q for q in queries if q in with_features],
+                                   [c for c in cutouts if c in with_features], features,
+                                   config, timings)
+    matches = matching_step(retrieval, with_features, features, outputs, config, timings)
+    start = time.perf_counter()
+    report = inloc.localize_inloc(dataset, retrieval, features, matches, config.localization)
+    timings["localization"] = time.perf_counter() - start
+    return results_step(report, outputs, config, timings)
 
-    retrieval_map: dict[str, list[str]] | None = None
-    if pairs is not None:
-        pairs_name = Path(pairs).stem
-        retrieval_map = retrieval_from_file(Path(pairs))
-    else:
-        pairs_name = f"{retrieval}{num_neighbors}"
-        if retrieval != "vlad":   # NetVLAD works on the images: retrieve before extracting
-            start = time.perf_counter()
-            retrieval_map = retrieve(dataset, outputs, retrieval, queries, cutouts,
-                                     features_path, num_neighbors, device)
-            write_pairs(outputs / f"pairs-query-{pairs_name}.txt",
-                        [(q, c) for q, cs in retrieval_map.items() for c in cs])
-            timings["retrieval"] = time.perf_counter() - start
-    if retrieval_map is not None:   # local features only for the images in the pairs
-        needed = sorted(set(retrieval_map) | {c for v in retrieval_map.values() for c in v})
-    else:
-        needed = queries + cutouts
 
+def retrieval_step(dataset: Path, outputs: Path, queries: list[str], cutouts: list[str],
+                   features: Path, config: InLocRunConfig,
+                   timings: dict[str, float]) -> dict[str, list[str]]:
+    """Query -> cut-outs by global descriptor (``outputs/pairs-query-<method><k>.txt``)."""
+    start = time.perf_counter()
+    pairs = retrieve(ImageSet(tuple(queries), dataset, features),
+                     ImageSet(tuple(cutouts), dataset, features), outputs,
+                     RetrievalConfig(method=config.retrieval,
+                                     num_neighbors=config.num_neighbors),
+                     device=config.device)
+    write_pairs(outputs / f"pairs-query-{config.pairs_name}.txt", pairs)
+    timings["retrieval"] = time.perf_counter() - start
+    retrieval: dict[str, list[str]] = {}
+    for query, cutout in pairs:
+        retrieval.setdefault(query, []).append(cutout)
+    return retrieval
+
+
+def needed_images(retrieval: dict[str, list[str]] | None, queries: list[str],
+                  cutouts: list[str]) -> list[str]:
+    """The images that need local features: those in the pairs, else all."""
+    if retrieval is None:
+        return queries + cutouts
+    return sorted(set(retrieval) | {c for v in retrieval.values() for c in v})
+
+
+def features_step(dataset: Path, needed: list[str], output: Path, config: InLocRunConfig,
+                  timings: dict[str, float]) -> set[str]:
+    """Local features of the images that exist; the names that have features."""
     start = time.perf_counter()
     existing = [n for n in needed if (dataset / n).is_file()]
     for name in sorted(set(needed) - set(existing)):
         logger.warning("%s is named in the pairs but does not exist", dataset / name)
-    extraction = extract_features(dataset, features_path, features, image_names=existing,
-                                  overrides=feature_overrides, device=device,
-                                  executor=executor)
+    extraction = extract_features(dataset, output, config.features, image_names=existing,
+                                  overrides=config.feature_overrides, device=config.device,
+                                  executor=config.executor)
+    if not extraction.extracted:
+        logger.info("features: already done (%s)", output)
     timings["extraction"] = time.perf_counter() - start
-    with_features = set(extraction.valid_names)
+    return set(extraction.valid_names)
 
-    if retrieval_map is None:   # VLAD over the local features of every image
-        start = time.perf_counter()
-        retrieval_map = retrieve(dataset, outputs, retrieval,
-                                 [q for q in queries if q in with_features],
-                                 [c for c in cutouts if c in with_features], features_path,
-                                 num_neighbors, device)
-        write_pairs(outputs / f"pairs-query-{pairs_name}.txt",
-                    [(q, c) for q, cs in retrieval_map.items() for c in cs])
-        timings["retrieval"] = time.perf_counter() - start
 
+def matching_step(retrieval: dict[str, list[str]], with_features: set[str], features: Path,
+                  outputs: Path, config: InLocRunConfig, timings: dict[str, float]) -> Path:
     start = time.perf_counter()
-    to_match = [(q, c) for q, cs in retrieval_map.items() for c in cs
+    to_match = [(q, c) for q, cs in retrieval.items() for c in cs
                 if q in with_features and c in with_features]
-    matches_path = outputs / f"matches-{features}_{matcher}_{pairs_name}.h5"
     if not to_match:
-        raise InputError("no pair has features on both sides; nothing to match "
-                         f"(rejected: {extraction.rejected})")
-    match_pairs(to_match, features_path, matches_path, matcher, device=device,
-                executor=executor)
+        raise InputError("no pair has features on both sides; nothing to match")
+    output = outputs / f"matches-{config.features}_{config.matcher}_{config.pairs_name}.h5"
+    report = match_pairs(to_match, features, output, config.matcher,
+                         overrides=config.matcher_overrides, device=config.device,
+                         executor=config.executor)
+    if not report.matched:
+        logger.info("matching: already done (%s)", output)
     timings["matching"] = time.perf_counter() - start
+    return output
 
-    start = time.perf_counter()
-    report = inloc.localize_inloc(dataset, retrieval_map, features_path, matches_path,
-                                  config)
-    timings["localization"] = time.perf_counter() - start
-    stem = f"InLoc_{features}+{matcher}_{pairs_name}"
+
+def results_step(report: inloc.InLocReport, outputs: Path, config: InLocRunConfig,
+                 timings: dict[str, float]) -> dict:
+    """The submission file, the per-query log, the report page and the printed summary."""
+    stem = f"InLoc_{config.features}+{config.matcher}_{config.pairs_name}"
     results_path = write_poses(outputs / f"{stem}.txt", report.poses)
+    references = read_poses(config.ground_truth) if config.ground_truth else None
     per_floor = report.per_floor(references)
     summary = {
         "num_queries": len(report.results), "num_localized": len(report.poses),
@@ -187,19 +196,9 @@ def run(dataset: str | Path, outputs: str | Path, pairs: str | Path | None = Non
         "results": str(results_path),
     }
     log_path = write_query_log(outputs / f"{stem}_log.json", report.log(), summary)
-    if write_report:
+    if config.write_report:
         write_report_after_run(outputs, log=log_path)
-    for floor, entry in per_floor.items():
-        line = f"{floor}: {entry['num_localized']}/{entry['num_queries']} localized"
-        if "recall" in entry:
-            line += " | recall " + " / ".join(
-                f"({t:g}m,{r:g}°) {100 * v:.1f}%"
-                for (t, r), v in zip(entry["thresholds"], entry["recall"]))
-        logger.info(line)
-    for name, result in report.results.items():
-        if not result.localized:
-            logger.info("%s: %s (%s)", name, result.status, result.reason)
-    logger.info("submission file: %s", results_path)
+    print(summary_text(report.results, results_path, log_path, groups=per_floor))
     summary["report"] = report
     return summary
 
@@ -211,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", type=Path, required=True)
     parser.add_argument("--pairs", type=Path, help="query-cutout pairs file (else retrieval)")
     parser.add_argument("--features", default="sift", help="local feature preset")
-    parser.add_argument("--conf", nargs="*", help="feature config overrides key=value")
+    add_conf_argument(parser)
     parser.add_argument("--matcher", help="matcher preset (default: the extractor's own)")
-    parser.add_argument("--retrieval", default="vlad", help="vlad (no weights) or netvlad")
+    add_conf_argument(parser, "--matcher-conf", "matcher")
+    parser.add_argument("--retrieval", default="vlad",
+                        help="a retrieval method: vlad (no weights), netvlad, ...")
     parser.add_argument("--num-neighbors", type=int, default=40)
     parser.add_argument("--ground-truth", type=Path, help="reference poses (name qw..tz)")
     parser.add_argument("--device", default=None)
@@ -227,10 +228,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         pose = replace(inloc.InLocConfig().pose, random_seed=resolve_seed(args.seed))
-        run(args.dataset, args.outputs, args.pairs, args.features, args.matcher,
-            args.retrieval, args.num_neighbors, args.ground_truth,
-            parse_overrides(args.conf), args.device, inloc.InLocConfig(pose=pose),
-            write_report=not args.no_report, executor=executor_from_args(args))
+        run(args.dataset, args.outputs, InLocRunConfig(
+            pairs=args.pairs, features=args.features,
+            feature_overrides=parse_overrides(args.conf), matcher=args.matcher,
+            matcher_overrides=parse_overrides(args.matcher_conf), retrieval=args.retrieval,
+            num_neighbors=args.num_neighbors, ground_truth=args.ground_truth,
+            device=args.device, executor=executor_from_args(args),
+            localization=inloc.InLocConfig(pose=pose), write_report=not args.no_report))
 
     return run_guarded("pipelines.inloc", job)
 

@@ -3,7 +3,7 @@
 The driver (the process the user started) splits the images, or the pairs, into tasks and
 hands them to Ray actors, each of which builds the extractor or matcher once and keeps it.
 An actor writes each task's results as one shard into the output's ``.partial/`` folder (the
-store's crash-safe format, ``store._ShardedWriter.shard_sink``) and returns only names and
+store's crash-safe format, ``store.RecordWriter.shard_sink``) and returns only names and
 counts, so the driver holds at most ``max_in_flight`` small results. The driver's writer
 holds the store's lock and merges the shards when every task is done; a killed driver leaves
 the finished tasks' shards, which the rerun picks up as the in-process run would.

@@ -11,12 +11,12 @@ points2D of each image equals its keypoint count.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pycolmap
 
+from .atomic import write_text_atomic
 from .errors import InputError
 from .images import image_size
 from .store import FeatureReader, MatchReader, image_fingerprint
@@ -41,10 +41,7 @@ def write_model_lineage(model_dir: str | Path, run_id: str,
     data = {"run_id": run_id, "features": store_identity(features),
             "matches": store_identity(matches), "images": images}
     path = Path(model_dir) / LINEAGE_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def read_model_lineage(model_dir: str | Path) -> dict[str, Any] | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .errors import InputError
 from .textfiles import quote_name, read_records
 
@@ -80,8 +80,5 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 def write_pairs(path: str | Path, pairs: Iterable[Pair]) -> None:
     """Write pairs atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{quote_name(a)} {quote_name(b)}\n" for a, b in pairs), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{quote_name(a)} {quote_name(b)}\n" for a, b in pairs),
+                      parents=True)

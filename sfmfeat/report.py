@@ -22,7 +22,6 @@ import html
 import importlib.util
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 
 from . import __version__
 from .config import ValidatedConfig, at_least
+from .atomic import write_text_atomic
 from .errors import ReportError, SfmfeatError
 
 logger = logging.getLogger(__name__)
@@ -770,12 +770,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, *,
     page = (_reconstruction_page if run.kind == "reconstruction" else _localization_page)(
         run, limits)
     path = Path(output) if output is not None else run.run_dir / REPORT_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, page)
     logger.info("report (%s, %.1f MB) in %.2f s -> %s", run.kind, len(page) / 1e6,
                 time.perf_counter() - start, path)
     return path

@@ -61,6 +61,7 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
 from .errors import StoreError
 from .features import Features
 
@@ -90,13 +91,13 @@ def pair_key(name0: str, name1: str) -> tuple[str, str, bool]:
     return (name0, name1, False) if name0 < name1 else (name1, name0, True)
 
 
-# kinds whose items are single images (stored under /images/<key>); the others are pairs
-_IMAGE_KINDS = ("features", "global_descriptors")
-
-
-def _item_path(kind: str, key: tuple[str, ...]) -> str:
-    group = "images" if kind in _IMAGE_KINDS else "pairs"
-    return "/".join([group, *(escape_name(k) for k in key)])
+def record_path(key: tuple[str, ...]) -> str:
+    """The HDF5 group of a record: ``images/<name>`` for a per-image key ``(name,)``,
+    ``pairs/<name_a>/<name_b>`` for a per-pair key (already ordered, see ``pair_key``).
+    The same for every kind of store (features, matches, global descriptors, ...)."""
+    if len(key) not in (1, 2):
+        raise StoreError(f"a record key names one image or a pair, got {key!r}")
+    return "/".join(["images" if len(key) == 1 else "pairs", *(escape_name(k) for k in key)])
 
 
 class StoreInfo:
@@ -155,7 +156,8 @@ def check_schema(attrs: Any, path: Path) -> None:
             "that made it with --overwrite (or delete it), or write to a new file")
 
 
-def _open_h5(path: Path, mode: str = "r") -> h5py.File:
+def open_h5(path: Path, mode: str = "r") -> h5py.File:
+    """An HDF5 file, or a StoreError saying what to do when it is a folder or unreadable."""
     if path.is_dir():
         raise StoreError(f"{path} is a directory, not an HDF5 file; give a file path")
     try:
@@ -164,18 +166,18 @@ def _open_h5(path: Path, mode: str = "r") -> h5py.File:
         raise StoreError(f"{path}: unreadable HDF5 file ({err}); delete it and rerun") from err
 
 
-def _item_keys(handle: h5py.File, kind: str) -> Iterator[tuple[str, ...]]:
-    group_name = "images" if kind in _IMAGE_KINDS else "pairs"
-    if group_name not in handle:
-        return
-    group = handle[group_name]
-    if kind in _IMAGE_KINDS:
-        for key in group:
-            yield (unescape_name(key),)
-    else:
-        for key_a in group:
-            for key_b in group[key_a]:
-                yield (unescape_name(key_a), unescape_name(key_b))
+_open_h5 = open_h5   # the name sfmfeat.hloc imports
+
+
+def record_keys(handle: h5py.File) -> Iterator[tuple[str, ...]]:
+    """The keys of every record in an open store file: ``(name,)`` per image record,
+    ``(name_a, name_b)`` per pair record."""
+    for key in handle.get("images", ()):
+        yield (unescape_name(key),)
+    pairs = handle.get("pairs", {})
+    for key_a in pairs:
+        for key_b in pairs[key_a]:
+            yield (unescape_name(key_a), unescape_name(key_b))
 
 
 # ------------------------------------------------------ content fingerprints and lineage
@@ -259,8 +261,12 @@ class StoreLock:
         self.release()
 
 
-class _ShardedWriter:
-    """Buffered, crash-safe writer shared by the feature and match stores."""
+class RecordWriter:
+    """Buffered, crash-safe, resumable writer of per-image or per-pair records of one kind
+    (the base of every store writer: features, matches, global descriptors).
+
+    ``add(key, datasets, attrs)`` buffers a record (``key``: see ``record_path``);
+    ``key in writer.done`` tells what is stored already (this run or a resumed one)."""
 
     # per-item attributes read back from stored records (``self.stored_attrs``)
     tracked_attrs: ClassVar[tuple[str, ...]] = ()
@@ -291,7 +297,7 @@ class _ShardedWriter:
             raise
 
     @classmethod
-    def shard_sink(cls, path: str | Path, info: StoreInfo) -> "_ShardedWriter":
+    def shard_sink(cls, path: str | Path, info: StoreInfo) -> "RecordWriter":
         """A writer for a worker process of a run whose driver holds ``path``'s writer: it
         only adds shards (on ``flush``), takes no lock, resumes nothing and never merges;
         the driver's writer merges the shards when it closes."""
@@ -310,14 +316,14 @@ class _ShardedWriter:
         self.done: set[tuple[str, ...]] = set()
         self.stored_attrs: dict[tuple[str, ...], dict[str, Any]] = {}
         for source in ([self.path] if self.path.exists() else []) + self._shards():
-            with _open_h5(source) as handle:
+            with open_h5(source) as handle:
                 self._refuse_foreign(handle, source)
                 self.info.check(handle, source)
-                keys = list(_item_keys(handle, self.info.kind))
+                keys = list(record_keys(handle))
                 self.done.update(keys)
                 if self.tracked_attrs:
                     for key in keys:  # a later shard overrides, as in close()
-                        attrs = handle[_item_path(self.info.kind, key)].attrs
+                        attrs = handle[record_path(key)].attrs
                         self.stored_attrs[key] = {a: attrs[a] for a in self.tracked_attrs
                                                   if a in attrs}
         if self.done:
@@ -333,7 +339,7 @@ class _ShardedWriter:
     def _shards(self) -> list[Path]:
         if not self.shard_dir.is_dir():
             return []
-        for stale in self.shard_dir.glob(".tmp-*"):
+        for stale in self.shard_dir.glob(".shard-*"):   # a shard killed while written
             stale.unlink(missing_ok=True)
         return sorted(self.shard_dir.glob("shard-*.h5"))
 
@@ -352,11 +358,10 @@ class _ShardedWriter:
             return
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
-        tmp = self.shard_dir / f".tmp-{name}"
-        with h5py.File(tmp, "w") as handle:
+        with atomic_path(self.shard_dir / name) as tmp, h5py.File(tmp, "w") as handle:
             self.info.write_attrs(handle)
             for key, datasets, attrs in self._buffer:
-                group = handle.create_group(_item_path(self.info.kind, key))
+                group = handle.create_group(record_path(key))
                 for field, value in datasets.items():
                     group.create_dataset(field, data=value)
                 group.attrs["crc32"] = json.dumps(
@@ -364,8 +369,6 @@ class _ShardedWriter:
                     sort_keys=True)
                 for attr, value in attrs.items():
                     group.attrs[attr] = value
-        _fsync_file(tmp)
-        os.replace(tmp, self.shard_dir / name)
         self._buffer.clear()
         self._last_flush = time.monotonic()
 
@@ -388,27 +391,20 @@ class _ShardedWriter:
         shards = self._shards()
         if not shards and self.path.exists():
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            with h5py.File(tmp, "w") as out:
-                self.info.write_attrs(out)
-                for source in ([self.path] if self.path.exists() else []) + shards:
-                    with _open_h5(source) as handle:
-                        for key in _item_keys(handle, self.info.kind):
-                            item = _item_path(self.info.kind, key)
-                            if item in out:
-                                del out[item]  # a later shard wins (rewritten item)
-                            parent = item.rsplit("/", 1)[0]
-                            out.require_group(parent)
-                            handle.copy(handle[item], out[parent],
-                                        name=item.rsplit("/", 1)[1])
-            _fsync_file(tmp)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
+            self.info.write_attrs(out)
+            for source in ([self.path] if self.path.exists() else []) + shards:
+                with open_h5(source) as handle:
+                    for key in record_keys(handle):
+                        item = record_path(key)
+                        if item in out:
+                            del out[item]  # a later shard wins (rewritten item)
+                        parent = item.rsplit("/", 1)[0]
+                        out.require_group(parent)
+                        handle.copy(handle[item], out[parent], name=item.rsplit("/", 1)[1])
         shutil.rmtree(self.shard_dir, ignore_errors=True)
 
-    def __enter__(self) -> "_ShardedWriter":
+    def __enter__(self) -> "RecordWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -441,14 +437,6 @@ def _read_checked(group: h5py.Group, field: str, path: Path, what: str) -> np.nd
     return value
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class StoreReader:
     """Read access to a finished store file of one ``kind`` (kept open; a context manager).
 
@@ -467,7 +455,7 @@ class StoreReader:
         if not self.path.is_file():
             raise StoreError(f"{self.kind.replace('_', ' ')} file {self.path} does not exist; "
                              f"{self.missing_hint}")
-        self._handle = _open_h5(self.path)
+        self._handle = open_h5(self.path)
         attrs = self._handle.attrs
         if "kind" not in attrs:
             from .hloc import ITEM_DATASETS
@@ -487,6 +475,17 @@ class StoreReader:
         # {"preset": name, "overrides": {...}} of the extractor that made the file
         self.spec = json.loads(attrs["spec"]) if "spec" in attrs else None
 
+    def keys(self) -> list[tuple[str, ...]]:
+        """The key of every record (see ``record_keys``)."""
+        return list(record_keys(self._handle))
+
+    def has(self, key: tuple[str, ...]) -> bool:
+        return record_path(key) in self._handle
+
+    def record(self, key: tuple[str, ...]) -> h5py.Group | None:
+        """The group of a record, None when the file has none for ``key``."""
+        return self._handle.get(record_path(key))
+
     def close(self) -> None:
         self._handle.close()
 
@@ -499,7 +498,7 @@ class StoreReader:
 
 # ----------------------------------------------------------------------------- features
 
-class FeatureWriter(_ShardedWriter):
+class FeatureWriter(RecordWriter):
     """Writes features.h5; ``name in writer`` tells whether an image is already done."""
 
     tracked_attrs = ("fingerprint",)
@@ -529,20 +528,24 @@ class FeatureWriter(_ShardedWriter):
         self.add((name,), datasets, attrs)
 
 
-class FeatureReader(StoreReader):
+class ImageRecordReader(StoreReader):
+    """A store of one record per image: ``names()`` and ``name in reader``."""
+
+    def names(self) -> list[str]:
+        return [key[0] for key in self.keys()]
+
+    def __contains__(self, name: str) -> bool:
+        return self.has((name,))
+
+
+class FeatureReader(ImageRecordReader):
     """Read access to a finished features.h5."""
 
     kind = "features"
     missing_hint = "run `sfmfeat extract` first"
 
-    def names(self) -> list[str]:
-        return [key[0] for key in _item_keys(self._handle, "features")]
-
-    def __contains__(self, name: str) -> bool:
-        return _item_path("features", (name,)) in self._handle
-
     def _group(self, name: str) -> h5py.Group:
-        path = _item_path("features", (name,))
+        path = record_path((name,))
         if path not in self._handle:
             raise StoreError(f"{self.path} has no features for image {name!r}")
         return self._handle[path]
@@ -576,7 +579,7 @@ class FeatureReader(StoreReader):
 
 # ------------------------------------------------------------------------------ matches
 
-class MatchWriter(_ShardedWriter):
+class MatchWriter(RecordWriter):
     """Writes matches.h5 for pairs of images, under order-invariant keys."""
 
     def __init__(self, path: str | Path, method: str, config_hash: str,
@@ -627,16 +630,16 @@ class MatchReader(StoreReader):
         self.features_config_hash = str(self._handle.attrs["features_config_hash"])
 
     def pairs(self) -> list[tuple[str, str]]:
-        return list(_item_keys(self._handle, "matches"))  # type: ignore[arg-type]
+        return self.keys()  # type: ignore[return-value]
 
     def __contains__(self, pair: tuple[str, str]) -> bool:
         name_a, name_b, _ = pair_key(*pair)
-        return _item_path("matches", (name_a, name_b)) in self._handle
+        return self.has((name_a, name_b))
 
     def read(self, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
         """K×2 int32 matches with column 0 indexing ``name0``'s keypoints, and K scores."""
         name_a, name_b, swapped = pair_key(name0, name1)
-        path = _item_path("matches", (name_a, name_b))
+        path = record_path((name_a, name_b))
         if path not in self._handle:
             raise StoreError(f"{self.path} has no matches for {name0!r} - {name1!r}")
         group = self._handle[path]
@@ -650,7 +653,7 @@ class MatchReader(StoreReader):
     def features_digests(self, name0: str, name1: str) -> tuple[str, str] | None:
         """The keypoints digests the pair was matched from, in (name0, name1) order."""
         name_a, name_b, swapped = pair_key(name0, name1)
-        return _ordered_digests(self._handle[_item_path("matches", (name_a, name_b))]
+        return _ordered_digests(self._handle[record_path((name_a, name_b))]
                                 .attrs.get("features_digests"), swapped)
 
 
@@ -712,7 +715,3 @@ def check_matches_lineage(matches: MatchReader, features: FeatureReader | Featur
             f"{name0!r} - {name1!r} was matched from other keypoints); rerun `sfmfeat match` "
             "on these features")
 
-
-def missing(items: Iterable, done: Any) -> list:
-    """The items not yet in ``done`` (a writer), order kept."""
-    return [item for item in items if item not in done]

@@ -18,12 +18,12 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_path
 from .errors import WeightsError
 
 logger = logging.getLogger(__name__)
@@ -122,31 +122,26 @@ def _download(entry: WeightFile, path: Path) -> None:
     if entry.non_commercial:
         logger.warning("%s is licensed %s: non-commercial use only", entry.relative_path,
                        entry.licence)
-    path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s from %s", entry.relative_path, entry.url)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{entry.filename}.")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=entry.filename) as bar:
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-        if entry.sha256 and sha256_of(Path(tmp_name)) != entry.sha256:
-            raise WeightsError(
-                f"checksum mismatch for {entry.url}: expected sha256 {entry.sha256}; "
-                "the download is corrupt or the file changed upstream"
-            )
-        check_format(Path(tmp_name), entry)
-        os.replace(tmp_name, path)
+        with atomic_path(path, parents=True) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=entry.filename) as bar:
+                    for block in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+            if entry.sha256 and sha256_of(tmp) != entry.sha256:
+                raise WeightsError(
+                    f"checksum mismatch for {entry.url}: expected sha256 {entry.sha256}; "
+                    "the download is corrupt or the file changed upstream"
+                )
+            check_format(tmp, entry)
     except OSError as err:
         raise WeightsError(
             f"cannot download {entry.url} ({err}); fetch it by hand into {path} "
             f"or set {ENV_VAR}"
         ) from err
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
 
 
 def check_format(path: Path, entry: WeightFile) -> None:

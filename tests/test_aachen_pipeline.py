@@ -177,3 +177,62 @@ def test_aachen_clear_errors_for_empty_pairs_and_missing_layout(tmp_path, capsys
     assert status == 2 and "aachen_cvpr2018_db.nvm" in err
     status = aachen.main(["--dataset", str(tmp_path / "nowhere"), "--outputs", str(outputs)])
     assert status == 2 and "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_aachen_killed_during_retrieval_resumes_and_a_rerun_does_no_work(
+        tmp_path, capsys, caplog, monkeypatch, run_seed):
+    """Killed while computing the database VLAD descriptors, the run resumes without
+    learning the codebook again and computes only the missing descriptors; a rerun of the
+    finished run does no work at all: every step says "already done"."""
+    import logging
+
+    from sfmfeat.localization import reference, retrieval, run as localization_run
+    from sfmfeat.localization import model_localization
+    from sfmfeat.store import FeatureWriter, MatchWriter
+
+    truth = make_aachen(tmp_path / "aachen", "1.0")
+    outputs = tmp_path / "outputs"
+    argv = ["--dataset", str(tmp_path / "aachen"), "--outputs", str(outputs), *FEATURE_CONF,
+            "--matcher", "mnn-ratio", "--num-loc", "4", "--num-covis", "4",
+            "--seed", str(run_seed), "--no-report"]
+    real_vlad, calls = retrieval.vlad, []
+
+    def killed_at_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_vlad(*args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "vlad", killed_at_the_fourth)
+    assert aachen.main(argv) == 130
+    assert len(list(outputs.glob("queries/vlad-codebook-*.h5"))) == 1
+
+    def never(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{what} ran again")
+        return fail
+
+    calls.clear()
+    monkeypatch.setattr(retrieval, "vlad", lambda *a, **k: (calls.append(1),
+                                                            real_vlad(*a, **k))[1])
+    monkeypatch.setattr(retrieval, "kmeans", never("the codebook's k-means"))
+    caplog.set_level(logging.INFO)
+    assert aachen.main(argv) == 0, capsys.readouterr()
+    assert "VLAD codebook: already done" in caplog.text
+    assert len(calls) == 7 - 3 + 3      # the 4 missing database images and the 3 queries
+    submission = outputs / "Aachen_eval_sift+mnn-ratio_vlad4.txt"
+    _check(submission, truth, truth)
+    finished = submission.read_bytes()
+
+    caplog.clear()
+    for module, name in ((retrieval, "vlad"), (model_localization, "estimate_pose"),
+                         (localization_run, "localize"), (reference, "triangulate_model"),
+                         (FeatureWriter, "write"), (MatchWriter, "write")):
+        monkeypatch.setattr(module, name, never(f"{module.__name__}.{name}"))
+    assert aachen.main(argv) == 0, capsys.readouterr()
+    for step in ("database features", "database matching", "triangulation sfm_sift+mnn-ratio",
+                 "query features", "query pairs", "query matching", "2D-3D + pose",
+                 "results"):
+        assert f"{step}: already done" in caplog.text, step
+    assert submission.read_bytes() == finished

@@ -193,13 +193,14 @@ def _check_poses(results_path, truth, report):
 
 @pytest.mark.slow
 def test_pipeline_end_to_end_with_pairs_file(dataset, tmp_path, run_seed, figures):
-    from pipelines.inloc import main, run
+    from pipelines.inloc import InLocRunConfig, main, run
 
     root, truth = dataset
     out = tmp_path / "out"
     config = inloc.InLocConfig(pose=PoseConfig(max_error=48.0, random_seed=run_seed))
-    summary = run(root, out, pairs=root / "pairs-query.txt", features="sift",
-                  ground_truth=root / "ground_truth.txt", config=config)
+    summary = run(root, out, InLocRunConfig(pairs=root / "pairs-query.txt", features="sift",
+                                            ground_truth=root / "ground_truth.txt",
+                                            localization=config))
     report = summary["report"]
     results = out / "InLoc_sift+mnn-ratio_pairs-query.txt"
     _check_poses(results, truth, report)
@@ -228,18 +229,18 @@ def test_pipeline_end_to_end_with_pairs_file(dataset, tmp_path, run_seed, figure
     empty = tmp_path / "empty_pairs.txt"
     empty.write_text("\n")
     with pytest.raises(InputError, match=r"empty_pairs\.txt is empty"):
-        run(root, out, pairs=empty)
+        run(root, out, InLocRunConfig(pairs=empty))
     assert main(["--dataset", str(root), "--outputs", str(out), "--pairs", str(empty)]) == 2
 
 
 @pytest.mark.slow
 def test_pipeline_with_vlad_retrieval(dataset, tmp_path):
-    from pipelines.inloc import run
+    from pipelines.inloc import InLocRunConfig, run
 
     root, truth = dataset
     out = tmp_path / "out"
-    summary = run(root, out, features="sift", retrieval="vlad", num_neighbors=3,
-                  ground_truth=root / "ground_truth.txt")
+    summary = run(root, out, InLocRunConfig(features="sift", retrieval="vlad", num_neighbors=3,
+                                            ground_truth=root / "ground_truth.txt"))
     pairs = (out / "pairs-query-vlad3.txt").read_text().split("\n")
     # each query retrieves cut-outs of its own floor first
     by_query = {}

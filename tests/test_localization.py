@@ -16,7 +16,7 @@ from sfmfeat.localization.pose import PoseConfig, estimate_pose
 from sfmfeat.localization.queries import read_queries, read_query_lists, write_queries
 from sfmfeat.localization.results import (evaluate, pose_errors, read_poses, recall,
                                           write_poses)
-from sfmfeat.localization.sfm import (LocalizationConfig, ModelIndex, covisibility_clusters,
+from sfmfeat.localization.model_localization import (LocalizationConfig, ModelIndex, covisibility_clusters,
                                       localize, retrieval_from_pairs)
 from sfmfeat.reconstruction.nvm import read_nvm, reconstruction_from_nvm, write_nvm
 from sfmfeat.reconstruction.triangulation import epipolar_inliers

@@ -16,7 +16,7 @@ from sfmfeat.extract import extract_features
 from sfmfeat.localization.leave_one_out import colmap_sift_model, leave_one_out
 from sfmfeat.localization.pose import PoseConfig
 from sfmfeat.localization.queries import write_queries
-from sfmfeat.localization.sfm import LocalizationConfig
+from sfmfeat.localization.model_localization import LocalizationConfig
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import exhaustive, write_pairs
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import json
+import logging
 
 import numpy as np
 import pycolmap
@@ -22,7 +23,7 @@ QUERIES = (2, 5)
 
 
 @pytest.mark.slow
-def test_own_photos_against_a_reconstruct_model(tmp_path, capsys, run_seed, figures):
+def test_own_photos_against_a_reconstruct_model(tmp_path, capsys, caplog, run_seed, figures):
     scene = SyntheticScene(SceneConfig(num_views=9, width=480, height=360, supersample=1,
                                        camera_model="SIMPLE_RADIAL", seed=1))
     database, queries = tmp_path / "database", tmp_path / "queries"
@@ -63,3 +64,24 @@ def test_own_photos_against_a_reconstruct_model(tmp_path, capsys, run_seed, figu
     assert log["summary"]["num_localized"] == len(QUERIES)
     figures.check("min_inliers", min(q["num_inliers"] for q in log["queries"].values()), ">=", 30)
     assert scale > 0
+    # retrieval by the registered VLAD method, the same poses; a rerun does no work
+    retrieved = tmp_path / "retrieved"
+    argv = ["--model", str(recon), "--queries", str(queries), "--outputs", str(retrieved),
+            "--query-list", str(tmp_path / "queries.txt"), "--seed", str(run_seed),
+            "--pairs", "retrieval:vlad:4", "--no-report"]
+    assert localize_pipeline.main(argv) == 0
+    pairs = (retrieved / "query_pairs.txt").read_text().splitlines()
+    assert len(pairs) == 4 * len(QUERIES)
+    assert set(read_poses(retrieved / "poses.txt")) == set(poses)
+    steps = json.loads((retrieved / "steps.json").read_text())
+    assert {"query pairs", "2D-3D + pose", "results"} <= set(steps)
+    before = (retrieved / "poses_log.json").read_bytes()
+    capsys.readouterr()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert localize_pipeline.main(argv) == 0
+    assert (retrieved / "poses_log.json").read_bytes() == before
+    messages = [r.getMessage() for r in caplog.records]
+    for step in ("query features", "query pairs", "query matching", "2D-3D + pose",
+                 "results"):
+        assert any(m.startswith(f"{step}: already done") for m in messages), step

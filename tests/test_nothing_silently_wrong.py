@@ -380,7 +380,7 @@ def _inject_enospc(monkeypatch, fail_at: int | None) -> list[str]:
 
         monkeypatch.setattr(module, name, write_point)
 
-    wrap(store, "_fsync_file")
+    wrap(store, "atomic_path")
     for name in ("write_pairs", "write_database", "run_mapping", "write_model_lineage",
                  "_write_json"):
         wrap(pipeline, name)

@@ -102,13 +102,13 @@ _KILL_AFTER_SHARDS = textwrap.dedent("""
     from sfmfeat import store
     kill_after = int(os.environ.get("KILL_AFTER_SHARDS", "0"))
     flushes = []
-    original_flush = store._ShardedWriter.flush
+    original_flush = store.RecordWriter.flush
     def flush(self):
         original_flush(self)
         flushes.append(1)
         if kill_after and len(flushes) >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
-    store._ShardedWriter.flush = flush
+    store.RecordWriter.flush = flush
 """)
 _EXTRACT = _KILL_AFTER_SHARDS + textwrap.dedent("""
     from sfmfeat.extract import extract_features

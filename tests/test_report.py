@@ -76,7 +76,7 @@ def test_a_report_that_cannot_be_written_after_a_run_is_a_warning(tmp_path, capl
     assert "no report: " in caplog.text and "No such file or directory" in caplog.text
     assert write_report_after_run(tmp_path / "missing") is None
     assert "is not a folder" in caplog.text
-    assert not list(tmp_path.rglob(".*.tmp"))
+    assert not list(tmp_path.rglob(".*.tmp-*"))
 
 
 def test_limits_are_validated():

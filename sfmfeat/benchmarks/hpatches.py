@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import InputError, SfmfeatError
 from ..features import Features
 
@@ -319,10 +320,8 @@ def build_cache(outcomes: Sequence[SequenceOutcome],
 
 def save_cache(path: str | Path, cache: np.ndarray) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, cache, allow_pickle=True)
-    tmp.replace(path)
+    with atomic_path(path, parents=True) as tmp:
+        np.save(tmp, cache, allow_pickle=True)
     return path
 
 

@@ -13,11 +13,9 @@ import logging
 from pathlib import Path
 
 from ..errors import InputError
-from ..images import list_images, read_image_list
+from ..images import read_image_list
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("vlad", "netvlad", "netvlad-tokyotm", "contextdesc", "stored")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +42,7 @@ def register_pair_kinds(kinds: argparse._SubParsersAction) -> None:
 
 def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="pairs file to write")
-    p.add_argument("--method", choices=METHODS, default="vlad",
+    p.add_argument("--method", default="vlad",
                    help="vlad: over local features (no weights); netvlad: official weights; "
                         "contextdesc: max-pooled regional ResNet50 map of ContextDesc; "
                         "stored: the --descriptors file as it is (ours or hloc's, e.g. its "
@@ -63,7 +61,10 @@ def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-score", type=float, default=None,
                    help="drop neighbours less similar than this")
     p.add_argument("--clusters", type=int, default=64, help="VLAD codebook size")
-    p.add_argument("--codebook", type=Path, help="VLAD codebook .h5 (learned when absent)")
+    p.add_argument("--codebook", type=Path,
+                   help="a VLAD codebook .h5 to use as it is (default: learned once on the "
+                        "database images and kept beside the output, keyed on the features' "
+                        "and VLAD's config hashes)")
     p.add_argument("--memory-mb", type=float, default=512.0,
                    help="bound on the retrieval working arrays")
     p.add_argument("--device", help="cpu or cuda (NetVLAD)")
@@ -92,68 +93,32 @@ def run_retrieval(args) -> int:
     from ..localization import retrieval as ret
     from ..pairs import write_pairs
 
-    descriptors = args.descriptors or args.output.with_name(f"global-{args.method}.h5")
-    if args.method == "stored":
-        if not args.descriptors:
-            raise InputError("--method stored needs --descriptors (a global-descriptor .h5)")
-        with ret.GlobalDescriptorReader(descriptors) as reader:
+    config = ret.RetrievalConfig(method=args.method, num_neighbors=args.num_neighbors,
+                                 min_score=args.min_score, memory_mb=args.memory_mb,
+                                 vlad=ret.VladConfig(num_clusters=args.clusters))
+    method = ret.RETRIEVAL_METHODS[args.method](config, device=args.device)
+    source = ret.ImageSet((), images=args.images, features=args.features,
+                          descriptors=args.descriptors)
+    if getattr(source, method.needs) is None:
+        raise InputError(f"--method {args.method} needs --{method.needs} ("
+                         + {"images": "an image folder", "features": "a features .h5",
+                            "descriptors": "a global-descriptor .h5"}[method.needs] + ")")
+    all_names = ret.available_names(method, source)
+    queries = _select(all_names, args.query_list, args.query_prefix, "query")
+    if args.db_descriptors:
+        with ret.GlobalDescriptorReader(args.db_descriptors) as reader:
             all_names = reader.names()
-        queries = _select(all_names, args.query_list, args.query_prefix, "query")
-        if args.db_descriptors:
-            with ret.GlobalDescriptorReader(args.db_descriptors) as reader:
-                all_names = reader.names()
-        db = _select(all_names, args.db_list, args.db_prefix, "database")
-    elif args.method == "vlad":
-        if not args.features:
-            raise InputError("--method vlad needs --features (a features .h5)")
-        from ..store import FeatureReader
-
-        with FeatureReader(args.features) as reader:
-            all_names, features_hash = reader.names(), reader.config_hash
-        queries = _select(all_names, args.query_list, args.query_prefix, "query")
-        db = _select(all_names, args.db_list, args.db_prefix, "database")
-        codebook_path = args.codebook or descriptors.with_name(descriptors.stem
-                                                               + "-codebook.h5")
-        codebook = ret.Codebook.load(codebook_path) if codebook_path.is_file() else None
-        if codebook is not None and (codebook.features_config_hash != features_hash
-                                     or codebook.config.num_clusters != args.clusters):
-            if args.codebook:
-                raise InputError(f"codebook {codebook_path} was learned on other features "
-                                 "or with another number of clusters")
-            codebook = None
-        retrained = codebook is None
-        if retrained:
-            codebook = ret.train_vlad_codebook(args.features, db,
-                                               ret.VladConfig(num_clusters=args.clusters))
-            codebook.save(codebook_path)
-            logger.info("VLAD codebook -> %s", codebook_path)
-        # descriptors made with an older codebook are void
-        ret.compute_vlad(args.features, descriptors, codebook,
-                         list(dict.fromkeys(queries + db)),
-                         overwrite=args.overwrite or retrained)
-    else:
-        if not args.images:
-            raise InputError(f"--method {args.method} needs --images (an image folder)")
-        all_names = list_images(args.images)
-        queries = _select(all_names, args.query_list, args.query_prefix, "query")
-        db = _select(all_names, args.db_list, args.db_prefix, "database")
-        names = list(dict.fromkeys(queries + db))
-        if args.method == "contextdesc":
-            from ..extractors import create_extractor
-            from ..localization.retrieval import compute_global_descriptors
-
-            contextdesc = create_extractor("contextdesc++", device=args.device)
-            compute_global_descriptors(args.images, descriptors, contextdesc.global_descriptor,
-                                       "contextdesc-regional", contextdesc.config,
-                                       image_names=names, overwrite=args.overwrite)
-        else:
-            from ..localization.netvlad import compute_netvlad
-
-            compute_netvlad(args.images, descriptors, args.method, image_names=names,
-                            device=args.device, overwrite=args.overwrite)
-    pairs = ret.pairs_from_store(descriptors, args.num_neighbors, query_names=queries,
-                                 db_names=db, db_descriptors=args.db_descriptors,
-                                 min_score=args.min_score, memory_mb=args.memory_mb)
+    db = _select(all_names, args.db_list, args.db_prefix, "database")
+    descriptors = args.descriptors or args.output.with_name(f"global-{args.method}.h5")
+    if args.overwrite and args.method != "stored":
+        descriptors.unlink(missing_ok=True)
+    database = ret.ImageSet(tuple(db), args.images, args.features,
+                            args.db_descriptors or args.descriptors)
+    pairs = ret.retrieve(ret.ImageSet(tuple(queries), args.images, args.features,
+                                      args.descriptors), database, args.output.parent,
+                         config, device=args.device,
+                         descriptors=(descriptors, args.db_descriptors or descriptors),
+                         codebook=args.codebook)
     if not pairs:
         raise InputError("retrieval found no pair (fewer than two images, or --min-score "
                          "too high)")

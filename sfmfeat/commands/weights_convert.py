@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 import tarfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import ConfigError, InputError, WeightsError
 
 logger = logging.getLogger(__name__)
@@ -88,14 +88,8 @@ def convert_contextdesc(source: str | Path, target_dir: str | Path | None = None
             state = _convert_local_aug(folder)
     target.mkdir(parents=True, exist_ok=True)
     out = target / f"{variant}.pth"
-    fd, tmp_name = tempfile.mkstemp(dir=target, prefix=f".{out.name}.")
-    os.close(fd)
-    try:
-        torch.save(state, tmp_name)
-        os.replace(tmp_name, out)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
     logger.info("wrote %s (%d tensors)", out, len(state))
     return out
 

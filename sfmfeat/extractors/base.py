@@ -10,7 +10,6 @@ top-left pixel at (0, 0). COLMAP's +0.5 is added only when writing to COLMAP.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -248,6 +247,3 @@ class _PairConfig:
     detector: dict
     describer: dict
 
-
-def replace_config(config: Any, **changes: Any) -> Any:
-    return dataclasses.replace(config, **changes)

@@ -29,7 +29,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from ..progress import tqdm
 from ..store import FeatureReader, MatchReader
 from .pose import PoseConfig, estimate_pose
 from .results import INLOC_THRESHOLDS, pose_errors, recall
-from .sfm import QueryResult
+from .model_localization import QueryResult
 
 logger = logging.getLogger(__name__)
 
@@ -390,6 +390,3 @@ def localize_inloc(dataset: str | Path, retrieval: Mapping[str, Sequence[str]],
         report.mat_files_read = cutouts.reads
     return report
 
-
-def with_pose_overrides(config: InLocConfig, **pose: Any) -> InLocConfig:
-    return replace(config, pose=replace(config.pose, **pose))

@@ -24,7 +24,7 @@ from ..errors import ReconstructionError, SfmfeatError
 from ..pairs import Pair
 from ..reconstruction.triangulation import TriangulationConfig, triangulate_model
 from .results import pose_errors
-from .sfm import LocalizationConfig, localize
+from .model_localization import LocalizationConfig, localize
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pycolmap
 
 from ..errors import InputError
-from ..reconstruction.database import COLMAP_PIXEL_OFFSET
+from ..reconstruction.database import to_colmap_keypoints
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: pycolmap.C
     camera = copy.copy(camera)
     try:
         answer = pycolmap.estimate_and_refine_absolute_pose(
-            points2D + COLMAP_PIXEL_OFFSET, points3D, camera,
+            to_colmap_keypoints(points2D, np.float64), points3D, camera,
             estimation_options=estimation_options(config),
             refinement_options=refinement_options(config),
             return_covariance=config.return_covariance)

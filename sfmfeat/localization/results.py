@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,12 @@ from typing import Any
 import numpy as np
 import pycolmap
 
+from ..atomic import write_text_atomic
 from ..errors import InputError
 from ..textfiles import quote_name, read_records
 
 DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 INLOC_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 10.0), (0.5, 10.0), (1.0, 10.0))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def quaternion_wxyz(pose: pycolmap.Rigid3d) -> np.ndarray:
@@ -67,7 +60,7 @@ def write_poses(path: str | Path, poses: Mapping[str, pycolmap.Rigid3d],
         t = np.asarray(pose.translation, dtype=np.float64)
         values = " ".join(f"{v:.10g}" for v in (*q, *t))
         lines.append(f"{quote_name(short)} {values}\n")
-    _atomic_write_text(path, "".join(lines))
+    write_text_atomic(path, "".join(lines), parents=True)
     return path
 
 
@@ -189,7 +182,8 @@ def _jsonable(value: Any) -> Any:
 def write_json(path: str | Path, payload: Any) -> Path:
     """Atomic JSON write (numpy values and poses converted, non-finite floats -> null)."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(_jsonable(payload), indent=1, sort_keys=False) + "\n")
+    write_text_atomic(path, json.dumps(_jsonable(payload), indent=1, sort_keys=False) + "\n",
+                      parents=True)
     return path
 
 
@@ -205,3 +199,37 @@ def read_query_log(path: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(f"cannot read localization log {path}: {err}") from None
+
+
+def summary_text(results: Mapping[str, Any], poses_path: str | Path,
+                 log_path: str | Path | None = None,
+                 evaluation: Mapping[str, Any] | None = None,
+                 groups: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """What a localization run prints at the end (every verb and pipeline): the counts,
+    one line per query not localized, the mean per-query timings, per-group counts and
+    recall (``groups``: e.g. InLoc's floors) and the recall against ground truth.
+
+    results: query -> result (anything with ``localized``, ``status``, ``reason`` and
+    ``timings``)."""
+    localized = sum(bool(r.localized) for r in results.values())
+    lines = [f"localized {localized} of {len(results)} queries -> {poses_path}"
+             + (f" (log: {log_path})" if log_path else "")]
+    for name, result in results.items():
+        if not result.localized:   # most reasons already name the query
+            reason = result.reason or result.status
+            lines.append(f"  not localized: {reason if name in reason else f'{name}: {reason}'}")
+    keys = sorted({k for r in results.values() for k in r.timings})
+    if keys:
+        lines.append("mean seconds per query: " + ", ".join(
+            f"{k} {np.mean([r.timings[k] for r in results.values() if k in r.timings]):.3f}"
+            for k in keys))
+    for group, entry in (groups or {}).items():
+        line = f"{group}: {entry['num_localized']}/{entry['num_queries']} localized"
+        if "recall" in entry:
+            line += " | recall " + " / ".join(
+                f"({t:g}m,{r:g}°) {100 * v:.1f}%"
+                for (t, r), v in zip(entry["thresholds"], entry["recall"]))
+        lines.append(line)
+    if evaluation is not None:
+        lines.append(format_recall(evaluation))
+    return "\n".join(lines)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,12 +31,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import h5py
 import numpy as np
 
+from ..atomic import atomic_path
 from ..config import config_hash, config_to_dict
 from ..errors import ConfigError, ImageReadError, InputError, StoreError
 from ..pairs import Pair, unique_pairs
 from ..progress import tqdm
-from ..store import (SCHEMA_VERSION, FeatureReader, StoreInfo, StoreReader, _item_keys, _item_path,
-                     _open_h5, _ShardedWriter)
+from ..store import (SCHEMA_VERSION, FeatureReader, ImageRecordReader, RecordWriter, StoreInfo,
+                     open_h5, record_path)
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +50,7 @@ DATASET = "global_descriptor"
 
 # ------------------------------------------------------------------------------ store
 
-class GlobalDescriptorWriter(_ShardedWriter):
+class GlobalDescriptorWriter(RecordWriter):
     """Writes one global descriptor per image; ``name in writer`` tells what is done."""
 
     def __init__(self, path: str | Path, method: str, config_hash: str,
@@ -68,23 +68,17 @@ class GlobalDescriptorWriter(_ShardedWriter):
         self.add((name,), {DATASET: descriptor}, {"name": name})
 
 
-class GlobalDescriptorReader(StoreReader):
+class GlobalDescriptorReader(ImageRecordReader):
     """Read access to a finished global-descriptor file."""
 
     kind = KIND
     missing_hint = "run `sfmfeat retrieval` first"
 
-    def names(self) -> list[str]:
-        return [key[0] for key in _item_keys(self._handle, KIND)]
-
-    def __contains__(self, name: str) -> bool:
-        return _item_path(KIND, (name,)) in self._handle
-
     def read(self, name: str) -> np.ndarray:
-        path = _item_path(KIND, (name,))
-        if path not in self._handle:
+        group = self.record((name,))
+        if group is None:
             raise StoreError(f"{self.path} has no global descriptor for image {name!r}")
-        return self._handle[path][DATASET][()]
+        return group[DATASET][()]
 
     def read_many(self, names: Sequence[str]) -> np.ndarray:
         """len(names)×D float32."""
@@ -96,7 +90,7 @@ class GlobalDescriptorReader(StoreReader):
         for row, name in enumerate(names):
             # low-level read straight into the output row: ~10x faster than h5py's
             # high-level path lookups, which matters for 100k database images
-            path = f"{_item_path(KIND, (name,))}/{DATASET}".encode()
+            path = f"{record_path((name,))}/{DATASET}".encode()
             try:
                 dataset = h5py.h5d.open(handle_id, path)
             except KeyError:
@@ -360,6 +354,7 @@ class Codebook:
     features_method: str
     features_config_hash: str
     config: VladConfig
+    training_digest: str = ""                # the database images it was learned on
 
     @property
     def digest(self) -> str:
@@ -369,15 +364,14 @@ class Codebook:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with h5py.File(tmp, "w") as handle:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
             handle.create_dataset("centroids", data=self.centroids.astype(np.float32))
             handle.attrs["schema_version"] = SCHEMA_VERSION
             handle.attrs["kind"] = "vlad_codebook"
             handle.attrs["features_method"] = self.features_method
             handle.attrs["features_config_hash"] = self.features_config_hash
             handle.attrs["config"] = json.dumps(config_to_dict(self.config), sort_keys=True)
-        os.replace(tmp, path)
+            handle.attrs["training_digest"] = self.training_digest
         return path
 
     @classmethod
@@ -385,14 +379,15 @@ class Codebook:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"VLAD codebook {path} does not exist")
-        with _open_h5(path) as handle:
+        with open_h5(path) as handle:
             if handle.attrs.get("kind") != "vlad_codebook" or "centroids" not in handle:
                 raise StoreError(f"{path} is not a VLAD codebook file")
             config = VladConfig(**json.loads(handle.attrs["config"]))
             return cls(centroids=handle["centroids"][()],
                        features_method=str(handle.attrs["features_method"]),
                        features_config_hash=str(handle.attrs["features_config_hash"]),
-                       config=config)
+                       config=config,
+                       training_digest=str(handle.attrs.get("training_digest", "")))
 
 
 def kmeans(data: np.ndarray, num_clusters: int, iterations: int = 25, seed: int = 0,
@@ -490,7 +485,19 @@ def train_vlad_codebook(features: str | Path, db_names: Sequence[str],
     logger.info("VLAD codebook: %d clusters from %d descriptors of %d images in %.1f s",
                 config.num_clusters, len(data), len(db_names), time.perf_counter() - start)
     return Codebook(centroids=centroids, features_method=method, features_config_hash=fhash,
-                    config=config)
+                    config=config, training_digest=names_digest(db_names))
+
+
+def names_digest(names: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def vlad_identity(codebook: Codebook, features_method: str) -> tuple[str, dict[str, Any]]:
+    """(config hash, config) of the VLAD descriptors made with ``codebook``."""
+    config = {"method": "vlad", "vlad": config_to_dict(codebook.config),
+              "codebook": codebook.digest, "features": features_method,
+              "features_config_hash": codebook.features_config_hash}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16], config
 
 
 def compute_vlad(features: str | Path, output: str | Path, codebook: Codebook,
@@ -503,10 +510,7 @@ def compute_vlad(features: str | Path, output: str | Path, codebook: Codebook,
                 f"(config {codebook.features_config_hash}) but {features} holds "
                 f"{reader.method} (config {reader.config_hash}); learn a new codebook")
         names = list(names) if names is not None else reader.names()
-        config = {"method": "vlad", "vlad": config_to_dict(codebook.config),
-                  "codebook": codebook.digest, "features": reader.method,
-                  "features_config_hash": reader.config_hash}
-        chash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+        chash, config = vlad_identity(codebook, reader.method)
         with GlobalDescriptorWriter(output, "vlad", chash, config,
                                     overwrite=overwrite) as writer:
             for name in tqdm([n for n in names if n not in writer], desc="vlad", unit="img"):
@@ -538,3 +542,273 @@ def compute_global_descriptors(image_dir: str | Path, output: str | Path,
                 continue
             writer.write(name, describe(image))
     return Path(output)
+
+
+# ---------------------------------------------------------------- methods and the policy
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How query images find their database images by global descriptor."""
+
+    method: str = "vlad"                     # a name of RETRIEVAL_METHODS
+    num_neighbors: int = 20
+    min_score: float | None = None
+    memory_mb: float = 512.0
+    vlad: VladConfig = VladConfig()          # the "vlad" method's codebook and encoding
+
+    def __post_init__(self) -> None:
+        if self.method not in RETRIEVAL_METHODS:
+            raise ConfigError(f"unknown retrieval method {self.method!r}; choose one of "
+                              + ", ".join(RETRIEVAL_METHODS))
+        if self.num_neighbors < 1:
+            raise ConfigError(f"RetrievalConfig.num_neighbors={self.num_neighbors}: must "
+                              "be >= 1")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """One side of a retrieval: image names and where their input lives (the image
+    folder, the local features or a descriptor file, as the method needs)."""
+
+    names: tuple[str, ...]
+    images: Path | None = None
+    features: Path | None = None
+    descriptors: Path | None = None
+
+
+class RetrievalMethod(Protocol):
+    """A registered way of making global descriptors (see ``RETRIEVAL_METHODS``)."""
+
+    name: str
+    needs: str        # the ImageSet field it reads: "images", "features" or "descriptors"
+
+    def prepare(self, database: ImageSet, work_dir: Path) -> None:
+        """Whatever the method learns from the database (e.g. VLAD's codebook)."""
+
+    def identity(self, images: ImageSet) -> tuple[str, dict[str, Any]]:
+        """(config hash, config) of the descriptors it makes of ``images``."""
+
+    def compute(self, images: ImageSet, output: Path, overwrite: bool) -> None:
+        """Write the missing descriptors of ``images`` into ``output`` (resumable)."""
+
+
+class VladMethod:
+    """VLAD over the local features; the codebook is learned on the database images once
+    and kept in the work folder, keyed on the features' and VLAD's config hashes."""
+
+    name = "vlad"
+    needs = "features"
+
+    def __init__(self, config: RetrievalConfig, device: str | None = None,
+                 codebook_path: Path | None = None) -> None:
+        self.config = config.vlad
+        self.codebook_path = codebook_path   # a user's file: must fit, never retrained
+        self.codebook: Codebook | None = None
+
+    def prepare(self, database: ImageSet, work_dir: Path) -> None:
+        with FeatureReader(_source(database, "features", self.name)) as reader:
+            features_hash = reader.config_hash
+        training = names_digest(database.names)
+        path = self.codebook_path or work_dir / (
+            f"vlad-codebook-{features_hash}-{config_hash('vlad', self.config)}.h5")
+        if path.is_file():
+            codebook = Codebook.load(path)
+            fits = (codebook.features_config_hash == features_hash
+                    and codebook.config == self.config
+                    and codebook.training_digest in ("", training))
+            if fits:
+                logger.info("VLAD codebook: already done (%s)", path)
+                self.codebook = codebook
+                return
+            if self.codebook_path is not None:
+                raise InputError(f"codebook {path} was learned on other features, database "
+                                 "images or VLAD settings; remove --codebook to learn one")
+        self.codebook = train_vlad_codebook(database.features, list(database.names),
+                                            self.config)
+        self.codebook.save(path)
+        logger.info("VLAD codebook -> %s", path)
+
+    def identity(self, images: ImageSet) -> tuple[str, dict[str, Any]]:
+        if self.codebook is None:
+            raise StoreError("VladMethod.prepare must run before its descriptors")
+        with FeatureReader(_source(images, "features", self.name)) as reader:
+            return vlad_identity(self.codebook, reader.method)
+
+    def compute(self, images: ImageSet, output: Path, overwrite: bool) -> None:
+        compute_vlad(images.features, output, self.codebook, list(images.names),
+                     overwrite=overwrite)
+
+
+class ImageMethod:
+    """A network that maps an image to its global descriptor (NetVLAD, ContextDesc's
+    regional map); the network is built only when a descriptor is missing."""
+
+    needs = "images"
+
+    def __init__(self, name: str, config: Any, build: Callable[[], Callable[[np.ndarray],
+                                                                          np.ndarray]]):
+        self.name, self.config, self.build = name, config, build
+
+    def prepare(self, database: ImageSet, work_dir: Path) -> None:
+        return None
+
+    def identity(self, images: ImageSet) -> tuple[str, dict[str, Any]]:
+        return config_hash(self.name, self.config), {"method": self.name,
+                                                     "config": config_to_dict(self.config)}
+
+    def compute(self, images: ImageSet, output: Path, overwrite: bool) -> None:
+        compute_global_descriptors(_source(images, "images", self.name), output,
+                                   self.build(), self.name, self.config,
+                                   image_names=list(images.names), overwrite=overwrite)
+
+
+class StoredMethod:
+    """Descriptors made elsewhere (ours or hloc's ``global-feats-*.h5``), used as they are."""
+
+    name = "stored"
+    needs = "descriptors"
+
+    def prepare(self, database: ImageSet, work_dir: Path) -> None:
+        return None
+
+    def identity(self, images: ImageSet) -> tuple[str, dict[str, Any]]:
+        with GlobalDescriptorReader(_source(images, "descriptors", self.name)) as reader:
+            return reader.config_hash, reader.config
+
+    def compute(self, images: ImageSet, output: Path, overwrite: bool) -> None:
+        with GlobalDescriptorReader(output) as reader:
+            absent = [n for n in images.names if n not in reader]
+        raise InputError(f"{len(absent)} image(s) have no descriptor in {output} (method "
+                         f"stored computes none): {', '.join(absent[:5])}")
+
+
+def _netvlad(preset: str) -> Callable[..., RetrievalMethod]:
+    def create(config: RetrievalConfig, device: str | None = None, **_: Any) -> ImageMethod:
+        from . import netvlad
+
+        weights = netvlad.PRESETS[preset]
+        return ImageMethod(preset, weights, lambda: netvlad.NetVladDescriber(weights,
+                                                                             device=device))
+    return create
+
+
+def _contextdesc(config: RetrievalConfig, device: str | None = None,
+                 **_: Any) -> ImageMethod:
+    from ..extractors import resolve_spec
+
+    spec = resolve_spec("contextdesc++")
+    return ImageMethod("contextdesc-regional", spec.config,
+                       lambda: spec.build(device).global_descriptor)
+
+
+# name -> factory(config, device, **options); register more with register_retrieval_method
+RETRIEVAL_METHODS: dict[str, Callable[..., RetrievalMethod]] = {
+    "vlad": VladMethod,
+    "netvlad": _netvlad("netvlad"),
+    "netvlad-tokyotm": _netvlad("netvlad-tokyotm"),
+    "contextdesc": _contextdesc,
+    "stored": lambda config, device=None, **_: StoredMethod(),
+}
+
+
+def retrieval_needs(method: str) -> str:
+    """What a registered method reads: "images", "features" or "descriptors"."""
+    config = RetrievalConfig(method=method)
+    return RETRIEVAL_METHODS[method](config).needs
+
+
+def register_retrieval_method(name: str, factory: Callable[..., RetrievalMethod]) -> None:
+    RETRIEVAL_METHODS[name] = factory
+
+
+def _source(images: ImageSet, field: str, method: str) -> Path:
+    value = getattr(images, field)
+    if value is None:
+        what = {"images": "the folder of the images", "features": "their local features",
+                "descriptors": "a global-descriptor file"}[field]
+        example = f" (e.g. {images.names[0]})" if images.names else ""
+        raise InputError(f"retrieval method {method} reads {what}, which was not given for "
+                         f"{len(images.names)} image(s){example}")
+    return Path(value)
+
+
+def available_names(method: RetrievalMethod, images: ImageSet) -> list[str]:
+    """Every image the method could describe from ``images``' source."""
+    source = _source(images, method.needs, method.name)
+    if method.needs == "features":
+        with FeatureReader(source) as reader:
+            return reader.names()
+    if method.needs == "descriptors":
+        with GlobalDescriptorReader(source) as reader:
+            return reader.names()
+    from ..images import list_images
+
+    return list_images(source)
+
+
+def describe(method: RetrievalMethod, images: ImageSet, output: Path) -> list[str]:
+    """Make sure ``output`` holds ``images``' descriptors of the method's current config
+    (resumed when partial, recomputed when made otherwise); the names it holds."""
+    chash, _ = method.identity(images)
+    if output.is_file() and not output.with_name(output.name + ".partial").exists():
+        with GlobalDescriptorReader(output) as reader:
+            same = reader.config_hash == chash
+            stored = set(reader.names()) if same else set()
+        if same and stored.issuperset(images.names):
+            logger.info("%s descriptors: already done (%s)", method.name, output)
+            return list(images.names)
+        if not same:
+            logger.info("%s was made with another config: recomputing it", output)
+    else:
+        same = True
+    method.compute(images, output, overwrite=not same)
+    with GlobalDescriptorReader(output) as reader:
+        stored = set(reader.names())
+    dropped = [n for n in images.names if n not in stored]
+    if dropped:   # unreadable images: reported by the method, left out of retrieval
+        logger.warning("%d image(s) without a global descriptor, left out: %s", len(dropped),
+                       ", ".join(dropped[:5]))
+    return [n for n in images.names if n in stored]
+
+
+def retrieve(queries: ImageSet, database: ImageSet, work_dir: str | Path,
+             config: RetrievalConfig = RetrievalConfig(), device: str | None = None,
+             descriptors: tuple[Path | None, Path | None] = (None, None),
+             codebook: Path | None = None) -> list[Pair]:
+    """(query, database image) pairs by global descriptor: the one retrieval policy.
+
+    Resumable step by step: the method's database model (VLAD's codebook), then the
+    database's and the queries' descriptors, each kept in ``work_dir`` under a name keyed
+    on the inputs' and the method's config hashes, reused when complete ("already done"),
+    resumed when partial. ``descriptors``: (query, database) files instead of those
+    names (one file when both sides read the same source); ``codebook``: a given VLAD
+    codebook file (must fit). When both sides are the same images, reversed duplicates are
+    dropped."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    method = RETRIEVAL_METHODS[config.method](config, device=device, codebook_path=codebook)
+    method.prepare(database, work_dir)
+    shared = getattr(queries, method.needs) == getattr(database, method.needs)
+    if shared:
+        both = ImageSet(tuple(dict.fromkeys(queries.names + database.names)),
+                        queries.images, queries.features, queries.descriptors)
+        path = descriptors[0] or descriptors[1] or _keyed(work_dir, method, both, "global")
+        kept = set(describe(method, both, path))
+        query_path = db_path = path
+    else:
+        query_path = descriptors[0] or _keyed(work_dir, method, queries, "query")
+        db_path = descriptors[1] or _keyed(work_dir, method, database, "db")
+        kept = set(describe(method, database, db_path)) | set(
+            describe(method, queries, query_path))
+    query_names = [n for n in queries.names if n in kept]
+    db_names = [n for n in database.names if n in kept]
+    return pairs_from_store(query_path, config.num_neighbors, query_names=query_names,
+                            db_names=db_names, db_descriptors=db_path,
+                            min_score=config.min_score, memory_mb=config.memory_mb)
+
+
+def _keyed(work_dir: Path, method: RetrievalMethod, images: ImageSet, side: str) -> Path:
+    if method.needs == "descriptors":
+        return Path(images.descriptors)
+    chash, _ = method.identity(images)
+    return work_dir / f"{side}-{method.name}-{chash}.h5"

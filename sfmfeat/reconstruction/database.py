@@ -1,13 +1,16 @@
-"""Writing our features and matches into a COLMAP database.
+"""Writing our features and matches into a COLMAP database: the one importer, for a new
+reconstruction (:func:`write_database`) and for a known model (:func:`write_model_database`,
+used by triangulation).
 
-This is the one place where the +0.5 pixel shift happens: sfmfeat puts pixel centres at
+This is the one place where the +0.5 pixel shift happens (:func:`to_colmap_keypoints`,
+also used for the 2D points handed to COLMAP's estimators): sfmfeat puts pixel centres at
 integer coordinates, COLMAP at half-integers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
@@ -31,8 +34,10 @@ class CameraMode(str, Enum):
     PER_IMAGE = "per-image"    # one camera per image
 
 
-def to_colmap_keypoints(keypoints: np.ndarray) -> np.ndarray:
-    return np.asarray(keypoints, np.float32)[:, :2] + COLMAP_PIXEL_OFFSET
+def to_colmap_keypoints(keypoints: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """N×2 sfmfeat pixel coordinates in COLMAP's convention (``dtype``: float32 for the
+    database, float64 for estimators)."""
+    return np.asarray(keypoints, dtype)[:, :2] + COLMAP_PIXEL_OFFSET
 
 
 def from_colmap_keypoints(keypoints: np.ndarray) -> np.ndarray:
@@ -82,15 +87,12 @@ def write_database(database_path: str | Path, image_dir: str | Path, names: list
 
     ``cameras`` (optional) gives known intrinsics per image name and bypasses ``camera_mode``.
     """
-    database_path = Path(database_path)
+    database_path = fresh_database(database_path)
     camera_mode = CameraMode(camera_mode)
-    database_path.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{database_path}{suffix}").unlink(missing_ok=True)
     image_ids: dict[str, int] = {}
     group_camera: dict[str, tuple[int, tuple[int, int]]] = {}
     with pycolmap.Database.open(database_path) as db, pycolmap.DatabaseTransaction(db):
-        for name in tqdm(names, desc="import keypoints", unit="img"):
+        for name in tqdm(names, desc="import images", unit="img"):
             size = features.image_size(name)
             if cameras is not None and name in cameras:
                 camera_id = db.write_camera(cameras[name])
@@ -111,10 +113,45 @@ def write_database(database_path: str | Path, image_dir: str | Path, names: list
                         f"camera mode {camera_mode.value!r} shares one camera between images of "
                         f"sizes {camera_size} and {size} ({name}); use --camera-mode per-image"
                     )
-            image_id = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
-            db.write_keypoints(image_id, to_colmap_keypoints(features.keypoints(name)))
-            image_ids[name] = image_id
+            image_ids[name] = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
+        import_keypoints(db, image_ids, features.keypoints)
     return image_ids
+
+
+def fresh_database(database_path: str | Path) -> Path:
+    """``database_path`` with any earlier database (and its WAL files) removed."""
+    database_path = Path(database_path)
+    database_path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database_path}{suffix}").unlink(missing_ok=True)
+    return database_path
+
+
+def write_model_database(reference: pycolmap.Reconstruction,
+                         database_path: str | Path) -> dict[str, int]:
+    """A fresh database whose camera, rig, image and frame ids equal the model's;
+    name -> image id (keypoints: :func:`import_keypoints`)."""
+    database_path = fresh_database(database_path)
+    ids: dict[str, int] = {}
+    with pycolmap.Database.open(database_path) as db, pycolmap.DatabaseTransaction(db):
+        for camera in reference.cameras.values():
+            db.write_camera(camera, use_camera_id=True)
+        for rig in reference.rigs.values():
+            db.write_rig(rig, use_rig_id=True)
+        for image_id, image in reference.images.items():
+            db.write_image(pycolmap.Image(name=image.name, camera_id=image.camera_id,
+                                          image_id=image_id), use_image_id=True)
+            ids[image.name] = image_id
+        for frame in reference.frames.values():
+            db.write_frame(frame, use_frame_id=True)
+    return ids
+
+
+def import_keypoints(db: pycolmap.Database, image_ids: dict[str, int],
+                     keypoints: Callable[[str], np.ndarray]) -> None:
+    """Write every image's keypoints (``keypoints(name)``, sfmfeat convention)."""
+    for name, image_id in tqdm(image_ids.items(), desc="import keypoints", unit="img"):
+        db.write_keypoints(image_id, to_colmap_keypoints(keypoints(name)))
 
 
 def write_matches(database_path: str | Path, image_ids: dict[str, int], matches: MatchReader,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import pycolmap
 from ..config import config_hash, config_to_dict
 from ..progress import tqdm
 from ..timing import StageTimer
+from ..atomic import atomic_path, write_text_atomic
 from ..errors import ConfigError, InputError, ReconstructionError
 from ..lineage import check_images_belong_to_model
 from . import mvs_cpu
@@ -142,15 +142,12 @@ def _read_state(workspace: Path) -> dict[str, Any]:
 
 
 def _write_state(workspace: Path, state: dict[str, Any]) -> None:
-    tmp = workspace / "dense.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, workspace / "dense.json")
+    write_text_atomic(workspace / "dense.json", json.dumps(state, indent=2, sort_keys=True))
 
 
 def _atomic_write(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    obj.write(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        obj.write(str(tmp))
 
 
 def normal_map(normals: np.ndarray) -> pycolmap.NormalMap:
@@ -371,30 +368,29 @@ def _fuse(workspace: Path, config: DenseConfig, names: list[str]) -> Path:
         max_normal_error=config.fusion_max_normal_error,
         num_threads=config.num_threads)
     fused = workspace / "fused.ply"
-    tmp = workspace / "fused.tmp.ply"
-    pycolmap.stereo_fusion(str(tmp), str(workspace), input_type="geometric",
-                           options=options, output_type="PLY")
-    os.replace(tmp, fused)
+    with atomic_path(fused) as tmp:
+        pycolmap.stereo_fusion(str(tmp), str(workspace), input_type="geometric",
+                               options=options, output_type="PLY")
     return fused
 
 
 def _mesh(fused: Path, config: DenseConfig) -> Path | None:
     """The Poisson mesh of the fused cloud, or None (with a warning) when it is empty."""
     mesh = fused.with_name("meshed-poisson.ply")
-    tmp = fused.with_name("meshed-poisson.tmp.ply")
     mesh.unlink(missing_ok=True)  # never leave an earlier mesh beside a new cloud
     options = pycolmap.PoissonMeshingOptions(depth=config.poisson_depth, trim=config.poisson_trim,
                                              num_threads=config.poisson_num_threads)
-    pycolmap.poisson_meshing(str(fused), str(tmp), options)
-    if not tmp.is_file():
-        raise ReconstructionError(f"Poisson meshing of {fused} wrote no mesh")
-    if _ply_vertex_count(tmp) == 0:
-        tmp.unlink()
+    with atomic_path(mesh) as tmp:
+        pycolmap.poisson_meshing(str(fused), str(tmp), options)
+        if not tmp.is_file():
+            raise ReconstructionError(f"Poisson meshing of {fused} wrote no mesh")
+        if _ply_vertex_count(tmp) == 0:
+            tmp.unlink()   # nothing written: the mesh stays absent
+    if not mesh.is_file():
         logger.warning("Poisson meshing of %s gave an empty mesh (trim %.1f removed every "
                        "vertex, or the cloud is too sparse); no mesh written: lower "
                        "poisson_trim or poisson_depth", fused, config.poisson_trim)
         return None
-    os.replace(tmp, mesh)
     return mesh
 
 

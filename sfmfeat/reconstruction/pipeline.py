@@ -31,6 +31,7 @@ import pycolmap
 
 from .. import __version__
 from ..config import config_hash, config_to_dict
+from ..atomic import write_text_atomic
 from ..errors import ConfigError, InputError, ReconstructionError
 from ..executors import ExecutorConfig, session, uses_ray
 from ..extract import ExtractionReport, extract_features
@@ -354,6 +355,4 @@ class _HashInput:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))

@@ -23,7 +23,8 @@ from ..errors import InputError, ReconstructionError
 from ..pairs import Pair, unique_pairs
 from ..progress import tqdm
 from ..store import FeatureReader, MatchReader, check_matches_lineage
-from .database import COLMAP_PIXEL_OFFSET, to_colmap_keypoints, verify_matches
+from .database import (import_keypoints, to_colmap_keypoints, verify_matches,
+                       write_model_database)
 
 logger = logging.getLogger(__name__)
 
@@ -114,28 +115,6 @@ def read_model(path: str | Path) -> pycolmap.Reconstruction:
         raise InputError(f"cannot read the COLMAP model in {path}: {err}") from None
 
 
-def create_database_from_model(reference: pycolmap.Reconstruction,
-                               database_path: str | Path) -> dict[str, int]:
-    """A fresh database whose camera and image ids equal the model's; name -> image id."""
-    database_path = Path(database_path)
-    database_path.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{database_path}{suffix}").unlink(missing_ok=True)
-    ids: dict[str, int] = {}
-    with pycolmap.Database.open(database_path) as db, pycolmap.DatabaseTransaction(db):
-        for camera_id, camera in reference.cameras.items():
-            db.write_camera(camera, use_camera_id=True)
-        for rig in reference.rigs.values():
-            db.write_rig(rig, use_rig_id=True)
-        for image_id, image in reference.images.items():
-            db.write_image(pycolmap.Image(name=image.name, camera_id=image.camera_id,
-                                          image_id=image_id), use_image_id=True)
-            ids[image.name] = image_id
-        for frame in reference.frames.values():
-            db.write_frame(frame, use_frame_id=True)
-    return ids
-
-
 def epipolar_inliers(keypoints0: np.ndarray, keypoints1: np.ndarray, matches: np.ndarray,
                      camera0: pycolmap.Camera, camera1: pycolmap.Camera,
                      cam0_from_world: pycolmap.Rigid3d, cam1_from_world: pycolmap.Rigid3d,
@@ -147,8 +126,8 @@ def epipolar_inliers(keypoints0: np.ndarray, keypoints1: np.ndarray, matches: np
     essential = np.asarray(pycolmap.essential_matrix_from_pose(cam1_from_cam0))
     if len(matches) == 0:
         return np.zeros(0, bool), essential
-    p0 = np.asarray(keypoints0, np.float64)[matches[:, 0], :2] + COLMAP_PIXEL_OFFSET
-    p1 = np.asarray(keypoints1, np.float64)[matches[:, 1], :2] + COLMAP_PIXEL_OFFSET
+    p0 = to_colmap_keypoints(np.asarray(keypoints0)[matches[:, 0]], np.float64)
+    p1 = to_colmap_keypoints(np.asarray(keypoints1)[matches[:, 1]], np.float64)
     x0 = np.c_[camera0.cam_from_img(p0), np.ones(len(p0))]
     x1 = np.c_[camera1.cam_from_img(p1), np.ones(len(p1))]
     line1 = x0 @ essential.T            # epipolar lines in image 1: E x0
@@ -180,8 +159,7 @@ def import_features_and_matches(reference: pycolmap.Reconstruction, database_pat
         return keypoints[name]
 
     with pycolmap.Database.open(database_path) as db, pycolmap.DatabaseTransaction(db):
-        for name, image_id in tqdm(image_ids.items(), desc="import keypoints", unit="img"):
-            db.write_keypoints(image_id, to_colmap_keypoints(get_keypoints(name)))
+        import_keypoints(db, image_ids, get_keypoints)
         for name0, name1 in tqdm(pairs, desc="verify with known poses", unit="pair"):
             if name0 not in image_ids or name1 not in image_ids:
                 report.skipped_pairs[f"{name0} {name1}"] = "image not in the model"
@@ -278,7 +256,7 @@ def triangulate_model(reference: str | Path | pycolmap.Reconstruction,
     if not pairs:
         raise InputError("no image pairs to triangulate from (empty pairs list)")
     database_path = output_dir / "database.db"
-    image_ids = create_database_from_model(reference, database_path)
+    image_ids = write_model_database(reference, database_path)
     report = TriangulationReport(reconstruction=reference, database_path=database_path)
     timings["database"] = time.perf_counter() - start
     with FeatureReader(features) as feature_reader, MatchReader(matches) as match_reader:

@@ -10,9 +10,10 @@ wins. A query that fails gets *no* pose and a reason in its log entry.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,14 @@ class ModelIndex:
 
     def __contains__(self, name: str) -> bool:
         return name in self.image_ids
+
+    def digest(self) -> str:
+        """A digest of the points and of which keypoint observes which point."""
+        h = hashlib.sha256(self.xyz.tobytes())
+        for name, image_id in sorted(self.image_ids.items()):
+            h.update(name.encode())
+            h.update(self._rows[image_id].tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def names(self) -> list[str]:
@@ -210,6 +219,23 @@ class QueryResult:
         if self.cam_from_world is not None:
             entry["cam_from_world"] = self.cam_from_world
         return entry
+
+    @classmethod
+    def from_log_entry(cls, name: str, entry: Mapping[str, Any]) -> "QueryResult":
+        """The result that wrote ``entry`` (a per-query log entry, see ``log_entry``)."""
+        from .results import pose_from_wxyz
+
+        pose = entry.get("cam_from_world")
+        return cls(name=name, status=entry["status"], reason=entry.get("reason"),
+                   cam_from_world=pose_from_wxyz(pose["qvec_wxyz"], pose["tvec"])
+                   if pose else None,
+                   num_inliers=entry["num_inliers"],
+                   num_correspondences=entry["num_correspondences"],
+                   num_retrieved=entry["num_retrieved"],
+                   matched_db_images=dict(entry["matched_db_images"]),
+                   inliers_per_db_image=dict(entry["inliers_per_db_image"]),
+                   num_clusters=entry["num_clusters"], camera=entry.get("camera"),
+                   timings=dict(entry["timings"]))
 
 
 def localize_query(index: ModelIndex, name: str, camera: pycolmap.Camera,
@@ -360,5 +386,3 @@ def retrieval_from_pairs(pairs: Iterable[Pair], queries: Iterable[str]) -> dict[
             result.setdefault(name1, []).append(name0)
     return result
 
-
-PairsFunction = Callable[[list[str]], list[Pair]]
