@@ -108,13 +108,30 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", help="a set placed by benchmarks/reference_sets.py")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--images", type=Path)
     parser.add_argument("--reference", type=Path)
     parser.add_argument("--subset", type=int)
+
+
+def reference_images(args: argparse.Namespace) -> tuple[Path, dict, Path]:
+    """(subset image folder, reference poses, work folder) of --set or --images/--reference."""
+    if args.set:
+        images, reference_path = (args.cache / args.set / "images",
+                                  args.cache / args.set / "reference_poses.txt")
+    elif args.images and args.reference:
+        images, reference_path = args.images, args.reference
+    else:
+        raise SystemExit("give --set, or --images and --reference")
+    work = args.work / (args.set or images.name)
+    return subset_images(images, args.subset, work), read_camera_poses(reference_path), work
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_reference_arguments(parser)
     parser.add_argument("--case", action="append", help="LABEL:FEATURES:MATCHER:K=V;K=V")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=-1)
@@ -122,16 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.set:
-        images, reference_path = (args.cache / args.set / "images",
-                                  args.cache / args.set / "reference_poses.txt")
-    elif args.images and args.reference:
-        images, reference_path = args.images, args.reference
-    else:
-        parser.error("give --set, or --images and --reference")
-    reference = read_camera_poses(reference_path)
-    work = args.work / (args.set or images.name)
-    images = subset_images(images, args.subset, work)
+    images, reference, work = reference_images(args)
     cases = [Case.parse(text) for text in (args.case or DEFAULT_CASES)]
     rows: list[dict] = []
     features_of: dict[tuple, tuple[Path, float]] = {}

@@ -38,11 +38,11 @@ import sys
 import time
 from pathlib import Path
 
-from accuracy import DEFAULT_CACHE, run_case, subset_images
+from accuracy import add_reference_arguments, reference_images, run_case
 from seed_spread import Case
 
 from sfmfeat.evaluation import EvaluationConfig, evaluate_poses, registered_poses
-from sfmfeat.posefiles import match_names, read_camera_poses, restrict_to_folder
+from sfmfeat.posefiles import match_names, restrict_to_folder
 from sfmfeat.weights import weights_dir
 
 import pycolmap
@@ -124,16 +124,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def side_by_side(args: argparse.Namespace) -> int:
-    if args.set:
-        images = args.cache / args.set / "images"
-        reference_path = args.cache / args.set / "reference_poses.txt"
-    elif args.images and args.reference:
-        images, reference_path = args.images, args.reference
-    else:
-        raise SystemExit("give --set, or --images and --reference")
-    reference = read_camera_poses(reference_path)
-    work = args.work / (args.set or images.name)
-    images = subset_images(images, args.subset, work)
+    images, reference, work = reference_images(args)
     names = sorted(p.name for p in images.iterdir())
     rows: list[dict] = []
     for text in args.pair or DEFAULT_PAIRS:
@@ -192,11 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("features", "matches", "pairs", "images", "out"):
         mapper.add_argument(name, type=Path)
     mapper.add_argument("--seed", type=int, action="append")
-    parser.add_argument("--set")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--images", type=Path)
-    parser.add_argument("--reference", type=Path)
-    parser.add_argument("--subset", type=int)
+    add_reference_arguments(parser)
     parser.add_argument("--pair", action="append", help="OURS=HLOC_FEATURES+HLOC_MATCHER")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=-1)
