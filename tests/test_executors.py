@@ -75,6 +75,28 @@ def test_ray_run_is_array_equal_to_the_in_process_run(local_ray, reference, tmp_
     assert_same_features(tmp_path / "disk-ray.h5", tmp_path / "disk.h5")
 
 
+def test_lightglue_through_ray_is_array_equal_to_the_in_process_run(
+        local_ray, reference, tmp_path, lightglue_weights_env):
+    """A matcher that needs whole features (keypoints, scores, image size) and its own
+    weights on the workers: DISK + LightGlue on three images, Ray against in-process."""
+    import torch
+
+    images, names, _, _ = reference
+    extract_features(images, tmp_path / "disk.h5", "disk",
+                     overrides={"max_keypoints": 128, "max_edge": 256}, image_names=names[:3])
+    pairs = exhaustive(names[:3])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)           # an actor runs one thread: the same summation order
+    try:
+        match_pairs(pairs, tmp_path / "disk.h5", tmp_path / "lg.h5", "lightglue")
+    finally:
+        torch.set_num_threads(threads)
+    report = match_pairs(pairs, tmp_path / "disk.h5", tmp_path / "lg-ray.h5", "lightglue",
+                         executor=RAY)
+    assert report.matched == len(pairs) and report.num_matches
+    assert assert_same_matches(tmp_path / "lg-ray.h5", tmp_path / "lg.h5") == len(pairs)
+
+
 def _worker_pids(title: str) -> list[int]:
     """This user's Ray actor processes of the class ``title`` (Ray sets the process title)."""
     pids = []
