@@ -10,6 +10,7 @@ the finished tasks' shards, which the rerun picks up as the in-process run would
 
 Pairs are cut into blocks of ``pairs_per_task`` in the order given (retrieval pairs come
 grouped by query): a worker reads each image's features once per block, not once per pair.
+A job too small to give every worker two full blocks is cut into smaller ones.
 
 Assumptions: the image folder and the output folder are on a file system every node sees
 at the same path (NFS, a cluster file system, or one machine), and sfmfeat is importable
@@ -236,7 +237,10 @@ def _kill(ray: Any, actors: list[Any]) -> None:
             logger.debug("could not kill a Ray actor: %s", err)
 
 
-def blocks_of(items: Sequence, size: int) -> list[list]:
+def blocks_of(items: Sequence, size: int, num_workers: int = 1) -> list[list]:
+    """Consecutive blocks of at most ``size`` items; smaller when there are too few items to
+    give every worker two blocks (45 pairs in one block of 256 would run on one worker)."""
+    size = max(1, min(size, -(-len(items) // (2 * num_workers))))
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
@@ -326,7 +330,7 @@ def extract_on_ray(image_dir: Path, names: list[str], features: str,
                     done.update(extracted)
                     rejected.update(refused)
 
-                _dispatch(ray, actors, "run", blocks_of(todo, executor.images_per_task),
+                _dispatch(ray, actors, "run", blocks_of(todo, executor.images_per_task, len(actors)),
                           (str(Path(report.output).resolve()), writer.info), executor,
                           on_result, f"extract {features} (ray)", "img")
         finally:
@@ -417,7 +421,7 @@ def match_on_ray(pairs: list[tuple[str, str]], readers: list[Any], output: str |
                 def on_result(block: list[tuple[str, str]], result: list[int]) -> None:
                     counts.update(zip(block, result))
 
-                _dispatch(ray, actors, "run", blocks_of(todo, executor.pairs_per_task),
+                _dispatch(ray, actors, "run", blocks_of(todo, executor.pairs_per_task, len(actors)),
                           (str(Path(output).resolve()), writer.info), executor, on_result,
                           f"match {matcher} (ray)", "pair")
         finally:

@@ -25,6 +25,14 @@ def test_executor_config_is_validated():
     assert blocks_of(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
 
 
+def test_a_small_job_is_cut_so_every_worker_gets_blocks():
+    blocks = blocks_of(list(range(45)), 256, num_workers=2)        # 45 pairs, 2 workers
+    assert [len(b) for b in blocks] == [12, 12, 12, 9]
+    assert sum(blocks, []) == list(range(45))                     # order and items kept
+    assert len(blocks_of(list(range(10_000)), 256, num_workers=2)) == 40   # large: 256 each
+    assert blocks_of([], 8, num_workers=4) == []
+
+
 def _features(seed: int) -> Features:
     rng = np.random.default_rng(seed)
     return Features(keypoints=rng.random((5, 2), np.float32) * 100,
