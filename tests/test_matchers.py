@@ -82,3 +82,20 @@ def test_invalid_input_errors():
         create_matcher("mnn", {"ratoi": 0.5})
     with pytest.raises(InputError, match="ratio"):
         create_matcher("mnn", {"ratio": 1.5})
+
+
+@pytest.mark.parametrize("columns", [5, 127, 128, 1000, 8192])
+@pytest.mark.parametrize("k", [1, 2])
+def test_row_top_equals_topk(columns, k):
+    """The grouped top-k of the fp32 matcher against torch.topk (values and best column),
+    with a short last group and rows whose two best lie in one group or in two."""
+    from sfmfeat.matchers.nearest_neighbor import _row_top
+
+    score = torch.randn(300, columns, generator=torch.Generator().manual_seed(columns))
+    if columns > 70:
+        score[0, 3], score[0, 5] = 50.0, 49.0          # best two in the first group
+        score[1, 3], score[1, columns - 1] = 50.0, 49.0  # second in the last (short) group
+    values, best = _row_top(score, k)
+    expected_values, expected_index = score.topk(k, dim=1)
+    assert torch.equal(values, expected_values)
+    assert torch.equal(best, expected_index[:, 0])

@@ -113,13 +113,15 @@ def test_the_error_model_bounds_the_bf16_similarities():
         assert float(bound.max()) < 8 * float(gap.max())
 
 
-def test_precision_is_validated_and_not_hashed():
+def test_precision_and_chunk_size_are_not_hashed():
     with pytest.raises(ConfigError, match="precision"):
         create_matcher("mnn", {"precision": "fp8"})
     for preset in PRESETS:
         assert (create_matcher(preset, {"precision": "bf16"}).config_hash
                 == create_matcher(preset, {"precision": "fp32"}).config_hash
                 == create_matcher(preset).config_hash)
+    assert (create_matcher("mnn", {"max_chunk_elements": 1 << 14}).config_hash
+            == create_matcher("mnn").config_hash)          # the chunk changes no match
     # the hashes of matches.h5 written before the precision field existed
     assert create_matcher("mnn").config_hash == "294b081305e906c5"
     assert create_matcher("mnn-ratio").config_hash == "009cac604ad9790f"
