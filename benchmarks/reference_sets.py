@@ -59,9 +59,9 @@ _STRECHA_LICENCE = (
     "EPFL CVLab multi-view data of Strecha, von Hansen, Van Gool, Fua, Thoennessen, 'On "
     "Benchmarking Camera Calibration and Multi-View Stereo for High Resolution Imagery', CVPR "
     "2008 (cvlabwww.epfl.ch/data/multiview/), as redistributed by openMVG's "
-    "SfM_quality_evaluation (its Readme.txt: PNG recompressed to lossless JPEG, .png.camera "
-    "renamed .jpg.camera); no licence file in either repository: research evaluation use, "
-    "cite the paper; never redistributed here")
+    "SfM_quality_evaluation (its Readme.txt: PNG recompressed to 'LosslessJPEG' -- the files "
+    "are baseline JPEG --, .png.camera renamed .jpg.camera); no licence file in that "
+    "repository: research evaluation use, cite the paper; never redistributed here")
 _STRECHA_REFERENCE = (
     "metric GT: the benchmark's cameras, calibrated against a LIDAR scan of the scene "
     "(Strecha et al. CVPR'08; one intrinsic matrix for all images, no distortion), read from "

@@ -151,7 +151,7 @@ def test_strecha_camera_is_camera_to_world_rotation_and_centre(tmp_path):
     (STRECHA_CAMERA.replace("3072 2048\n", ""), "got 24 numbers"),
     (STRECHA_CAMERA.replace("0 -1 0", "0 -1 x"), "non-numeric"),
     (STRECHA_CAMERA.replace("0 -1 0", "0 1 0"), "not a rotation"),
-])
+], ids=["short", "non-numeric", "reflection"])
 def test_bad_strecha_camera_is_an_input_error(tmp_path, text, message):
     path = tmp_path / "a.jpg.camera"
     path.write_text(text)
@@ -332,6 +332,10 @@ def _bad_reference(kind, exact, tmp_path):
     elif kind == "bad json":
         path = tmp_path / "transforms.json"
         path.write_text("{frames: [")
+    elif kind == "short strecha camera":
+        path = tmp_path / "gt_dense_cameras"
+        path.mkdir()
+        (path / "view_000.png.camera").write_text("1 0 0\n0 1 0\n0 0 1\n0 0 0\n1 0 0\n")
     elif kind == "two common images":
         write_poses(path, {n: exact[n] for n in sorted(exact)[:2]})
     return path
@@ -347,6 +351,7 @@ BAD_REFERENCES = {
     "bad csv header": "expected a csv header",
     "not a rotation": r"calibration\.csv:2: the rotation matrix is not a rotation",
     "bad json": "not valid JSON",
+    "short strecha camera": r"view_000\.png\.camera: a Strecha camera file holds .* got 15",
     "two common images": "only 2 images in common",
 }
 
