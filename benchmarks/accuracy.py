@@ -10,8 +10,10 @@ N images evenly spaced in name order (the reference keeps all its poses; only th
 are scored). Each ``--case`` is ``label:features:matcher:overrides:mapper`` as in
 ``benchmarks/seed_spread.py`` (empty matcher: the preset's default; overrides of the
 extractor, of the matcher as ``match.K=V``, of verification as ``ransac_max_error=V`` or
-``min_num_inliers=N``). Cases that share features and feature overrides reuse the first one's ``features.h5``; the time column adds that
-extraction time back so rows compare.
+``min_num_inliers=N``). Cases that share features and feature overrides reuse the first
+one's ``features.h5``, and those that also share the matcher its ``matches.h5``, also across
+runs with the same ``--work`` (``WORK/<set>/stores``); the time column adds the reused
+stages' first time back so rows compare.
 
 Prints one row per case: registered / subset images, 3D points, rotation and position error
 (median, max; position as % of the reference scale), relative-pose AUC@5/10/20° and the
@@ -21,6 +23,7 @@ wall time. Smallest cases first; run it under ``nice -n 19`` on a shared machine
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
@@ -30,7 +33,9 @@ from pathlib import Path
 
 from seed_spread import Case
 
+from sfmfeat.atomic import write_text_atomic
 from sfmfeat.evaluation import EvaluationConfig, evaluate_poses, registered_poses
+from sfmfeat.extractors import default_matcher
 from sfmfeat.posefiles import match_names, read_camera_poses, restrict_to_folder
 from sfmfeat.reconstruction.pipeline import reconstruct
 
@@ -60,20 +65,57 @@ def subset_images(images: Path, count: int | None, work: Path) -> Path:
     return folder
 
 
+class StoreCache:
+    """Features (per extractor and options) and matches (per matcher too) of earlier cases,
+    kept under ``WORK/stores`` across runs, with the seconds they took: a case that shares
+    them starts from a copy, and ``reconstruct`` reuses what its config hashes say is
+    current (anything else is recomputed)."""
+
+    def __init__(self, root: Path, images: Path):
+        self.root, self.images = root, images.name
+
+    def _folder(self, case: Case, stage: str) -> Path:
+        key = [self.images, case.features, case.feature_options]
+        if stage == "match":
+            config = case.reconstruction_config(0, 1)
+            key += [case.matcher or default_matcher(case.features), config.matcher_options]
+        return self.root / f"{stage}-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}"
+
+    def restore(self, case: Case, out: Path) -> dict[str, float]:
+        """Copies the cached stores into ``out``; their stages' seconds."""
+        seconds = {}
+        for stage, name in (("extract", "features.h5"), ("match", "matches.h5")):
+            folder = self._folder(case, stage)
+            if (folder / "seconds.json").is_file():
+                shutil.copy(folder / name, out / name)
+                seconds[stage] = json.loads((folder / "seconds.json").read_text())["seconds"]
+        return seconds
+
+    def save(self, case: Case, out: Path, timings: dict[str, float]) -> None:
+        for stage, name in (("extract", "features.h5"), ("match", "matches.h5")):
+            folder = self._folder(case, stage)
+            if not (folder / "seconds.json").is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copy(out / name, folder / name)
+                write_text_atomic(folder / "seconds.json",
+                                  json.dumps({"seconds": timings.get(stage, 0.0)}))
+
+
 def run_case(case: Case, images: Path, out: Path, reference: dict, seed: int, threads: int,
-             features_from: tuple[Path, float] | None) -> dict:
+             cache: StoreCache | None = None) -> dict:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    if features_from is not None:
-        shutil.copy(features_from[0], out / "features.h5")
+    cached = cache.restore(case, out) if cache is not None else {}
     start = time.perf_counter()
     result = reconstruct(images, out, case.reconstruction_config(seed, threads))
     seconds = time.perf_counter() - start
-    extract = result.summary["timings"].get("extract", 0.0)
-    if features_from is not None:
-        seconds += features_from[1] - extract
-        extract = features_from[1]
+    timings = dict(result.summary["timings"])
+    for stage, stage_seconds in cached.items():  # the time the reused stage took once
+        seconds += stage_seconds - timings.get(stage, 0.0)
+        timings[stage] = stage_seconds
+    if cache is not None:
+        cache.save(case, out, timings)
     estimate, ref = match_names(registered_poses(result.reconstruction),
                                 restrict_to_folder(reference, images))
     evaluation = evaluate_poses(estimate, ref, EvaluationConfig(seed=seed))
@@ -88,8 +130,8 @@ def run_case(case: Case, images: Path, out: Path, reference: dict, seed: int, th
         "pos_median_pct": 100 * evaluation.median_position / scale,
         "pos_max_pct": 100 * evaluation.max_position / scale,
         "auc": {f"{t:g}": v for t, v in evaluation.auc.items()},
-        "seconds": round(seconds, 1), "extract_seconds": round(extract, 1),
-        "features_path": str(out / "features.h5"),
+        "seconds": round(seconds, 1), "extract_seconds": round(timings.get("extract", 0), 1),
+        "match_seconds": round(timings.get("match", 0), 1), "reused": sorted(cached),
     }
 
 
@@ -142,17 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     images, reference, work = reference_images(args)
     cases = [Case.parse(text) for text in (args.case or DEFAULT_CASES)]
     rows: list[dict] = []
-    features_of: dict[tuple, tuple[Path, float]] = {}
+    cache = StoreCache(work / "stores", images)
     for case in cases:
-        key = (case.features, case.feature_options)
         try:
             row = run_case(case, images, work / case.label, reference, args.seed,
-                           args.threads, features_of.get(key))
+                           args.threads, cache)
         except Exception as err:  # one failed case must not lose the others' rows
             logger.error("%s failed: %s", case.label, err)
             row = {"case": case.label, "error": " ".join(str(err).split())[:120]}
-        else:
-            features_of.setdefault(key, (Path(row["features_path"]), row["extract_seconds"]))
         rows.append(row)
         print(format_table([row]).splitlines()[-1], flush=True)
         if args.json:

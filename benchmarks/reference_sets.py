@@ -31,6 +31,7 @@ import pycolmap
 
 from sfmfeat.cli import run_guarded, setup_logging
 from sfmfeat.errors import InputError
+from sfmfeat.images import IMAGE_EXTENSIONS
 from sfmfeat.localization.results import write_poses
 from sfmfeat.posefiles import read_camera_poses
 
@@ -46,10 +47,36 @@ class ReferenceSet:
     commit: str
     image_dir: str           # inside the repository
     poses: str               # inside the repository
-    pose_format: str         # "nerf" (transforms.json) or "llff" (poses_bounds.npy)
+    pose_format: str         # "llff" (poses_bounds.npy), else read by sfmfeat.posefiles
+                             # (a transforms.json, a folder of Strecha .camera files, ...)
     kind: str
     reference: str
     licence: str
+
+
+_STRECHA_COMMIT = "348a981ef51112e9848acfb20004f4ed6fbc6ce3"
+_STRECHA_LICENCE = (
+    "EPFL CVLab multi-view data of Strecha, von Hansen, Van Gool, Fua, Thoennessen, 'On "
+    "Benchmarking Camera Calibration and Multi-View Stereo for High Resolution Imagery', CVPR "
+    "2008 (cvlabwww.epfl.ch/data/multiview/), as redistributed by openMVG's "
+    "SfM_quality_evaluation (its Readme.txt: PNG recompressed to 'LosslessJPEG' -- the files "
+    "are baseline JPEG --, .png.camera renamed .jpg.camera); no licence file in that "
+    "repository: research evaluation use, cite the paper; never redistributed here")
+_STRECHA_REFERENCE = (
+    "metric GT: the benchmark's cameras, calibrated against a LIDAR scan of the scene "
+    "(Strecha et al. CVPR'08; one intrinsic matrix for all images, no distortion), read from "
+    "gt_dense_cameras/<image>.jpg.camera (camera-to-world R and the centre, in the scan's metric frame)")
+
+
+def _strecha(name: str, count: int, subject: str) -> ReferenceSet:
+    folder = f"Benchmarking_Camera_Calibration_2008/{name}"
+    return ReferenceSet(
+        name=name, repository="openMVG/SfM_quality_evaluation", commit=_STRECHA_COMMIT,
+        image_dir=f"{folder}/images", poses=f"{folder}/gt_dense_cameras",
+        pose_format="strecha",
+        kind=f"building facade, outdoors: {count} photos of {subject}, 3072×2048, one "
+             "camera with fixed intrinsics",
+        reference=_STRECHA_REFERENCE, licence=_STRECHA_LICENCE)
 
 
 REFERENCE_SETS = {s.name: s for s in (
@@ -84,6 +111,12 @@ REFERENCE_SETS = {s.name: s for s in (
         licence="no licence file in the repository (all rights reserved by default); the "
                 "photos keep their Flickr/Unsplash licences; used locally for evaluation "
                 "only, never redistributed"),
+    _strecha("fountain-P11", 11, "a fountain set in a building wall"),
+    _strecha("Herz-Jesus-P8", 8, "a church front and its portal"),
+    _strecha("entry-P10", 10, "a building entrance"),
+    _strecha("castle-P19", 19, "the inner courtyard of a castle"),
+    _strecha("Herz-Jesus-P25", 25, "the same church front, more views"),
+    _strecha("castle-P30", 30, "the same castle courtyard, more views"),
 )}
 
 
@@ -150,12 +183,13 @@ def place(reference_set: ReferenceSet, source: Path | None, cache: Path) -> Path
         extracted.mkdir()
         subprocess.run(["tar", "-x", "-C", str(extracted)], input=archive, check=True)
         images = extracted / reference_set.image_dir
-        names = sorted(p.name for p in images.iterdir() if p.is_file())
+        names = sorted(p.name for p in images.iterdir()  # not e.g. Strecha's K.txt
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         pose_file = extracted / reference_set.poses
-        if reference_set.pose_format == "nerf":
-            poses = {Path(n).name: p for n, p in read_camera_poses(pose_file).items()}
-        else:
+        if reference_set.pose_format == "llff":
             poses = llff_poses(np.load(io.BytesIO(pose_file.read_bytes())), names)
+        else:
+            poses = {Path(n).name: p for n, p in read_camera_poses(pose_file).items()}
         unposed = sorted(set(names) - set(poses))
         poses = {name: pose for name, pose in poses.items() if name in set(names)}
         staged = work / "staged"

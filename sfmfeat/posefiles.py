@@ -10,7 +10,11 @@
   ``R`` and ``T`` with ``x_cam = R x + T``), or a ``.csv`` with an image column
   (``image_id``, ``image_name``, ``image_path`` or ``image``) and ``rotation_matrix`` /
   ``translation_vector`` columns (IMC 2022-2025, values separated by spaces or ``;``);
-- a NeRF ``transforms.json`` (camera-to-world matrices, OpenGL axes).
+- a NeRF ``transforms.json`` (camera-to-world matrices, OpenGL axes);
+- Strecha et al. (CVPR'08) ``<image name>.camera`` files, one per image, or a folder of them:
+  K (3 lines), distortion (1 line), the camera-to-world rotation R (3 lines, its columns the
+  camera axes in world coordinates), the camera centre C (1 line), width and height; so
+  ``x_cam = R^T (x - C)``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import pycolmap
 from .errors import InputError
 
 FORMATS = ("COLMAP model folder or images.txt, 'name qw qx qy qz tx ty tz' lines, .nvm, "
-           "IMC calibration_<name>.h5 folder or .csv, NeRF transforms.json")
+           "IMC calibration_<name>.h5 folder or .csv, NeRF transforms.json, Strecha "
+           "<name>.camera files")
 _NAME_COLUMNS = ("image_name", "image_path", "image_id", "image")
 # NeRF/OpenGL camera axes (x right, y up, z backwards) to COLMAP's (x right, y down, z forward)
 _OPENGL_TO_COLMAP = np.diag([1.0, -1.0, -1.0])
@@ -190,6 +195,30 @@ def _nerf_transforms(path: Path) -> dict[str, pycolmap.Rigid3d]:
     return poses
 
 
+def _strecha_camera(path: Path) -> dict[str, pycolmap.Rigid3d]:
+    """One Strecha ``<image name>.camera`` file: K, distortion, camera-to-world R, centre C,
+    width height (26 numbers)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        values = np.array([float(v) for v in text.split()])
+    except ValueError:
+        raise InputError(f"{path}: non-numeric values in a Strecha camera file") from None
+    if len(values) != 26:
+        raise InputError(f"{path}: a Strecha camera file holds K (9 numbers), distortion (3), "
+                         f"R (9), the camera centre (3) and width height (2); got "
+                         f"{len(values)} numbers")
+    world_from_camera, centre = values[12:21].reshape(3, 3), values[21:24]
+    rotation = world_from_camera.T
+    return {path.name[:-len(".camera")]: _rigid(rotation, -rotation @ centre, str(path))}
+
+
+def _strecha_folder(folder: Path) -> dict[str, pycolmap.Rigid3d]:
+    poses: dict[str, pycolmap.Rigid3d] = {}
+    for file in sorted(folder.glob("*.camera")):
+        poses.update(_strecha_camera(file))
+    return poses
+
+
 def read_camera_poses(path: str | Path) -> dict[str, pycolmap.Rigid3d]:
     """name -> cam_from_world of every posed image in ``path`` (see the module docstring
     for the formats); InputError names the file, the line and what was expected."""
@@ -207,6 +236,8 @@ def read_camera_poses(path: str | Path) -> dict[str, pycolmap.Rigid3d]:
             poses = _imc_h5_folder(path / "calibration")
         elif (path / "transforms.json").is_file():
             poses = _nerf_transforms(path / "transforms.json")
+        elif any(path.glob("*.camera")):
+            poses = _strecha_folder(path)
         else:
             raise InputError(f"{path} holds no poses in a known layout; expected {FORMATS}")
     elif not path.is_file():
@@ -215,7 +246,8 @@ def read_camera_poses(path: str | Path) -> dict[str, pycolmap.Rigid3d]:
         raise InputError(f"pose file {path} is empty")
     else:
         readers: dict[str, Callable[[Path], dict[str, pycolmap.Rigid3d]]] = {
-            ".nvm": _nvm, ".csv": _imc_csv, ".json": _nerf_transforms}
+            ".nvm": _nvm, ".csv": _imc_csv, ".json": _nerf_transforms,
+            ".camera": _strecha_camera}
         suffix = path.suffix.lower()
         if suffix in readers:
             poses = readers[suffix](path)

@@ -89,12 +89,20 @@ def _write_formats(model, poses, folder):
                        "transform_matrix": world_from_camera.tolist()})
     (folder / "transforms.json").write_text(json.dumps({"frames": frames}))
     files["nerf transforms.json"] = folder / "transforms.json"
+    (folder / "strecha").mkdir()
+    for name, pose in poses.items():
+        world_from_camera = np.asarray(pose.rotation.matrix()).T
+        rows = [[1000, 0, 320], [0, 1000, 240], [0, 0, 1], [0, 0, 0],
+                *world_from_camera.tolist(), _centre(pose).tolist(), [640, 480]]
+        (folder / "strecha" / f"{name}.camera").write_text(
+            "".join(" ".join(f"{v:.17g}" for v in row) + "\n" for row in rows))
+    files["strecha .camera folder"] = folder / "strecha"
     return files
 
 
 def test_every_reference_format_reads_the_exact_poses(scene_model, exact, tmp_path):
     files = _write_formats(scene_model, exact, tmp_path)
-    assert len(files) == 9
+    assert len(files) == 10
     for kind, path in files.items():
         estimate, reference = match_names(exact, read_camera_poses(path))
         assert len(reference) == len(exact) == len(set(estimate) & set(reference)), kind
@@ -103,6 +111,52 @@ def test_every_reference_format_reads_the_exact_poses(scene_model, exact, tmp_pa
         assert evaluation.max_position < 1e-7 * evaluation.reference_scale, kind
         assert not evaluation.missing and not evaluation.outliers, kind
         assert all(v > 1 - 1e-6 for v in evaluation.auc.values()), kind
+
+
+STRECHA_CAMERA = """\
+1000 0 500
+0 1000 400
+0 0 1
+0 0 0
+0 0 1
+-1 0 0
+0 -1 0
+1 2 3
+3072 2048
+"""
+
+
+def test_strecha_camera_is_camera_to_world_rotation_and_centre(tmp_path):
+    """A camera at (1, 2, 3) looking along world +x, image right = world -y, image down =
+    world -z: the world point (11, 1, 2.5) is 10 ahead, 1 right and 0.5 down, so it projects to
+    pixel (600, 450) with the file's K. Reading R as world-to-camera or the last vector as a
+    translation puts it elsewhere."""
+    path = tmp_path / "0007.jpg.camera"
+    path.write_text(STRECHA_CAMERA)
+    poses = read_camera_poses(path)
+    assert list(poses) == ["0007.jpg"]
+    pose = poses["0007.jpg"]
+    assert np.allclose(_centre(pose), [1, 2, 3], atol=1e-12)
+    in_camera = np.asarray(pose * np.array([11.0, 1.0, 2.5]))
+    assert np.allclose(in_camera, [1, 0.5, 10], atol=1e-12)
+    pixel = np.array([[1000, 0, 500], [0, 1000, 400], [0, 0, 1]]) @ in_camera
+    assert np.allclose(pixel[:2] / pixel[2], [600, 450])
+    (tmp_path / "0008.jpg.camera").write_text(STRECHA_CAMERA.replace("1 2 3", "4 5 6"))
+    both = read_camera_poses(tmp_path)
+    assert sorted(both) == ["0007.jpg", "0008.jpg"]
+    assert np.allclose(_centre(both["0008.jpg"]), [4, 5, 6], atol=1e-12)
+
+
+@pytest.mark.parametrize("text, message", [
+    (STRECHA_CAMERA.replace("3072 2048\n", ""), "got 24 numbers"),
+    (STRECHA_CAMERA.replace("0 -1 0", "0 -1 x"), "non-numeric"),
+    (STRECHA_CAMERA.replace("0 -1 0", "0 1 0"), "not a rotation"),
+], ids=["short", "non-numeric", "reflection"])
+def test_bad_strecha_camera_is_an_input_error(tmp_path, text, message):
+    path = tmp_path / "a.jpg.camera"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_camera_poses(path)
 
 
 def test_a_similarity_of_the_whole_reference_is_recovered(exact):
@@ -278,6 +332,10 @@ def _bad_reference(kind, exact, tmp_path):
     elif kind == "bad json":
         path = tmp_path / "transforms.json"
         path.write_text("{frames: [")
+    elif kind == "short strecha camera":
+        path = tmp_path / "gt_dense_cameras"
+        path.mkdir()
+        (path / "view_000.png.camera").write_text("1 0 0\n0 1 0\n0 0 1\n0 0 0\n1 0 0\n")
     elif kind == "two common images":
         write_poses(path, {n: exact[n] for n in sorted(exact)[:2]})
     return path
@@ -293,6 +351,7 @@ BAD_REFERENCES = {
     "bad csv header": "expected a csv header",
     "not a rotation": r"calibration\.csv:2: the rotation matrix is not a rotation",
     "bad json": "not valid JSON",
+    "short strecha camera": r"view_000\.png\.camera: a Strecha camera file holds .* got 15",
     "two common images": "only 2 images in common",
 }
 
