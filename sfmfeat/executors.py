@@ -330,7 +330,8 @@ def extract_on_ray(image_dir: Path, names: list[str], features: str,
                     done.update(extracted)
                     rejected.update(refused)
 
-                _dispatch(ray, actors, "run", blocks_of(todo, executor.images_per_task, len(actors)),
+                blocks = blocks_of(todo, executor.images_per_task, len(actors))
+                _dispatch(ray, actors, "run", blocks,
                           (str(Path(report.output).resolve()), writer.info), executor,
                           on_result, f"extract {features} (ray)", "img")
         finally:
@@ -421,7 +422,8 @@ def match_on_ray(pairs: list[tuple[str, str]], readers: list[Any], output: str |
                 def on_result(block: list[tuple[str, str]], result: list[int]) -> None:
                     counts.update(zip(block, result))
 
-                _dispatch(ray, actors, "run", blocks_of(todo, executor.pairs_per_task, len(actors)),
+                blocks = blocks_of(todo, executor.pairs_per_task, len(actors))
+                _dispatch(ray, actors, "run", blocks,
                           (str(Path(output).resolve()), writer.info), executor, on_result,
                           f"match {matcher} (ray)", "pair")
         finally:

@@ -72,8 +72,8 @@ class NearestNeighborMatcher(Matcher):
     def config_hash(self) -> str:
         # precision and the chunk size only change how fast the same matches are found; the
         # chunk keeps the value hashes were first made with, so older matches.h5 stay valid
-        settings = {k: v for k, v in vars(self.config).items() if k != "precision"}
-        settings["max_chunk_elements"] = _HASHED_CHUNK_ELEMENTS
+        settings = {k: v for k, v in vars(self.config).items()
+                    if k not in ("precision", "max_chunk_elements")}
         return config_hash(f"{type(self).__module__}.{type(self).__qualname__}",
                            _HashedSettings(**settings))
 
@@ -113,17 +113,19 @@ class NearestNeighborMatcher(Matcher):
         return reduced_precision_dtype(str(d0.device))
 
 
+_HASHED_CHUNK_ELEMENTS = 1 << 21  # the default when hashes were first made
+
+
 @dataclass(frozen=True)
 class _HashedSettings:
-    """The hashed part of NearestNeighborConfig, so hashes predate the precision field."""
+    """The hashed part of NearestNeighborConfig, as hashes were first made: before the
+    precision field, and with the chunk size, now fixed at its historic default so that
+    older matches.h5 keep their hash."""
 
     mutual: bool
     ratio: float | None
     max_distance: float | None
-    max_chunk_elements: int
-
-
-_HASHED_CHUNK_ELEMENTS = 1 << 21  # the default when hashes were first made
+    max_chunk_elements: int = _HASHED_CHUNK_ELEMENTS
 _MIN_REDUCED_SIZE = 512            # below this the fp32 GEMM is already cheap
 _UNIT_NORM_TOLERANCE = 1e-2        # |‖d‖² − 1| up to this: the bf16 search still pays off
 
@@ -179,21 +181,20 @@ def _match(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborConfig):
     bias = sq1.mul(-0.5).unsqueeze(0)
     d1_t = d1.T
     top_score = torch.empty(n0, k, device=d0.device)
-    top_index = torch.empty(n0, dtype=torch.long, device=d0.device)
+    nn01 = torch.empty(n0, dtype=torch.long, device=d0.device)
     column_best = torch.full((n1,), -torch.inf, device=d0.device)
     buffer = torch.empty(min(chunk, n0), n1, device=d0.device)   # no page faults per chunk
     for start in range(0, n0, chunk):
         stop = min(start + chunk, n0)
         # score = a·b - |b|²/2: largest where |a - b|² is smallest (bias fused in the GEMM)
         score = torch.addmm(bias, d0[start:stop], d1_t, out=buffer[:stop - start])
-        top_score[start:stop], top_index[start:stop] = _row_top(score, k)
+        top_score[start:stop], nn01[start:stop] = _row_top(score, k)
         if config.mutual:
             # per column, the nearest row maximises a·b - |a|²/2 = score + |b|²/2 - |a|²/2;
             # the |b|²/2 term is constant per column and is left out
             if not rows_unit_norm:
                 score = score.add_(column_bias[start:stop, None])
             column_best = torch.maximum(column_best, score.amax(dim=0))
-    nn01 = top_index
     # |a - b|² = |a|² - 2 (a·b - |b|²/2)
     dist_sq = (sq0[:, None] - 2 * top_score).clamp_(min=0)
     keep = torch.ones(n0, dtype=torch.bool, device=d0.device)
@@ -210,6 +211,7 @@ def _match(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborConfig):
     idx1 = nn01[idx0]
     dot = (sq0[idx0] + sq1[idx1] - dist_sq[idx0, 0]) / 2
     return idx0, idx1, dot
+
 
 _GROUP = 64     # columns per group in _row_top
 
