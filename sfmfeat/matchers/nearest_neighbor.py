@@ -126,6 +126,8 @@ class _HashedSettings:
     ratio: float | None
     max_distance: float | None
     max_chunk_elements: int = _HASHED_CHUNK_ELEMENTS
+
+
 _MIN_REDUCED_SIZE = 512            # below this the fp32 GEMM is already cheap
 _UNIT_NORM_TOLERANCE = 1e-2        # |‖d‖² − 1| up to this: the bf16 search still pays off
 
