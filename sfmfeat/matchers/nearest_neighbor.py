@@ -88,15 +88,17 @@ class NearestNeighborMatcher(Matcher):
         if len(d0) == 0 or len(d1) == 0:
             return np.zeros((0, 2), np.int32), np.zeros(0, np.float32)
         with torch.inference_mode():
-            low = self._search_dtype(d0, d1)
+            sq0, sq1 = _row_reduce(_squared_norms, d0), _row_reduce(_squared_norms, d1)
+            low = self._search_dtype(d0, sq0, sq1)
             if low is None:
-                idx0, idx1, scores = _match(d0, d1, self.config)
+                idx0, idx1, scores = _match(d0, d1, sq0, sq1, self.config)
             else:
-                idx0, idx1, scores = _match_reduced(d0, d1, self.config, low)
+                idx0, idx1, scores = _match_reduced(d0, d1, sq0, sq1, self.config, low)
         return (np.stack([idx0.cpu().numpy(), idx1.cpu().numpy()], 1).astype(np.int32),
                 scores.cpu().numpy().astype(np.float32))
 
-    def _search_dtype(self, d0: torch.Tensor, d1: torch.Tensor) -> torch.dtype | None:
+    def _search_dtype(self, d0: torch.Tensor, sq0: torch.Tensor,
+                      sq1: torch.Tensor) -> torch.dtype | None:
         if self.config.precision == "fp32":
             return None
         if self.config.precision == "bf16" and d0.device.type != "cpu":
@@ -104,11 +106,11 @@ class NearestNeighborMatcher(Matcher):
             # the error bounds of _ErrorModel do not cover
             raise ConfigError(f"nearest_neighbor: precision=bf16 runs on the CPU only; on "
                               f"{d0.device.type} use precision=fp32 or auto")
-        if not (_near_unit_norm(d0) and _near_unit_norm(d1)):
+        if not (_near_unit_norm(sq0) and _near_unit_norm(sq1)):
             return None
         if self.config.precision == "bf16":
             return torch.bfloat16
-        if min(len(d0), len(d1)) < _MIN_REDUCED_SIZE:
+        if min(len(sq0), len(sq1)) < _MIN_REDUCED_SIZE:
             return None
         return reduced_precision_dtype(str(d0.device))
 
@@ -132,9 +134,8 @@ _MIN_REDUCED_SIZE = 512            # below this the fp32 GEMM is already cheap
 _UNIT_NORM_TOLERANCE = 1e-2        # |‖d‖² − 1| up to this: the bf16 search still pays off
 
 
-def _near_unit_norm(descriptors: torch.Tensor) -> bool:
-    squared = (descriptors * descriptors).sum(1)
-    return bool(torch.all((squared - 1).abs() <= _UNIT_NORM_TOLERANCE))
+def _near_unit_norm(squared_norms: torch.Tensor) -> bool:
+    return bool(torch.all((squared_norms - 1).abs() <= _UNIT_NORM_TOLERANCE))
 
 
 @functools.cache
@@ -171,10 +172,10 @@ def _as_tensor(values: Features | np.ndarray | torch.Tensor, device: str) -> tor
     return tensor.to(device=device, dtype=torch.float32)
 
 
-def _match(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborConfig):
+def _match(d0: torch.Tensor, d1: torch.Tensor, sq0: torch.Tensor, sq1: torch.Tensor,
+           config: NearestNeighborConfig):
+    """``sq0``, ``sq1``: the descriptors' squared norms."""
     n0, n1 = len(d0), len(d1)
-    sq0 = (d0 * d0).sum(1)
-    sq1 = (d1 * d1).sum(1)
     k = 2 if config.ratio is not None and n1 > 1 else 1
     chunk = max(1, config.max_chunk_elements // n1)
     # Unit-norm descriptors (the common case) need no per-row bias for the column pass.
@@ -253,23 +254,30 @@ _OUTPUT_SLACK = _SAFETY * 2 * _BF16_ROUNDOFF   # relative, of the rounded output
 @dataclass(frozen=True)
 class _ErrorModel:
     """Bounds of the true a·b from a low-precision GEMM output s̃ = round(a'·b'), where a', b'
-    are the rounded inputs: |a·b − a'·b'| ≤ input (per row) by Cauchy–Schwarz on the
-    rounding residues, fp32 accumulation adds D·u32·|a||b|, the output rounding u·|a'·b'|."""
+    are the rounded inputs: |a·b − a'·b'| ≤ input (per row of d0) by Cauchy–Schwarz on the
+    rounding residues, fp32 accumulation adds D·u32·|a||b|, the output rounding u·|a'·b'|.
+    Holds what the bound needs of d1; ``row_input`` adds a chunk of rows of d0."""
 
-    row_input: torch.Tensor       # per row of d0
-    any_input: float              # over all rows
+    max_norm1: float          # of d1's rows
+    max_residue1: float       # of d1's rows: |b − b'|
+    dimension: int
 
     @staticmethod
-    def of(d0: torch.Tensor, d1: torch.Tensor, low0: torch.Tensor,
-           low1: torch.Tensor) -> "_ErrorModel":
-        high0, high1 = low0.float(), low1.float()
-        residue0, residue1 = (d0 - high0).norm(dim=1), (d1 - high1).norm(dim=1)
-        norm0, norm1 = high0.norm(dim=1), high1.norm(dim=1)
-        max_norm1, max_residue1 = norm1.max(), residue1.max()
-        accumulation = d0.shape[1] * _FP32_ROUNDOFF * (d0.norm(dim=1) * d1.norm(dim=1).max())
-        row_input = _SAFETY * (residue0 * max_norm1 + norm0 * max_residue1
-                               + residue0 * max_residue1 + accumulation)
-        return _ErrorModel(row_input, float(row_input.max()))
+    def of(d1: torch.Tensor, low1: torch.Tensor, sq1: torch.Tensor) -> "_ErrorModel":
+        """``low1``: d1 rounded; ``sq1``: its squared norms."""
+        return _ErrorModel(float(sq1.max().sqrt()),
+                           float(_row_reduce(_residue_norms, d1, low1).max()), d1.shape[1])
+
+    def row_input(self, d0: torch.Tensor, low0: torch.Tensor,
+                  sq0: torch.Tensor) -> torch.Tensor:
+        """The input bound of each row of ``d0`` (rounded: ``low0``, squared norms ``sq0``)."""
+        residue0 = _row_reduce(_residue_norms, d0, low0)
+        norm0 = sq0.sqrt()
+        accumulation = self.dimension * _FP32_ROUNDOFF * (norm0 * self.max_norm1)
+        # the rounded norms by the triangle inequality: |a'| <= |a| + |a - a'|
+        return _SAFETY * (residue0 * (self.max_norm1 + self.max_residue1)
+                          + (norm0 + residue0) * self.max_residue1
+                          + residue0 * self.max_residue1 + accumulation)
 
     @staticmethod
     def output_slack(values: torch.Tensor) -> torch.Tensor:
@@ -292,8 +300,8 @@ def _bounds(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             torch.where(negative, torch.full_like(values, -torch.inf), values))
 
 
-def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborConfig,
-                   low: torch.dtype):
+def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, sq0: torch.Tensor, sq1: torch.Tensor,
+                   config: NearestNeighborConfig, low: torch.dtype):
     """The matches of ``_match``, found with a low-precision GEMM and decided in fp32.
 
     Each low-precision similarity s̃ bounds the true a·b (``_ErrorModel``). Per row the
@@ -310,18 +318,16 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
     """
     n0, n1 = len(d0), len(d1)
     device = d0.device
-    sq0 = (d0 * d0).sum(1)
-    sq1 = (d1 * d1).sum(1)
     k = 2 if config.ratio is not None and n1 > 1 else 1
-    low0, low1 = d0.to(low), d1.to(low)
-    error = _ErrorModel.of(d0, d1, low0, low1)
     blocks = -(-n1 // _BLOCK)
     # zero columns pad the similarities to whole blocks; they are never taken as candidates
-    low1_t = torch.zeros(blocks * _BLOCK, d1.shape[1], dtype=low, device=device)
-    low1_t[:n1] = low1
-    low1_t = low1_t.T
+    padded = torch.zeros(blocks * _BLOCK, d1.shape[1], dtype=low, device=device)
+    padded[:n1] = d1
+    error = _ErrorModel.of(d1, padded[:n1], sq1)
+    low1_t = padded.T.contiguous()      # the GEMM is a fifth faster than on the transpose
+    del padded
     # the same bytes per chunk as the fp32 path's similarities, in whole blocks of rows
-    chunk = max(1, config.max_chunk_elements * 4 // (low1.element_size() * blocks * _BLOCK))
+    chunk = max(1, config.max_chunk_elements * 4 // (low1_t.element_size() * blocks * _BLOCK))
     row_block = min(_BLOCK, chunk)
     chunk -= chunk % row_block
     top_score = torch.empty(n0, k, device=device)      # a·b − |b|²/2, as in _match
@@ -332,6 +338,7 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
     unclaimed = torch.full((-(-n0 // row_block), n1), _REMOVED, dtype=torch.int16,
                            device=device)
     buffer = torch.empty(min(chunk, n0), blocks * _BLOCK, dtype=low, device=device)
+    any_input = 0.0       # the largest row_input of any row of d0
     for start in range(0, n0, chunk):
         stop = min(start + chunk, n0)
         rows = torch.arange(start, stop, device=device)
@@ -339,7 +346,10 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
         # bf16 bits read as int16 (see _bounds); only value reductions (no indices) touch
         # the whole chunk: per block of columns its maximum, and the column maxima. One
         # buffer for every chunk: a fresh output each time costs page faults.
-        similarity = torch.mm(low0[start:stop], low1_t,
+        low0 = d0[start:stop].to(low)   # rounded chunk by chunk: no rounded copy of d0
+        row_input = error.row_input(d0[start:stop], low0, sq0[start:stop])
+        any_input = max(any_input, float(row_input.max()))
+        similarity = torch.mm(low0, low1_t,
                               out=buffer[:stop - start]).view(torch.int16)
         by_block = similarity.view(len(rows), blocks, _BLOCK)
         block_best = by_block.amax(dim=2)
@@ -359,7 +369,7 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
         index = torch.stack(picks, dim=1)
         padding = index >= n1           # only when a row's similarities are all <= 0
         index = torch.where(padding, torch.zeros_like(index), index)
-        dots = _pair_dots(d0, d1, rows[:, None].expand_as(index), index)
+        dots = _pair_dots(d0, d1, slice(start, stop), index)
         claimed[start:stop], claimed_dot[start:stop] = index[:, 0], dots[:, 0]
         score, order = (dots - sq1[index] / 2).sort(dim=1, descending=True)
         index = index.gather(1, order)
@@ -367,7 +377,7 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
         if k < n1:
             # the columns left out whose s̃ could still reach the k-th exact score
             bits, positive = _threshold_bits(score[:, -1] + sq1.min() / 2,
-                                             error.row_input[start:stop])
+                                             row_input)
             usable &= positive
             bits = torch.where(usable, bits, torch.full_like(bits, _NEVER))
             hit_row, hit_block = torch.nonzero(block_best >= bits[:, None], as_tuple=True)
@@ -394,18 +404,51 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, config: NearestNeighborCo
         keep &= dist_sq[:, 0] <= config.max_distance ** 2
     if config.mutual:
         keep &= _mutual(d0, d1, sq0, nn01, keep, claimed, claimed_dot, unclaimed, row_block,
-                        error, config.max_chunk_elements)
+                        any_input, config.max_chunk_elements)
     idx0 = torch.nonzero(keep).flatten()
     idx1 = nn01[idx0]
     dot = top_score[idx0, 0] + sq1[idx1] / 2
     return idx0, idx1, dot
 
 
-def _pair_dots(d0: torch.Tensor, d1: torch.Tensor, rows: torch.Tensor,
+_REDUCE_ROWS_BYTES = 1 << 20
+
+
+def _row_reduce(per_row, *tensors: torch.Tensor) -> torch.Tensor:
+    """``per_row(*row_slices)`` over row chunks of about 1 MiB: a whole-array temporary
+    (16 MiB for 8k × 512 floats) is fresh memory on every call, a page fault per 4 KiB,
+    which cost more than the arithmetic. Row by row the values are the same floats."""
+    rows = len(tensors[0])
+    chunk = max(1, _REDUCE_ROWS_BYTES // max(1, tensors[0][:1].nbytes))
+    if rows <= chunk:
+        return per_row(*tensors)
+    out = torch.empty(rows, device=tensors[0].device)
+    for start in range(0, rows, chunk):
+        out[start:start + chunk] = per_row(*(t[start:start + chunk] for t in tensors))
+    return out
+
+
+def _squared_norms(values: torch.Tensor) -> torch.Tensor:
+    return (values * values).sum(1)
+
+
+def _residue_norms(values: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+    # not Tensor.norm(dim=1): ten times slower on 512-d rows
+    return _squared_norms(values - rounded.float()).sqrt()
+
+
+def _pair_dots(d0: torch.Tensor, d1: torch.Tensor, rows: torch.Tensor | slice,
                columns: torch.Tensor) -> torch.Tensor:
     """fp32 d0[rows]·d1[columns], elementwise over the index tensors: the one formula of
-    every exact score of the reduced path, so equal pairs always get equal floats."""
-    return (d0[rows] * d1[columns]).sum(-1)
+    every exact score of the reduced path, so equal pairs always get equal floats. ``rows``
+    may be a slice of d0 with ``columns`` its rows × k columns (no gather of the rows).
+    ``index_select`` on flat indices: several times faster than advanced indexing."""
+    b = d1.index_select(0, columns.reshape(-1)).view(*columns.shape, d1.shape[1])
+    if isinstance(rows, slice):
+        a = d0[rows].unsqueeze(1)
+    else:
+        a = d0.index_select(0, rows.reshape(-1)).view(*rows.shape, d0.shape[1])
+    return (a * b).sum(-1)
 
 
 def _threshold_bits(dot_needed: torch.Tensor, input_error: torch.Tensor | float
@@ -422,19 +465,22 @@ def _threshold_bits(dot_needed: torch.Tensor, input_error: torch.Tensor | float
 
 def _top_k_per_group(group: torch.Tensor, score: torch.Tensor, index: torch.Tensor,
                      groups: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per group, the k largest scores and their index (each group has at least k)."""
-    by_score = score.argsort(descending=True, stable=True)
-    by_group = group[by_score].argsort(stable=True)
-    order = by_score[by_group]
-    group, score, index = group[order], score[order], index[order]
-    first = torch.zeros(groups + 1, dtype=torch.long, device=group.device)
-    first[1:] = torch.bincount(group, minlength=groups).cumsum(0)
-    rank = torch.arange(len(group), device=group.device) - first[group]
-    chosen = rank < k
+    """Per group, the k largest scores and their index (each group has at least k finite
+    scores); among equal scores the earliest entry, as a stable descending sort orders
+    them. Scatter reductions, one pass per rank: two sorts of all entries cost ten times
+    more."""
+    position = torch.arange(len(group), device=group.device)
+    score = score.clone()
     top_score = torch.empty(groups, k, device=score.device)
     top_index = torch.empty(groups, k, dtype=torch.long, device=score.device)
-    top_score[group[chosen], rank[chosen]] = score[chosen]
-    top_index[group[chosen], rank[chosen]] = index[chosen]
+    for rank in range(k):
+        best = torch.full((groups,), -torch.inf, device=score.device).scatter_reduce(
+            0, group, score, reduce="amax")
+        at_best = score == best[group]
+        first = torch.full((groups,), len(group), device=group.device).scatter_reduce(
+            0, group[at_best], position[at_best], reduce="amin")
+        top_score[:, rank], top_index[:, rank] = best, index[first]
+        score[first] = -torch.inf
     return top_score, top_index
 
 
@@ -481,13 +527,14 @@ def _row_block_maxima(similarity: torch.Tensor, row_block: int) -> torch.Tensor:
 
 def _mutual(d0: torch.Tensor, d1: torch.Tensor, sq0: torch.Tensor, nn01: torch.Tensor,
             wanted: torch.Tensor, claimed: torch.Tensor, claimed_dot: torch.Tensor,
-            unclaimed: torch.Tensor, row_block: int, error: _ErrorModel,
+            unclaimed: torch.Tensor, row_block: int, any_input: float,
             max_chunk_elements: int) -> torch.Tensor:
     """Whether row i is the nearest row of its column nn01[i], for the ``wanted`` rows (the
     others, already rejected, may come out either way); within a column rows compare by
     a·b − |a|²/2. ``claimed``: each row's top column in the low-precision search, scored
     in ``claimed_dot``; ``unclaimed``: per block of rows and column, the int16-read bf16
-    maximum over the rows that did not claim the column."""
+    maximum over the rows that did not claim the column; ``any_input``: the largest
+    ``_ErrorModel.row_input`` of any row."""
     n0, n1 = len(d0), len(d1)
     claim_score = claimed_dot - sq0 / 2
     claimer_best = torch.full((n1,), -torch.inf, device=d0.device).scatter_reduce(
@@ -499,8 +546,8 @@ def _mutual(d0: torch.Tensor, d1: torch.Tensor, sq0: torch.Tensor, nn01: torch.T
     high, low = _bounds(unclaimed.amax(dim=0)[nn01])
     half_norm_low, half_norm_high = float(sq0.min()) / 2, float(sq0.max()) / 2
     # no unclaimed row beats others_high; some unclaimed row reaches others_low
-    others_high = high + error.output_slack(high) + error.any_input - half_norm_low
-    others_low = low - error.output_slack(low) - error.any_input - half_norm_high
+    others_high = high + _ErrorModel.output_slack(high) + any_input - half_norm_low
+    others_low = low - _ErrorModel.output_slack(low) - any_input - half_norm_high
     beaten_by_claimer = claimer_best[nn01] > own
     mutual = is_claimer & ~beaten_by_claimer & (own > others_high)
     decided = mutual | beaten_by_claimer | (is_claimer & (others_low > own))
@@ -510,7 +557,7 @@ def _mutual(d0: torch.Tensor, d1: torch.Tensor, sq0: torch.Tensor, nn01: torch.T
     # Undecided rows are not beaten by a claimer (claimer_best <= own). Every block of rows
     # whose unclaimed maximum in the row's column could reach its score is scored in fp32,
     # one GEMM per block of rows over the columns that reach it.
-    bits, usable = _threshold_bits(own[undecided] + half_norm_low, error.any_input)
+    bits, usable = _threshold_bits(own[undecided] + half_norm_low, any_input)
     column = nn01[undecided]
     reached = (unclaimed[:, column] >= bits[None]) & usable[None]     # blocks × undecided
     best_other = torch.full((len(undecided),), -torch.inf, device=d0.device)
