@@ -15,8 +15,8 @@ from conftest import require_shared
 from sfmfeat.errors import ConfigError, InputError, WeightsError
 from sfmfeat.extractors.base import Features
 from sfmfeat.matchers import create_matcher
-from sfmfeat.matchers.lightglue import (WEIGHTS, LightGlue, LightGlueConfig, load_lightglue,
-                                        weights_for_features)
+from sfmfeat.matchers.lightglue import (WEIGHTS, LightGlue, LightGlueConfig, _attention,
+                                        _Scratch, load_lightglue, weights_for_features)
 from sfmfeat.weights import sha256_of
 
 FIXTURES = ["aliked_DSC_0410_DSC_0411", "aliked_sacre_coeur1_sacre_coeur2",
@@ -109,6 +109,20 @@ def test_chunked_attention_and_assignment_equal_the_whole(lightglue_weights_env,
     np.testing.assert_array_equal(whole.matches0, chunked.matches0)
     np.testing.assert_allclose(whole.matching_scores0, chunked.matching_scores0, atol=1e-5)
     assert (whole.matches0 >= 0).sum() > 50
+
+
+@pytest.mark.parametrize("peak", [1.0, 30.0, 300.0])
+def test_blocked_cross_attention_equals_the_plain_softmax(peak):
+    # peak 30: most weights would be subnormal floats; 300: most are exactly zero
+    generator = torch.Generator().manual_seed(int(peak))
+    q, k = (torch.randn(1, 4, n, 64, generator=generator) * peak ** 0.5 / 8 for n in (300, 257))
+    v = torch.randn(1, 4, 257, 64, generator=generator)
+    mask = torch.ones(1, 1, 1, 257, dtype=torch.bool)
+    mask[..., 200:] = False
+    expected = (q @ k.transpose(-1, -2)).masked_fill(~mask, -torch.inf).softmax(-1) @ v
+    for chunk in (1 << 25, 5_000):          # one block; 4 queries per block
+        got = _attention(q, k, v, mask, chunk, _Scratch())
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
 
 
 def test_bf16_agrees_with_fp32(lightglue_weights_env, aliked_pair):

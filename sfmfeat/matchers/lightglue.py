@@ -18,8 +18,11 @@ What it computes, per pair (the official behaviour):
   log-sigmoid matchabilities; matches are mutual argmaxes whose exp(score) exceeds
   ``filter_threshold``.
 
-Where it differs from the official code (results equal up to float rounding): attention runs
-through ``scaled_dot_product_attention`` (bounded memory: 16k×16k keypoints fit in 2 GiB),
+Where it differs from the official code (results equal up to float rounding): self-attention
+runs through ``scaled_dot_product_attention`` and the exact cross-attention in query blocks of
+one reused buffer, each direction with its own product (bounded memory: 16k×16k keypoints fit
+in 2 GiB; no transposed copy; attention weights kept above the subnormal range, see
+``_attention``),
 the assignment matrix is never held whole (row chunks: two passes for the row and column
 log-sum-exps, one for the argmaxes), and several pairs can go through the transformer at once
 (padded, masked keys; each pair keeps its own early exit and pruning).
@@ -146,11 +149,13 @@ class _CrossBlock(nn.Module):
         self.ffn = _ffn(DIM)
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor, mask0: torch.Tensor | None,
-                mask1: torch.Tensor | None, chunk_elements: int, exact: bool
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        # As the official CPU path: both sides scaled by head_dim^(-1/4), one similarity and
-        # an exact softmax along each axis. ``exact`` False (bf16) takes the fused attention
-        # kernel, whose approximate exp would move fp32 matching scores by ~1e-4.
+                mask1: torch.Tensor | None, chunk_elements: int, exact: bool,
+                scratch: "_Scratch") -> tuple[torch.Tensor, torch.Tensor]:
+        # As the official CPU path: both sides scaled by head_dim^(-1/4) and an exact softmax
+        # along each axis of the similarity; each direction computes its own product (the
+        # same floats as the transposed matrix, without a transposed copy of it). ``exact``
+        # False (bf16) takes the fused attention kernel, whose approximate exp would move
+        # fp32 matching scores by ~1e-4.
         scale = (DIM // HEADS) ** -0.25
 
         def heads(t: torch.Tensor) -> torch.Tensor:
@@ -158,39 +163,68 @@ class _CrossBlock(nn.Module):
 
         qk0, qk1 = heads(self.to_qk(x0) * scale), heads(self.to_qk(x1) * scale)
         v0, v1 = heads(self.to_v(x0)), heads(self.to_v(x1))
-        b, h, n0, _ = qk0.shape
-        n1 = qk1.shape[2]
         if not exact:
             m0 = F.scaled_dot_product_attention(qk0, qk1, v1, attn_mask=mask1, scale=1.0)
             m1 = F.scaled_dot_product_attention(qk1, qk0, v0, attn_mask=mask0, scale=1.0)
-        elif b * h * n0 * n1 <= chunk_elements:
-            sim = qk0 @ qk1.transpose(-1, -2)
-            m0 = _masked(sim, mask1).softmax(-1) @ v1
-            m1 = _masked(sim.transpose(-1, -2).contiguous(), mask0).softmax(-1) @ v0
         else:
-            m0 = _attention(qk0, qk1, v1, mask1, chunk_elements)
-            m1 = _attention(qk1, qk0, v0, mask0, chunk_elements)
+            m0 = _attention(qk0, qk1, v1, mask1, chunk_elements, scratch)
+            m1 = _attention(qk1, qk0, v0, mask0, chunk_elements, scratch)
         m0 = self.to_out(m0.transpose(1, 2).flatten(-2))
         m1 = self.to_out(m1.transpose(1, 2).flatten(-2))
         return (x0 + self.ffn(torch.cat([x0, m0], -1)),
                 x1 + self.ffn(torch.cat([x1, m1], -1)))
 
 
-def _masked(sim: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-    """``sim`` with the padded keys (``key_mask`` False) at -inf."""
-    return sim if key_mask is None else sim.masked_fill(~key_mask, -torch.inf)
+_QUERY_BLOCK_ELEMENTS = 1 << 22   # similarities per query block (16 MiB in fp32): the
+#                                   fastest here, 1.7x one 64 MiB block at 2k x 2k points
+
+
+_LOG_SMALLEST_WEIGHT = 75.0
+
+
+class _Scratch:
+    """The similarity buffer every cross-attention block of one forward reuses: a fresh
+    matrix per block is fresh memory, a page fault per 4 KiB, which cost more than the
+    softmax over it."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def take(self, elements: int, like: torch.Tensor) -> torch.Tensor:
+        buffer = self._buffer
+        if (buffer is None or buffer.numel() < elements or buffer.dtype != like.dtype
+                or buffer.device != like.device):
+            buffer = self._buffer = like.new_empty(elements)
+        return buffer[:elements]
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               key_mask: torch.Tensor | None, chunk_elements: int) -> torch.Tensor:
+               key_mask: torch.Tensor | None, chunk_elements: int,
+               scratch: _Scratch) -> torch.Tensor:
     """softmax(q·kᵀ)·v with an exact softmax, in query blocks of at most ``chunk_elements``
     similarities; ``key_mask`` (B×1×1×n, True = real point) hides padded keys."""
+    batch, heads, queries, _ = q.shape
+    keys = k.shape[2]
     k_t = k.transpose(-1, -2)
-    step = max(1, chunk_elements // (q.shape[0] * q.shape[1] * k.shape[2]))
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    for start in range(0, q.shape[2], step):
-        sim = q[:, :, start:start + step] @ k_t
-        out[:, :, start:start + step] = _masked(sim, key_mask).softmax(-1) @ v
+    per_query = batch * heads * keys
+    step = max(1, min(chunk_elements, _QUERY_BLOCK_ELEMENTS) // per_query)
+    buffer = scratch.take(per_query * min(step, queries), q)
+    out = q.new_empty((batch, heads, queries, v.shape[-1]))
+    for start in range(0, queries, step):
+        stop = min(start + step, queries)
+        sim = buffer[:per_query * (stop - start)].view(batch, heads, stop - start, keys)
+        torch.matmul(q[:, :, start:stop], k_t, out=sim)
+        if key_mask is not None:
+            sim.masked_fill_(~key_mask, -torch.inf)
+        # Peaked attention underflows to subnormal floats, which x86 handles some 10x
+        # slower (in the softmax and in the product after it). Raised to exp(-75) of the
+        # row maximum, no weight is subnormal below 2e5 keys; each raised weight is below
+        # an ulp of the sums it enters. Padded keys stay at zero weight.
+        sim.clamp_(min=sim.amax(-1, keepdim=True) - _LOG_SMALLEST_WEIGHT)
+        if key_mask is not None:
+            sim.masked_fill_(~key_mask, -torch.inf)
+        torch.softmax(sim, -1, out=sim)
+        out[:, :, start:stop] = sim @ v
     return out
 
 
@@ -393,8 +427,9 @@ class LightGlue(Matcher):
         early_stop = self.config.depth_confidence > 0
         pruning = self.config.width_confidence > 0
         active = list(states)
+        scratch = _Scratch()
         for layer in range(LAYERS):
-            self._layer(layer, active)
+            self._layer(layer, active, scratch)
             if layer == LAYERS - 1:
                 for state in active:
                     state.stop = LAYERS
@@ -418,7 +453,7 @@ class LightGlue(Matcher):
                 break
         return [self._assign(state) for state in states]
 
-    def _layer(self, layer: int, states: list[_PairState]) -> None:
+    def _layer(self, layer: int, states: list[_PairState], scratch: _Scratch) -> None:
         """One transformer layer over every active pair (stacked; padded when their point
         counts differ, with the padded keys masked out)."""
         block = self._layers[layer]
@@ -428,7 +463,7 @@ class LightGlue(Matcher):
         d0 = block.self_attn(d0, c0, s0, m0)
         d1 = block.self_attn(d1, c1, s1, m1)
         d0, d1 = block.cross_attn(d0, d1, m0, m1, self.config.attention_chunk_elements,
-                                  exact=self.dtype == torch.float32)
+                                  self.dtype == torch.float32, scratch)
         for k, desc in ((0, d0), (1, d1)):
             for b, side in enumerate(sides[k]):
                 side.desc = desc[b:b + 1, :side.desc.shape[1]]
