@@ -175,14 +175,29 @@ def parity_table(features_path: Path, num_pairs: int, official, ours) -> None:
         names = sorted(reader.names())
         feats = {n: reader.read(n) for n in names}
     print(f"{features_path} ({reader.method}, LightGlue weights {weights}); matches0 / "
-          "matches1 identical, max |Δscore| (all entries), stop, prune identical")
-    for name0, name1 in list(itertools.combinations(names, 2))[:num_pairs]:
-        sides = [(feats[n].keypoints, feats[n].descriptors,
-                  np.asarray(feats[n].image_size, np.float32)) for n in (name0, name1)]
+          "matches1 identical, max |Δscore| (all entries), stop, prune identical; at the "
+          "defaults also ms per pair (one call each) of the official code, ours in fp32 and "
+          "ours in bf16 (its matches0 agreement with the official)")
+    def sides_of(name0: str, name1: str):
+        return [(feats[n].keypoints, feats[n].descriptors,
+                 np.asarray(feats[n].image_size, np.float32)) for n in (name0, name1)]
+
+    pairs = list(itertools.combinations(names, 2))[:num_pairs]
+    warm = sides_of(*pairs[0])      # models built and loaded before anything is timed
+    for adaptive in (False, True):
+        official(weights, adaptive, warm)
+        ours(weights, adaptive, warm)
+    ours(weights, True, warm, "bf16")
+    for name0, name1 in pairs:
+        sides = sides_of(name0, name1)
         row = [f"{name0} {name1} ({len(feats[name0])}/{len(feats[name1])})"]
         for adaptive in (False, True):
+            start = time.perf_counter()
             ref = official(weights, adaptive, sides, full=True)
+            official_ms = (time.perf_counter() - start) * 1000
+            start = time.perf_counter()
             got = ours(weights, adaptive, sides, full=True)
+            ours_ms = (time.perf_counter() - start) * 1000
             same0 = float(np.mean(ref["matches0"] == got.matches0)) * 100
             same1 = float(np.mean(ref["matches1"] == got.matches1)) * 100
             dscore = max(float(np.abs(ref["matching_scores0"] - got.matching_scores0).max()),
@@ -193,6 +208,14 @@ def parity_table(features_path: Path, num_pairs: int, official, ours) -> None:
                        f"{dscore:.1e} stop {got.stop}/{ref['stop']} prune {prune:.1f}% "
                        f"matches {int((got.matches0 >= 0).sum())}/"
                        f"{int((ref['matches0'] >= 0).sum())}")
+            if adaptive:
+                start = time.perf_counter()
+                low = ours(weights, adaptive, sides, "bf16", full=True)
+                bf16_ms = (time.perf_counter() - start) * 1000
+                row.append(f"ms official {official_ms:.0f}, fp32 {ours_ms:.0f} "
+                           f"({official_ms / ours_ms:.2f}x), bf16 {bf16_ms:.0f} "
+                           f"({official_ms / bf16_ms:.2f}x, "
+                           f"{float(np.mean(ref['matches0'] == low.matches0)) * 100:.2f}%)")
         print(" | ".join(row), flush=True)
 
 

@@ -61,6 +61,7 @@ DIM = 256
 HEADS = 4
 LAYERS = 9
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_BF16_GRANULE = 128
 
 
 def weights_for_features(method: str) -> str:
@@ -363,6 +364,11 @@ class LightGlue(Matcher):
             self._layers = net.transformers
         else:
             self._layers = copy.deepcopy(net.transformers).to(self.dtype)
+        # oneDNN builds a bf16 kernel per new matrix shape (4 ms per linear layer here), and
+        # pruning gives every layer of every pair new point counts: on the CPU in bf16 the
+        # points are padded (masked keys) to a multiple of _BF16_GRANULE, so shapes recur
+        self._granule = (_BF16_GRANULE if self.dtype == torch.bfloat16
+                         and torch.device(self.device).type == "cpu" else 1)
         self._thresholds = torch.tensor(
             [float(np.clip(0.8 + 0.1 * np.exp(-4.0 * i / LAYERS), 0, 1)) for i in range(LAYERS)],
             dtype=torch.float32, device=self.device)
@@ -459,7 +465,7 @@ class LightGlue(Matcher):
         counts differ, with the padded keys masked out)."""
         block = self._layers[layer]
         sides = [[st.sides[k] for st in states] for k in (0, 1)]
-        stacked = [_stack(group) for group in sides]
+        stacked = [_stack(group, self._granule) for group in sides]
         (d0, c0, s0, m0), (d1, c1, s1, m1) = stacked
         d0 = block.self_attn(d0, c0, s0, m0)
         d1 = block.self_attn(d1, c1, s1, m1)
@@ -517,12 +523,14 @@ class LightGlue(Matcher):
                                stop=stop, prune0=prune0, prune1=prune1)
 
 
-def _stack(sides: list[_Side]):
-    """Batch tensors of several pairs' sides; a key mask only when lengths differ."""
-    if len(sides) == 1:
+def _stack(sides: list[_Side], granule: int = 1):
+    """Batch tensors of several pairs' sides, padded to the longest rounded up to a multiple
+    of ``granule``; a key mask (True = real point) only when some side is padded."""
+    longest = max(s.desc.shape[1] for s in sides)
+    length = -(-longest // granule) * granule
+    if len(sides) == 1 and length == longest:
         s = sides[0]
         return s.desc, s.cos, s.sin, None
-    length = max(s.desc.shape[1] for s in sides)
 
     def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
         missing = length - t.shape[dim]
