@@ -73,6 +73,28 @@ def test_cap_keeps_the_largest_scales_or_the_strongest(image):
     assert len(_strongest(kp, None)) == 4
 
 
+@pytest.mark.parametrize("conf", [{"max_keypoints": 10_000}, {"max_keypoints": 50},
+                                  {"max_keypoints": 9000, "max_orientations": 1},
+                                  {"max_octave": 0}])
+def test_one_pyramid_gives_the_descriptors_of_detect_then_compute(image, conf):
+    # the fast path (detectAndCompute, then the kept rows) against OpenCV's two calls
+    config = SiftConfig(**conf)
+    features = Sift(config).extract(image)
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    sift = cv2.SIFT_create(contrastThreshold=0.02)
+    kept = [kp for kp in sift.detect(gray, None)
+            if config.max_octave is None or (kp.octave & 255) in range(config.max_octave + 1)
+            or (kp.octave & 255) == 255]
+    if config.max_orientations is not None:
+        kept = _limit_orientations(kept, config.max_orientations)
+    kept, descriptors = sift.compute(gray, _strongest(kept, config.max_keypoints, by_size=True))
+    descriptors /= descriptors.sum(1, keepdims=True)
+    np.testing.assert_array_equal(features.keypoints, np.array([kp.pt for kp in kept],
+                                                               np.float32))
+    np.testing.assert_array_equal(features.descriptors, np.sqrt(descriptors))
+    assert len(features) > 40
+
+
 def test_upright_merges_orientations_of_one_location(image):
     kp = [cv2.KeyPoint(10.0, 20.0, 4.0, 30.0, 0.5), cv2.KeyPoint(10.0, 20.0, 4.0, 200.0, 0.9),
           cv2.KeyPoint(11.0, 20.0, 4.0, 90.0, 0.1)]
