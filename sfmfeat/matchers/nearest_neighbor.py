@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -414,7 +415,7 @@ def _match_reduced(d0: torch.Tensor, d1: torch.Tensor, sq0: torch.Tensor, sq1: t
 _REDUCE_ROWS_BYTES = 1 << 20
 
 
-def _row_reduce(per_row, *tensors: torch.Tensor) -> torch.Tensor:
+def _row_reduce(per_row: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
     """``per_row(*row_slices)`` over row chunks of about 1 MiB: a whole-array temporary
     (16 MiB for 8k × 512 floats) is fresh memory on every call, a page fault per 4 KiB,
     which cost more than the arithmetic. Row by row the values are the same floats."""
