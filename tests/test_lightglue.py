@@ -128,17 +128,16 @@ def test_blocked_cross_attention_equals_the_plain_softmax(peak):
 def test_points_padded_to_a_granule_give_the_unpadded_outputs(lightglue_weights_env,
                                                                aliked_pair):
     # the bf16 CPU path pads the points (masked keys) so that kernel shapes recur; checked
-    # in fp32, where the padding must change nothing beyond float rounding
+    # in fp32, where the padding must change nothing beyond float rounding (all 9 layers:
+    # an early exit or a pruning decision at its threshold could flip on rounding alone)
     _, (f0, f1) = aliked_pair
     a, b = f0.subset(np.arange(450)), f1.subset(np.arange(389))
-    matcher = LightGlue(LightGlueConfig(weights="aliked"), device="cpu")
+    matcher = LightGlue(LightGlueConfig(weights="aliked", **FULL), device="cpu")
     plain = matcher.forward(a, b)
     matcher._granule = 128
     padded = matcher.forward(a, b)
-    assert padded.stop == plain.stop
     assert np.mean(padded.matches0 == plain.matches0) >= 0.995
     assert np.abs(padded.matching_scores0 - plain.matching_scores0).max() < 1e-4
-    assert np.array_equal(padded.prune0, plain.prune0)
     assert (plain.matches0 >= 0).sum() > 50
 
 
