@@ -157,18 +157,20 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
 class _Ncc:
     """NCC of a fixed reference image against warped source images, box windows.
 
-    Written for speed at equal results (bit-identical to the straightforward version):
-    buffers are allocated once per reference image, each view's cost is computed while
-    its planes are still in cache, the share of NaN samples in a window is an integer box
+    Written for speed at equal results: buffers are allocated once per reference image,
+    each view's cost is computed while its planes are still in cache, window means are two
+    1-D passes of OpenCV's separable filter (1.6-2x its box filter here; the sums round
+    differently, within an ulp), the share of NaN samples in a window is an integer box
     count on a uint8 mask, and the best-k mean uses elementwise min/max, not a partition.
     """
 
     def __init__(self, ref: np.ndarray, radius: int, min_texture: float,
                  num_views: int) -> None:
         self.ksize = (2 * radius + 1, 2 * radius + 1)
+        self._taps = np.full(2 * radius + 1, 1.0 / (2 * radius + 1), np.float32)
         self.ref = ref
-        self.mu = cv2.blur(ref, self.ksize)
-        var = cv2.blur(ref * ref, self.ksize) - self.mu * self.mu
+        self.mu = self._window_mean(ref)
+        var = self._window_mean(ref * ref) - self.mu * self.mu
         self.std = np.sqrt(np.maximum(var, 0))
         self.textured = self.std >= min_texture
         self._inv_std = 1.0 / np.maximum(self.std, 1e-4)
@@ -185,6 +187,11 @@ class _Ncc:
         self._count = np.empty((h, w), np.uint16)
         self._invalid = np.empty((h, w), bool)
 
+    def _window_mean(self, src: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
+        """Mean over the square window (borders reflected, as ``cv2.blur``)."""
+        return cv2.sepFilter2D(src, cv2.CV_32F, self._taps, self._taps, dst=dst,
+                               borderType=cv2.BORDER_REFLECT_101)
+
     def _cost(self, cov: np.ndarray) -> None:
         """1 - NCC in [0, 2] of ``self.warped`` into ``cov``; 2 where more than a fifth of
         the window left the source image (NaN samples)."""
@@ -196,11 +203,11 @@ class _Ncc:
                           normalize=False)
             np.greater_equal(self._count, self._min_nan, out=self._invalid)
             cv2.patchNaNs(warped, 0.0)
-        cv2.blur(warped, self.ksize, dst=mean)
+        self._window_mean(warped, mean)
         np.multiply(warped, warped, out=tmp)
-        cv2.blur(tmp, self.ksize, dst=var)
+        self._window_mean(tmp, var)
         np.multiply(self.ref, warped, out=tmp)
-        cv2.blur(tmp, self.ksize, dst=cov)
+        self._window_mean(tmp, cov)
         np.multiply(mean, mean, out=tmp)
         var -= tmp
         np.multiply(self.mu, mean, out=tmp)
