@@ -179,7 +179,7 @@ def run(work: Path, images: list[int], pairs: list[int], keypoints: int, dim: in
         keep: bool) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work).free
-    need = 2.2 * max(images) * keypoints * (4 * dim + 12)   # final file + shards, merged
+    need = 2.2 * max(images, default=0) * keypoints * (4 * dim + 12)   # file + shards, merged
     if need > free:
         raise SystemExit(f"{work}: {free / 2**30:.1f} GiB free, the {max(images)}-image "
                          f"store needs about {need / 2**30:.1f} GiB: pass fewer --keypoints")
