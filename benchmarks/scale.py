@@ -183,6 +183,9 @@ def run(work: Path, images: list[int], pairs: list[int], keypoints: int, dim: in
     if need > free:
         raise SystemExit(f"{work}: {free / 2**30:.1f} GiB free, the {max(images)}-image "
                          f"store needs about {need / 2**30:.1f} GiB: pass fewer --keypoints")
+    if any(count // NEIGHBOURS <= 2 * NEIGHBOURS for count in pairs):
+        raise SystemExit(f"--pairs: each size needs more than {2 * NEIGHBOURS * NEIGHBOURS} pairs "
+                         f"({NEIGHBOURS} neighbours per image, no pair twice)")
     rows = []
     for count in images:
         rows.append(_measure(work, "features-write", count, keypoints, dim))
