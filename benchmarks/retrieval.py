@@ -145,33 +145,24 @@ def child_store(args) -> dict:
 # ----------------------------------------------------------------------- store writing
 
 def make_store(path: Path, num_db: int, num_queries: int, dim: int) -> None:
-    """The file GlobalDescriptorWriter would write, generated fast with low-level h5py."""
-    import h5py
+    """A global-descriptor store of random unit descriptors, written by
+    GlobalDescriptorWriter (kept between runs while its sizes are the same)."""
+    from sfmfeat.localization.retrieval import GlobalDescriptorReader, GlobalDescriptorWriter
 
-    from sfmfeat.localization.retrieval import KIND, DATASET
-    from sfmfeat.store import StoreInfo, escape_name
-
+    config = {"n": num_db, "q": num_queries, "dim": dim}
     if path.is_file():
-        with h5py.File(path, "r") as handle:
-            if handle.attrs.get("config") == json.dumps({"n": num_db, "q": num_queries,
-                                                        "dim": dim}, sort_keys=True):
+        with GlobalDescriptorReader(path) as reader:
+            if reader.config == config:
                 return
-    tmp = path.with_suffix(".tmp")
     start = time.perf_counter()
-    with h5py.File(tmp, "w") as handle:
-        StoreInfo(KIND, "random", "bench", {"n": num_db, "q": num_queries, "dim": dim}
-                  ).write_attrs(handle)
-        images = handle.create_group("images")
+    with GlobalDescriptorWriter(path, "random", "bench", config, overwrite=True,
+                                flush_items=8192) as writer:
         for prefix, seed, count, width in (("query", 1, num_queries, 6), ("db", 2, num_db, 7)):
             index = 0
             for block in _descriptors(seed, count, dim):
                 for row in block:
-                    name = f"{prefix}/{index:0{width}d}.jpg"
-                    group = images.create_group(escape_name(name))
-                    group.create_dataset(DATASET, data=row)
-                    group.attrs["name"] = name
+                    writer.write(f"{prefix}/{index:0{width}d}.jpg", row)
                     index += 1
-    os.replace(tmp, path)
     print(f"  wrote {path} ({path.stat().st_size / GIB:.2f} GiB) in "
           f"{time.perf_counter() - start:.0f} s")
 

@@ -1,38 +1,53 @@
 """The HDF5 feature and match store: the only code that knows the file layout.
 
-Schema (version 1)
-------------------
-Both files carry root attributes ``schema_version``, ``kind`` ("features" | "matches"),
-``method`` (preset name), ``config_hash``, ``config`` (JSON) and ``sfmfeat_version``.
+Schema (version 3, packed)
+--------------------------
+Every store file carries root attributes ``schema_version``, ``kind`` ("features" |
+"matches" | "global_descriptors"), ``method`` (preset name), ``config_hash``, ``config``
+(JSON) and ``sfmfeat_version``; matches.h5 also ``features_config_hash`` of the features
+the matches were made from.
 
-features.h5: ``/images/<key>/`` per image, where ``<key>`` is the image name with "%" and
-"/" percent-escaped (one HDF5 component per image, so names with subfolders, spaces or
-non-ASCII characters round-trip). Datasets: ``keypoints`` N×2 float32 (pixel centre at
-integer coordinates), ``scores`` N float32, ``descriptors`` N×D float32, optional
-``scales`` and ``orientations`` N float32. Attributes: ``name``, ``image_size`` (w, h),
-``fingerprint`` (JSON: bytes, mtime_ns and BLAKE2b of the image file the record came from)
-and ``keypoints_digest`` (BLAKE2b of the keypoint array: the record's identity for lineage).
+A file holds records, one per image (features, global descriptors) or per pair (matches),
+in a fixed number of datasets whatever the number of records:
 
-matches.h5: ``/pairs/<key_a>/<key_b>/`` with name_a < name_b (order-invariant): datasets
-``matches`` K×2 int32 (column 0 indexes name_a's keypoints) and ``scores`` K float32. The
-root also records ``features_config_hash`` of the features the matches were made from, and
-each pair the attribute ``features_digests`` (the ``keypoints_digest`` of name_a's and
-name_b's feature records), so matches made from other keypoints are recomputed or refused.
+``names``                 the image names, UTF-8, sorted (fixed-length bytes)
+``records/key``           R int64 (per image) or R×2 (per pair: name_a < name_b, so the
+                          key is order-invariant): indices into ``names``
+``records/offset, count`` R int64: the record's rows ``[offset, offset + count)``
+``records/crc32``         R×F uint32: CRC-32 of the record's rows of each field (attribute
+                          ``fields``: their order); a file corrupted in place fails to read
+                          (a StoreError naming it) instead of returning other numbers
+``records/attrs/<name>``  one value per record (an empty string: none)
+``rows/<field>``          the rows of every record, concatenated
+
+features: fields ``keypoints`` N×2 float32 (pixel centre at integer coordinates),
+``scores`` N, ``descriptors`` N×D, optional ``scales`` and ``orientations`` N; attributes
+``image_size`` (w, h), ``keypoints_digest`` (BLAKE2b of the keypoints: the record's
+identity for lineage) and ``fingerprint`` (JSON: bytes, mtime_ns and BLAKE2b of the image
+file the record came from). matches: fields ``matches`` K×2 int32 (column 0 indexes
+name_a's keypoints) and ``scores`` K float32; attribute ``features_digests`` (the
+``keypoints_digest`` of name_a's and name_b's feature records), so matches made from other
+keypoints are recomputed or refused. global descriptors: field ``global_descriptor``, one
+row of D per image.
+
+Why packed: schema 2 (hloc's shape: one HDF5 group per record) makes HDF5's own index and
+metadata cache grow with the records, so a reader of 100k images used 2.4× the memory of
+one of 10k (README, "Scale"). Here a reader holds the index in NumPy arrays (about 40 bytes
+per record) and reads a record as one slice per field. Schema 2 files are still read
+(``_GroupIndex``); writers refuse to extend them (rerun with --overwrite).
 
 Crash safety and resumption
 ---------------------------
-Every record carries the CRC-32 of each of its datasets (attribute ``crc32``, JSON): a
-file corrupted in place fails to read (a StoreError naming it) instead of returning other
-numbers. (Not HDF5's Fletcher-32 filter: its chunked writes crash h5py on a full disk.)
-
 Writers never modify the final file in place. New results are buffered and flushed into
-shard files ``<file>.partial/shard-*.h5``, each written to a temporary name and renamed,
-so a shard is either whole or absent. Closing the writer merges the final file and the
-shards into a temporary file that replaces the final file atomically. A killed run leaves
-the final file untouched and its flushed shards; the next run with the same config picks
-them up and skips their items. A different config for the same file is refused.
-A feature record whose image file has changed (other content hash) is re-extracted, and a
-match record whose feature digests differ from the current features' is re-matched.
+shard files ``<file>.partial/shard-*.h5`` (small files of the same layout), each written to
+a temporary name and renamed, so a shard is either whole or absent. Closing the writer
+merges the final file and the shards into a temporary file that replaces the final file
+atomically (rows copied in blocks; a later shard's record replaces an earlier one of the
+same key). A killed run leaves the final file untouched and its flushed shards; the next
+run with the same config merges them first and skips their items. A different config for
+the same file is refused. A feature record whose image file has changed (other content
+hash) is re-extracted, and a match record whose feature digests differ from the current
+features' is re-matched.
 
 Files in hloc's layout open as the adapters of ``sfmfeat.hloc`` (``StoreReader.__new__``);
 writers refuse to add records to them.
@@ -46,14 +61,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import time
+import traceback
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,8 +85,9 @@ from .features import Features
 logger = logging.getLogger(__name__)
 
 # 2: hashes over the method's stable name and weights identity; the extractor spec
-# (preset name + overrides) recorded
-SCHEMA_VERSION = 2
+# (preset name + overrides) recorded. 3: the packed layout (module doc)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (2, 3)
 _FEATURE_FIELDS = ("keypoints", "scores", "descriptors", "scales", "orientations")
 
 
@@ -92,9 +110,9 @@ def pair_key(name0: str, name1: str) -> tuple[str, str, bool]:
 
 
 def record_path(key: tuple[str, ...]) -> str:
-    """The HDF5 group of a record: ``images/<name>`` for a per-image key ``(name,)``,
+    """The HDF5 group of a record in a schema 2 file: ``images/<name>`` for a per-image key ``(name,)``,
     ``pairs/<name_a>/<name_b>`` for a per-pair key (already ordered, see ``pair_key``).
-    The same for every kind of store (features, matches, global descriptors, ...)."""
+    The same for every kind of store (features, matches, global descriptors)."""
     if len(key) not in (1, 2):
         raise StoreError(f"a record key names one image or a pair, got {key!r}")
     return "/".join(["images" if len(key) == 1 else "pairs", *(escape_name(k) for k in key)])
@@ -145,15 +163,19 @@ class StoreInfo:
             )
 
 
-def check_schema(attrs: Any, path: Path) -> None:
-    """Refuse a file of another schema version, saying how to rebuild it."""
+def check_schema(attrs: Any, path: Path,
+                 readable: tuple[int, ...] = (SCHEMA_VERSION,)) -> int:
+    """The file's schema version; refuse one not in ``readable``, saying how to rebuild."""
     version = attrs.get("schema_version")
-    if version is None or int(version) != SCHEMA_VERSION:
+    if version is None or int(version) not in readable:
         made_by = attrs.get("sfmfeat_version", "an unknown version")
+        versions = " and ".join(map(str, readable))
         raise StoreError(
             f"{path}: schema version {version} (written by sfmfeat {made_by}); this sfmfeat "
-            f"{__version__} reads version {SCHEMA_VERSION} only. Rebuild it: rerun the command "
-            "that made it with --overwrite (or delete it), or write to a new file")
+            f"{__version__} {'reads' if len(readable) > 1 else 'extends'} version {versions} "
+            "only. Rebuild it: rerun the command that made it with --overwrite (or delete "
+            "it), or write to a new file")
+    return int(version)
 
 
 def open_h5(path: Path, mode: str = "r") -> h5py.File:
@@ -170,7 +192,7 @@ _open_h5 = open_h5   # the name sfmfeat.hloc imports
 
 
 def record_keys(handle: h5py.File) -> Iterator[tuple[str, ...]]:
-    """The keys of every record in an open store file: ``(name,)`` per image record,
+    """The keys of every record in an open schema 2 store file: ``(name,)`` per image record,
     ``(name_a, name_b)`` per pair record."""
     for key in handle.get("images", ()):
         yield (unescape_name(key),)
@@ -261,15 +283,457 @@ class StoreLock:
         self.release()
 
 
+def _encode(name: str) -> bytes:
+    # surrogateescape: a file name that is not valid UTF-8 still round-trips
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _decode(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
+
+
+class KeySet:
+    """The set of record keys a writer holds, 16 bytes per key (a 128-bit BLAKE2b of the
+    key) instead of a Python tuple of strings: a million pairs take 16 MB, not 400."""
+
+    _DIGEST = np.dtype([("high", "<u8"), ("low", "<u8")])
+    _FOLD = 1 << 16   # recent keys kept in a Python set before they join the sorted array
+
+    def __init__(self) -> None:
+        self._sorted = np.empty(0, self._DIGEST)
+        self._recent: set[bytes] = set()
+
+    @staticmethod
+    def _digest(key: tuple[str, ...]) -> bytes:
+        digest = hashlib.blake2b(digest_size=16)
+        for name in map(_encode, key):   # length-prefixed: no two keys read the same
+            digest.update(len(name).to_bytes(4, "little") + name)
+        return digest.digest()
+
+    def add(self, key: tuple[str, ...]) -> None:
+        digest = self._digest(key)
+        if digest not in self:
+            self._recent.add(digest)
+            if len(self._recent) >= self._FOLD:
+                self._fold()
+
+    def update(self, keys: Iterable[tuple[str, ...]]) -> None:
+        for key in keys:
+            self.add(key)
+
+    def _fold(self) -> None:
+        recent = np.frombuffer(b"".join(self._recent), self._DIGEST)
+        self._sorted = np.sort(np.concatenate([self._sorted, recent]))
+        self._recent.clear()
+
+    def __contains__(self, key: tuple[str, ...] | bytes) -> bool:
+        digest = key if isinstance(key, bytes) else self._digest(key)
+        if digest in self._recent:
+            return True
+        probe = np.frombuffer(digest, self._DIGEST)
+        index = int(np.searchsorted(self._sorted, probe[0]))
+        return index < len(self._sorted) and self._sorted[index] == probe[0]
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)
+
+
+# ------------------------------------------------------------------ the packed layout (3)
+
+_NAMES, _KEY, _OFFSET, _COUNT, _CRC = ("names", "records/key", "records/offset",
+                                       "records/count", "records/crc32")
+_ATTRS, _ROWS = "records/attrs", "rows"
+_STR = h5py.string_dtype()
+_COPY_BYTES = 32 << 20   # rows copied per read when merging
+
+
+def _names_array(names: Iterable[bytes]) -> np.ndarray:
+    names = sorted(set(names))
+    return np.array(names, dtype=f"S{max(map(len, names), default=1)}")
+
+
+def _runs(offsets: np.ndarray, counts: np.ndarray) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) covering the records ``offsets``/``counts`` (sorted by
+    offset), adjacent records joined into one range."""
+    if not len(offsets):
+        return []
+    ends = offsets + counts
+    breaks = np.flatnonzero(offsets[1:] != ends[:-1]) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(offsets)]])
+    return [(int(offsets[a]), int(ends[b - 1])) for a, b in zip(starts, stops)]
+
+
+class _Layout:
+    """The datasets of a packed file, created at their final sizes.
+
+    ``fields``: name -> (dtype, shape of one row); ``attr_columns``: name -> (dtype or
+    "str", shape of one value)."""
+
+    def __init__(self, arity: int, fields: dict[str, tuple[np.dtype, tuple[int, ...]]],
+                 attr_columns: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+        self.arity = arity
+        self.fields = fields
+        self.attr_columns = attr_columns
+
+    def create(self, handle: h5py.File, names: np.ndarray, num_records: int,
+               field_rows: dict[str, int]) -> dict[str, h5py.Dataset]:
+        handle.create_dataset(_NAMES, data=names)
+        key_shape = (num_records,) if self.arity == 1 else (num_records, 2)
+        num_fields = len(self.fields)
+        datasets = {
+            "key": handle.create_dataset(_KEY, key_shape, np.int64),
+            "offset": handle.create_dataset(_OFFSET, (num_records, num_fields), np.int64),
+            "count": handle.create_dataset(_COUNT, (num_records,), np.int64),
+            "crc32": handle.create_dataset(_CRC, (num_records, num_fields), np.uint32)}
+        datasets["offset"].attrs["fields"] = json.dumps(list(self.fields))
+        handle.require_group(_ATTRS)
+        for name, (dtype, shape) in self.attr_columns.items():
+            datasets[f"attr:{name}"] = handle.create_dataset(
+                f"{_ATTRS}/{name}", (num_records, *shape), _STR if dtype == "str" else dtype)
+        handle.require_group(_ROWS)
+        for field, (dtype, shape) in self.fields.items():
+            datasets[f"rows:{field}"] = handle.create_dataset(
+                f"{_ROWS}/{field}", (field_rows[field], *shape), dtype)
+        return datasets
+
+
+def _row_shapes(parts: Iterable[tuple[dict[str, tuple[np.dtype, tuple[int, ...]]], bool]],
+                where: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """The dtype and row shape of each field over ``parts`` ((field specs, has rows)):
+    the parts with rows must agree; empty parts may be shaped otherwise (e.g. N×0)."""
+    fields: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+    parts = list(parts)
+    for with_rows in (True, False):
+        for specs, has_rows in parts:
+            if has_rows != with_rows:
+                continue
+            for field, spec in specs.items():
+                known = fields.setdefault(field, spec)
+                if with_rows and known != spec:
+                    raise StoreError(f"{where}: {field} of {spec[0]} rows of shape {spec[1]} "
+                                     f"and of {known[0]} rows of shape {known[1]} cannot be "
+                                     "stored together")
+    return fields
+
+
+def _write_records(handle: h5py.File, records: list, arity: int,
+                   attr_columns: dict[str, tuple[str, tuple[int, ...]]], path: Path) -> None:
+    """A packed file holding ``records`` ((key, datasets, attrs), each key once)."""
+    fields = _row_shapes((({f: (v.dtype, v.shape[1:])}, bool(len(v)))
+                          for _, datasets, _ in records for f, v in datasets.items()), path)
+    names = _names_array(_encode(n) for key, _, _ in records for n in key)
+    counts = np.array([len(next(iter(d.values()))) if d else 0 for _, d, _ in records],
+                      np.int64)
+    offsets = np.full((len(records), len(fields)), -1, np.int64)
+    crc = np.zeros((len(records), len(fields)), np.uint32)
+    rows: dict[str, list[np.ndarray]] = {f: [] for f in fields}
+    for column, (field, (dtype, shape)) in enumerate(fields.items()):
+        position = 0
+        for record, (_, datasets, _) in enumerate(records):
+            if field in datasets:
+                value = np.asarray(datasets[field], dtype).reshape(-1, *shape)
+                offsets[record, column] = position
+                crc[record, column] = _crc32(value)
+                rows[field].append(value)
+                position += len(value)
+    out = _Layout(arity, fields, attr_columns).create(
+        handle, names, len(records), {f: sum(map(len, v)) for f, v in rows.items()})
+    index = {bytes(n): i for i, n in enumerate(names)}
+    out["key"][...] = np.array([[index[_encode(n)] for n in key] for key, _, _ in records],
+                               np.int64).reshape(out["key"].shape)
+    out["offset"][...] = offsets
+    out["count"][...] = counts
+    out["crc32"][...] = crc
+    for field, values in rows.items():
+        if values and sum(map(len, values)):
+            out[f"rows:{field}"][...] = np.concatenate(values)
+    for name, (dtype, shape) in attr_columns.items():
+        values = [attrs.get(name) for _, _, attrs in records]
+        if dtype == "str":
+            column = np.array(["" if v is None else str(v) for v in values], dtype=object)
+        else:
+            if any(v is None for v in values):
+                raise StoreError(f"{path}: a record lacks its {name!r}")
+            column = np.array(values, dtype).reshape(len(values), *shape)
+        if len(values):
+            out[f"attr:{name}"][...] = column
+
+
+def _merge_files(sources: list[Path], out: h5py.File, arity: int,
+                 attr_columns: dict[str, tuple[str, tuple[int, ...]]]) -> int:
+    """Write into ``out`` every record of ``sources`` (packed files, in order: a record
+    in a later one replaces the same key's in an earlier one); returns the record count.
+    Rows are copied in blocks, so memory is bounded by the indexes, not by the data."""
+    indexes = []
+    for source in sources:
+        with open_h5(source) as handle:
+            index = _PackedIndex(handle, source)
+            index.specs = {f: (d.dtype, d.shape[1:]) for f, d in index.rows.items()}
+            index.row_counts = {f: d.shape[0] for f, d in index.rows.items()}
+            index.rows = index.columns = {}   # the handle closes: no dataset outlives it
+            indexes.append(index)
+    fields = _row_shapes(((i.specs, any(i.row_counts.values())) for i in indexes),
+                         sources[0] if sources else Path("?"))
+    names = (np.unique(np.concatenate([i.names for i in indexes])) if indexes
+             else np.empty(0, "S1"))
+    codes = []
+    for index in indexes:
+        mapped = np.searchsorted(names, index.names)[index.key_indices]
+        codes.append(mapped if arity == 1 else mapped[:, 0] * len(names) + mapped[:, 1])
+    all_codes = np.concatenate(codes) if codes else np.empty(0, np.int64)
+    order = np.argsort(all_codes, kind="stable")    # stable: sources stay in order
+    last = np.ones(len(order), bool)
+    last[:-1] = all_codes[order][1:] != all_codes[order][:-1]
+    winning = np.zeros(len(all_codes), bool)
+    winning[order[last]] = True                    # the last source holding a key wins
+    bounds = np.cumsum([0] + [len(c) for c in codes])
+    kept = [np.flatnonzero(winning[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    field_rows = {f: 0 for f in fields}
+    for index, keep in zip(indexes, kept):
+        for field in fields:
+            if field in index.fields:
+                present = index.offsets[keep, index.fields.index(field)] >= 0
+                field_rows[field] += int(index.counts[keep][present].sum())
+    dest = _Layout(arity, fields, attr_columns).create(
+        out, names, sum(map(len, kept)), field_rows)
+    record, positions = 0, dict.fromkeys(fields, 0)
+    for index, keep in zip(indexes, kept):
+        if not len(keep):
+            continue
+        span = slice(record, record + len(keep))
+        dest["key"][span] = np.searchsorted(names, index.names)[index.key_indices[keep]]
+        dest["count"][span] = index.counts[keep]
+        offsets = np.full((len(keep), len(fields)), -1, np.int64)
+        crc = np.zeros((len(keep), len(fields)), np.uint32)
+        with open_h5(index.path) as handle:
+            for column, field in enumerate(fields):
+                if field not in index.fields:
+                    continue
+                source_column = index.fields.index(field)
+                present = np.flatnonzero(index.offsets[keep, source_column] >= 0)
+                starts = index.offsets[keep[present], source_column]
+                counts = index.counts[keep[present]]
+                in_order = np.argsort(starts, kind="stable")
+                new_starts = np.empty(len(present), np.int64)
+                new_starts[in_order] = positions[field] + np.concatenate(
+                    [[0], np.cumsum(counts[in_order])[:-1]]).astype(np.int64)
+                offsets[present, column] = new_starts
+                crc[present, column] = index.crc[keep[present], source_column]
+                positions[field] = _copy_rows(handle[_ROWS][field], dest[f"rows:{field}"],
+                                              starts[in_order], counts[in_order],
+                                              positions[field])
+            for name in attr_columns:
+                if name in handle[_ATTRS]:
+                    _copy_column(handle[_ATTRS][name], keep, dest[f"attr:{name}"], record)
+        dest["offset"][span] = offsets
+        dest["crc32"][span] = crc
+        record += len(keep)
+    return record
+
+
+def _copy_rows(source: h5py.Dataset, target: h5py.Dataset, starts: np.ndarray,
+               counts: np.ndarray, position: int) -> int:
+    """The rows of records ``starts``/``counts`` (sorted by start) appended to ``target``
+    at ``position``, adjacent records read together, in blocks of ``_COPY_BYTES``;
+    returns the position after them."""
+    row_bytes = max(1, source.dtype.itemsize * int(np.prod(source.shape[1:])))
+    step = max(1, _COPY_BYTES // row_bytes)
+    for begin, end in _runs(starts, counts):
+        for block in range(begin, end, step):
+            stop = min(end, block + step)
+            target[position:position + stop - block] = source[block:stop]
+            position += stop - block
+    return position
+
+
+def _copy_column(source: h5py.Dataset, keep: np.ndarray, target: h5py.Dataset,
+                 start: int) -> None:
+    """``source[keep]`` written to ``target[start:]``, read in blocks of records."""
+    if np.any(np.diff(keep) <= 0):      # not in storage order: read it whole
+        target[start:start + len(keep)] = source[()][keep]
+        return
+    step = 1 << 16
+    for first in range(0, len(keep), step):
+        part = keep[first:first + step]
+        span = source[int(part[0]):int(part[-1]) + 1]
+        target[start + first:start + first + len(part)] = span[part - part[0]]
+
+
+class _PackedIndex:
+    """A packed (schema 3) file opened for reading: its record index in memory (sorted
+    names, record keys as indices into them, row ranges, checksums) and its datasets."""
+
+    def __init__(self, handle: h5py.File, path: Path) -> None:
+        self.path = path
+        try:
+            self.names = handle[_NAMES][()]
+            self.key_indices = handle[_KEY][()]
+            offsets = handle[_OFFSET]
+            self.fields = tuple(json.loads(offsets.attrs["fields"]))
+            self.offsets = offsets[()]
+            self.counts = handle[_COUNT][()]
+            self.crc = handle[_CRC][()]
+            self.rows = {f: handle[_ROWS][f] for f in self.fields}
+            self.columns = dict(handle[_ATTRS].items()) if _ATTRS in handle else {}
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            raise StoreError(f"{path}: the record index is unreadable ({err}); delete the "
+                             "file and rerun") from err
+        self.arity = 1 if self.key_indices.ndim == 1 else 2
+        self._loaded: dict[str, np.ndarray] = {}
+        self._validate()
+        codes = self._codes(self.key_indices)
+        self._order = np.argsort(codes, kind="stable")
+        self._sorted = codes[self._order]
+        if np.any(self._sorted[1:] == self._sorted[:-1]):
+            raise self._corrupt("a key is stored twice")
+
+    def _corrupt(self, why: str) -> StoreError:
+        return StoreError(f"{self.path}: the record index is corrupt ({why}); delete the "
+                          "file and rerun")
+
+    def _validate(self) -> None:
+        count, keys = len(self.counts), self.key_indices
+        table = (count, len(self.fields))
+        if (keys.ndim not in (1, 2) or (keys.ndim == 2 and keys.shape[1] != 2)
+                or len(keys) != count or self.counts.ndim != 1
+                or self.offsets.shape != table or self.crc.shape != table):
+            raise self._corrupt("its tables disagree in length")
+        if self.names.dtype.kind != "S" or np.any(self.names[1:] <= self.names[:-1]):
+            raise self._corrupt("the names are not sorted")
+        if count and (keys.min() < 0 or keys.max() >= len(self.names)
+                      or self.offsets.min() < -1 or self.counts.min() < 0):
+            raise self._corrupt("an index is out of range")
+        for column, dataset in enumerate(self.rows.values()):
+            ends = np.where(self.offsets[:, column] >= 0,
+                            self.offsets[:, column] + self.counts, 0)
+            if count and ends.max() > dataset.shape[0]:
+                raise self._corrupt("a record lies beyond the end of its rows")
+
+    def _codes(self, indices: np.ndarray) -> np.ndarray:
+        if self.arity == 1:
+            return indices.astype(np.int64)
+        return indices[:, 0].astype(np.int64) * len(self.names) + indices[:, 1]
+
+    def keys(self) -> Iterator[tuple[str, ...]]:
+        """Every record's key, sorted (by name, then by the second name)."""
+        decoded = [_decode(bytes(n)) for n in self.names]
+        for indices in self.key_indices.reshape(len(self.counts), self.arity)[self._order]:
+            yield tuple(decoded[i] for i in indices)
+
+    def find(self, key: tuple[str, ...]) -> int | None:
+        if len(key) != self.arity:
+            return None
+        indices = []
+        for name in key:
+            encoded = _encode(name)
+            position = int(np.searchsorted(self.names, encoded))
+            if position == len(self.names) or self.names[position] != encoded:
+                return None
+            indices.append(position)
+        code = indices[0] if self.arity == 1 else indices[0] * len(self.names) + indices[1]
+        position = int(np.searchsorted(self._sorted, code))
+        if position == len(self._sorted) or self._sorted[position] != code:
+            return None
+        return int(self._order[position])
+
+    def fields_of(self, record: int) -> tuple[str, ...]:
+        return tuple(f for f, offset in zip(self.fields, self.offsets[record]) if offset >= 0)
+
+    def read(self, record: int, field: str, what: str) -> np.ndarray:
+        column = self.fields.index(field) if field in self.fields else -1
+        start = int(self.offsets[record, column]) if column >= 0 else -1
+        if start < 0:
+            raise StoreError(f"{self.path}: {what} has no {field}")
+        count = int(self.counts[record])
+        try:
+            value = self.rows[field][start:start + count]
+        except OSError as err:
+            raise StoreError(f"{self.path}: the {field} of {what} are unreadable ({err}); "
+                             "delete the file and rerun") from err
+        if len(value) != count or _crc32(value) != self.crc[record, column]:
+            raise StoreError(f"{self.path}: the {field} of {what} are corrupt (checksum "
+                             "mismatch); delete the file and rerun")
+        return value
+
+    def read_rows(self, records: Sequence[int], field: str) -> np.ndarray:
+        """The rows of several one-row records, stacked in the order given (read by runs of
+        adjacent rows, each row checked against its checksum)."""
+        records = np.asarray(records, np.int64)
+        column = self.fields.index(field)
+        starts = self.offsets[records, column]
+        if np.any(self.counts[records] != 1) or np.any(starts < 0):
+            raise StoreError(f"{self.path}: not every record holds one row of {field}")
+        dataset = self.rows[field]
+        out = np.empty((len(records), *dataset.shape[1:]), dataset.dtype)
+        order = np.argsort(starts, kind="stable")
+        done = 0
+        for begin, end in _runs(starts[order], np.ones(len(order), np.int64)):
+            block = dataset[begin:end]
+            for row in range(len(block)):
+                target = order[done + row]
+                if _crc32(block[row:row + 1]) != self.crc[records[target], column]:
+                    raise StoreError(f"{self.path}: the {field} of a record are corrupt "
+                                     "(checksum mismatch); delete the file and rerun")
+                out[target] = block[row]
+            done += len(block)
+        return out
+
+    def attr(self, record: int, name: str) -> Any:
+        column = self.columns.get(name)
+        if column is None:
+            return None
+        if column.dtype.kind == "O":
+            value = column[record]
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return text or None
+        if name not in self._loaded:   # numeric columns are small: read whole, once
+            self._loaded[name] = column[()]
+        return self._loaded[name][record]
+
+
+class _GroupIndex:
+    """A schema 2 file (one HDF5 group per record), read only, behind the same methods as
+    ``_PackedIndex``; a record is addressed by its group's path."""
+
+    def __init__(self, handle: h5py.File, path: Path) -> None:
+        self.handle, self.path = handle, path
+
+    def keys(self) -> Iterator[tuple[str, ...]]:
+        return record_keys(self.handle)
+
+    def find(self, key: tuple[str, ...]) -> str | None:
+        item = record_path(key)
+        return item if item in self.handle else None
+
+    def fields_of(self, record: str) -> tuple[str, ...]:
+        return tuple(self.handle[record].keys())
+
+    def read(self, record: str, field: str, what: str) -> np.ndarray:
+        return _read_checked(self.handle[record], field, self.path, what)
+
+    def read_rows(self, records: Sequence[str], field: str) -> np.ndarray:
+        return np.stack([self.read(r, field, repr(r)).reshape(-1) for r in records])
+
+    def attr(self, record: str, name: str) -> Any:
+        value = self.handle[record].attrs.get(name)
+        if isinstance(value, bytes):
+            value = value.decode()
+        return value
+
+
 class RecordWriter:
     """Buffered, crash-safe, resumable writer of per-image or per-pair records of one kind
     (the base of every store writer: features, matches, global descriptors).
 
-    ``add(key, datasets, attrs)`` buffers a record (``key``: see ``record_path``);
+    ``add(key, datasets, attrs)`` buffers a record (``key``: one image name or an ordered
+    pair, see ``pair_key``; ``datasets``: arrays with one row per keypoint/match, the same
+    row count in all; ``attrs``: the values of the class's ``attr_columns``);
     ``key in writer.done`` tells what is stored already (this run or a resumed one)."""
 
-    # per-item attributes read back from stored records (``self.stored_attrs``)
-    tracked_attrs: ClassVar[tuple[str, ...]] = ()
+    key_arity: ClassVar[int] = 1
+    # per-record attributes: name -> (dtype or "str", shape of one value)
+    attr_columns: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {}
 
     def __init__(self, path: str | Path, info: StoreInfo, overwrite: bool = False,
                  flush_items: int = 64, flush_seconds: float = 20.0) -> None:
@@ -281,6 +745,8 @@ class RecordWriter:
         self._buffer: list[tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, Any]]] = []
         self._last_flush = time.monotonic()
         self._closed = False
+        self._stored: _PackedIndex | None = None
+        self._stored_handle: h5py.File | None = None
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory; give the path of an .h5 file")
         for parent in self.path.parents:
@@ -293,6 +759,7 @@ class RecordWriter:
         try:
             self._resume(overwrite)
         except BaseException:
+            self._close_stored()
             self._lock.release()
             raise
 
@@ -306,28 +773,43 @@ class RecordWriter:
         sink.shard_dir = sink.path.with_name(sink.path.name + ".partial")
         sink.flush_items, sink.flush_seconds = 1 << 62, float("inf")
         sink._buffer, sink._last_flush, sink._closed = [], time.monotonic(), False
-        sink.done, sink.stored_attrs, sink._lock = set(), {}, None
+        sink.done, sink._lock = KeySet(), None
+        sink._stored = sink._stored_handle = None
         return sink
 
     def _resume(self, overwrite: bool) -> None:
+        """Check every part a killed run left (the final file and its shards) against this
+        run's config, merge the shards into the final file, and hold its index."""
         if overwrite:
             self.path.unlink(missing_ok=True)
             shutil.rmtree(self.shard_dir, ignore_errors=True)
-        self.done: set[tuple[str, ...]] = set()
-        self.stored_attrs: dict[tuple[str, ...], dict[str, Any]] = {}
-        for source in ([self.path] if self.path.exists() else []) + self._shards():
+        self.done = KeySet()
+        shards = self._shards()
+        sources = ([self.path] if self.path.exists() else []) + shards
+        for source in sources:
             with open_h5(source) as handle:
                 self._refuse_foreign(handle, source)
                 self.info.check(handle, source)
-                keys = list(record_keys(handle))
-                self.done.update(keys)
-                if self.tracked_attrs:
-                    for key in keys:  # a later shard overrides, as in close()
-                        attrs = handle[record_path(key)].attrs
-                        self.stored_attrs[key] = {a: attrs[a] for a in self.tracked_attrs
-                                                  if a in attrs}
-        if self.done:
+        if shards:
+            self._merge(sources)
+        if self.path.exists():
+            self._stored_handle = open_h5(self.path)
+            self._stored = _PackedIndex(self._stored_handle, self.path)
+            self.done.update(self._stored.keys())
             logger.info("%s: %d items already stored, resuming", self.path, len(self.done))
+
+    def stored_attr(self, key: tuple[str, ...], name: str) -> Any:
+        """Attribute ``name`` of the record of ``key`` stored before this run (None: no
+        such record, or it carries none)."""
+        if self._stored is None:
+            return None
+        record = self._stored.find(key)
+        return None if record is None else self._stored.attr(record, name)
+
+    def _close_stored(self) -> None:
+        if self._stored_handle is not None:
+            self._stored_handle.close()
+            self._stored_handle = self._stored = None
 
     @staticmethod
     def _refuse_foreign(handle: h5py.File, path: Path) -> None:
@@ -347,6 +829,21 @@ class RecordWriter:
             attrs: dict[str, Any]) -> None:
         if self._closed:
             raise StoreError(f"{self.path}: writer already closed")
+        if len(key) != self.key_arity:
+            raise StoreError(f"{self.path}: record key {key!r} is not "
+                             f"{'an image name' if self.key_arity == 1 else 'a pair'}")
+        for name in key:
+            escape_name(name)   # refuses names no file can have ("", ".", "..")
+        datasets = {f: np.asarray(v) for f, v in datasets.items()}
+        if len({len(v) if v.ndim else -1 for v in datasets.values()}) > 1 or any(
+                v.ndim == 0 for v in datasets.values()):
+            raise StoreError(f"{self.path}: the arrays of {key!r} differ in row count: "
+                             + ", ".join(f"{f} {v.shape}" for f, v in datasets.items()))
+        unknown = set(attrs) - set(self.attr_columns)
+        if unknown:
+            raise StoreError(f"{self.path}: no column for the attribute(s) {sorted(unknown)}")
+        self._buffer = [item for item in self._buffer if item[0] != key] \
+            if key in self.done else self._buffer
         self._buffer.append((key, datasets, attrs))
         self.done.add(key)
         if (len(self._buffer) >= self.flush_items
@@ -358,17 +855,19 @@ class RecordWriter:
             return
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
-        with atomic_path(self.shard_dir / name) as tmp, h5py.File(tmp, "w") as handle:
+        # built in memory, then written as plain bytes: a full disk is then an OSError of
+        # ours, never an HDF5 flush that fails half way (HDF5 then corrupts its own heap)
+        image = io.BytesIO()
+        with h5py.File(image, "w") as handle:
             self.info.write_attrs(handle)
-            for key, datasets, attrs in self._buffer:
-                group = handle.create_group(record_path(key))
-                for field, value in datasets.items():
-                    group.create_dataset(field, data=value)
-                group.attrs["crc32"] = json.dumps(
-                    {field: _crc32(value) for field, value in datasets.items()},
-                    sort_keys=True)
-                for attr, value in attrs.items():
-                    group.attrs[attr] = value
+            _write_records(handle, self._buffer, self.key_arity, self.attr_columns,
+                           self.path)
+        try:
+            with atomic_path(self.shard_dir / name) as tmp:
+                tmp.write_bytes(image.getbuffer())
+        except OSError as err:
+            err.filename = err.filename or str(self.path)
+            raise
         self._buffer.clear()
         self._last_flush = time.monotonic()
 
@@ -379,29 +878,38 @@ class RecordWriter:
             self.flush()
             return
         try:
-            self._merge()
+            if not self._closed:
+                self.flush()
+                self._closed = True
+                self._close_stored()
+                shards = self._shards()
+                if shards or not self.path.exists():
+                    self._merge(([self.path] if self.path.exists() else []) + shards)
         finally:
+            self._close_stored()
             self._lock.release()
 
-    def _merge(self) -> None:
-        if self._closed:
-            return
-        self.flush()
-        self._closed = True
-        shards = self._shards()
-        if not shards and self.path.exists():
-            return
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
-            self.info.write_attrs(out)
-            for source in ([self.path] if self.path.exists() else []) + shards:
-                with open_h5(source) as handle:
-                    for key in record_keys(handle):
-                        item = record_path(key)
-                        if item in out:
-                            del out[item]  # a later shard wins (rewritten item)
-                        parent = item.rsplit("/", 1)[0]
-                        out.require_group(parent)
-                        handle.copy(handle[item], out[parent], name=item.rsplit("/", 1)[1])
+    def _merge(self, sources: list[Path]) -> None:
+        """The final file replaced (atomically) by the records of ``sources`` merged, then
+        the shards removed."""
+        # An HDF5 file whose writes fail for want of space cannot be closed cleanly (HDF5
+        # corrupts its heap): refuse before writing when the parts would not fit (their
+        # sizes bound the merged file's), and release every dataset before closing
+        needed = sum(source.stat().st_size for source in sources) + (256 << 10)
+        if shutil.disk_usage(self.path.parent).free < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        try:
+            with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
+                self.info.write_attrs(out)
+                try:
+                    _merge_files(sources, out, self.key_arity, self.attr_columns)
+                except BaseException as err:
+                    traceback.clear_frames(err.__traceback__)
+                    raise
+        except (OSError, RuntimeError) as err:
+            if "errno = 28" in str(err) or getattr(err, "errno", None) == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path)) from None
+            raise
         shutil.rmtree(self.shard_dir, ignore_errors=True)
 
     def __enter__(self) -> "RecordWriter":
@@ -416,6 +924,7 @@ class RecordWriter:
         except OSError as err:  # the error being raised already says why (often the same)
             logger.debug("could not flush %s: %s", self.path, err)
         finally:
+            self._close_stored()
             self._lock.release()
 
 
@@ -440,7 +949,8 @@ def _read_checked(group: h5py.Group, field: str, path: Path, what: str) -> np.nd
 class StoreReader:
     """Read access to a finished store file of one ``kind`` (kept open; a context manager).
 
-    Checks the kind and schema version and exposes the method, config hash and config."""
+    Checks the kind and schema version and exposes the method, config hash and config.
+    Reads the packed layout (schema 3) and the one-group-per-record layout (schema 2)."""
 
     kind: ClassVar[str]
     missing_hint: ClassVar[str]
@@ -456,35 +966,40 @@ class StoreReader:
             raise StoreError(f"{self.kind.replace('_', ' ')} file {self.path} does not exist; "
                              f"{self.missing_hint}")
         self._handle = open_h5(self.path)
+        try:
+            self._open_index()
+        except BaseException:
+            self._handle.close()
+            raise
         attrs = self._handle.attrs
-        if "kind" not in attrs:
-            from .hloc import ITEM_DATASETS
-
-            self._handle.close()
-            raise StoreError(
-                f"{self.path} is neither an sfmfeat {self.kind.replace('_', ' ')} store (no "
-                "'kind' attribute) nor an hloc-layout file (no group holding "
-                f"{ITEM_DATASETS[self.kind]!r}); pass a file sfmfeat or hloc wrote")
-        if attrs.get("kind") != self.kind:
-            self._handle.close()
-            raise StoreError(f"{self.path} holds {attrs.get('kind')}, not {self.kind}")
-        check_schema(attrs, self.path)
         self.method = str(attrs["method"])
         self.config_hash = str(attrs["config_hash"])
         self.config = json.loads(attrs["config"])
         # {"preset": name, "overrides": {...}} of the extractor that made the file
         self.spec = json.loads(attrs["spec"]) if "spec" in attrs else None
 
+    def _open_index(self) -> None:
+        attrs = self._handle.attrs
+        if "kind" not in attrs:
+            from .hloc import ITEM_DATASETS
+
+            raise StoreError(
+                f"{self.path} is neither an sfmfeat {self.kind.replace('_', ' ')} store (no "
+                "'kind' attribute) nor an hloc-layout file (no group holding "
+                f"{ITEM_DATASETS[self.kind]!r}); pass a file sfmfeat or hloc wrote")
+        if attrs.get("kind") != self.kind:
+            raise StoreError(f"{self.path} holds {attrs.get('kind')}, not {self.kind}")
+        version = check_schema(attrs, self.path, READABLE_SCHEMAS)
+        self._index: _PackedIndex | _GroupIndex = (
+            _PackedIndex(self._handle, self.path) if version == SCHEMA_VERSION
+            else _GroupIndex(self._handle, self.path))
+
     def keys(self) -> list[tuple[str, ...]]:
-        """The key of every record (see ``record_keys``)."""
-        return list(record_keys(self._handle))
+        """The key of every record: ``(name,)`` per image, ``(name_a, name_b)`` per pair."""
+        return list(self._index.keys())
 
     def has(self, key: tuple[str, ...]) -> bool:
-        return record_path(key) in self._handle
-
-    def record(self, key: tuple[str, ...]) -> h5py.Group | None:
-        """The group of a record, None when the file has none for ``key``."""
-        return self._handle.get(record_path(key))
+        return self._index.find(key) is not None
 
     def close(self) -> None:
         self._handle.close()
@@ -501,7 +1016,8 @@ class StoreReader:
 class FeatureWriter(RecordWriter):
     """Writes features.h5; ``name in writer`` tells whether an image is already done."""
 
-    tracked_attrs = ("fingerprint",)
+    attr_columns = {"image_size": ("int64", (2,)), "keypoints_digest": ("str", ()),
+                    "fingerprint": ("str", ())}
 
     def __init__(self, path: str | Path, method: str, config_hash: str,
                  config: dict[str, Any], overwrite: bool = False,
@@ -514,14 +1030,14 @@ class FeatureWriter(RecordWriter):
 
     def stored_fingerprint(self, name: str) -> dict[str, Any] | None:
         """The fingerprint of the image file a stored record came from (None: unknown)."""
-        value = self.stored_attrs.get((name,), {}).get("fingerprint")
+        value = self.stored_attr((name,), "fingerprint")
         return json.loads(value) if value else None
 
     def write(self, name: str, features: Features, image_size: tuple[int, int],
               fingerprint: dict[str, Any] | None = None) -> None:
         datasets = {f: getattr(features, f) for f in _FEATURE_FIELDS
                     if getattr(features, f) is not None}
-        attrs = {"name": name, "image_size": np.asarray(image_size, np.int64),
+        attrs = {"image_size": np.asarray(image_size, np.int64),
                  "keypoints_digest": keypoints_digest(features.keypoints)}
         if fingerprint is not None:
             attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
@@ -532,7 +1048,7 @@ class ImageRecordReader(StoreReader):
     """A store of one record per image: ``names()`` and ``name in reader``."""
 
     def names(self) -> list[str]:
-        return [key[0] for key in self.keys()]
+        return [key[0] for key in self._index.keys()]
 
     def __contains__(self, name: str) -> bool:
         return self.has((name,))
@@ -544,36 +1060,36 @@ class FeatureReader(ImageRecordReader):
     kind = "features"
     missing_hint = "run `sfmfeat extract` first"
 
-    def _group(self, name: str) -> h5py.Group:
-        path = record_path((name,))
-        if path not in self._handle:
+    def _record(self, name: str) -> Any:
+        record = self._index.find((name,))
+        if record is None:
             raise StoreError(f"{self.path} has no features for image {name!r}")
-        return self._handle[path]
+        return record
 
     def read(self, name: str) -> Features:
-        group = self._group(name)
-        values = {f: self._dataset(group, name, f) for f in _FEATURE_FIELDS if f in group}
-        width, height = group.attrs["image_size"]
+        record = self._record(name)
+        fields = self._index.fields_of(record)
+        values = {f: self._index.read(record, f, repr(name)) for f in _FEATURE_FIELDS
+                  if f in fields}
+        width, height = self._index.attr(record, "image_size")
         return Features(**values, image_size=(int(width), int(height)))
 
     def keypoints(self, name: str) -> np.ndarray:
-        return self._dataset(self._group(name), name, "keypoints")
-
-    def _dataset(self, group: h5py.Group, name: str, field: str) -> np.ndarray:
-        return _read_checked(group, field, self.path, repr(name))
+        return self._index.read(self._record(name), "keypoints", repr(name))
 
     def image_size(self, name: str) -> tuple[int, int]:
-        width, height = self._group(name).attrs["image_size"]
+        width, height = self._index.attr(self._record(name), "image_size")
         return int(width), int(height)
 
     def keypoints_digest(self, name: str) -> str:
         """The record's lineage identity (computed for records of older stores)."""
-        group = self._group(name)
-        stored = group.attrs.get("keypoints_digest")
-        return str(stored) if stored is not None else keypoints_digest(group["keypoints"][()])
+        record = self._record(name)
+        stored = self._index.attr(record, "keypoints_digest")
+        return (str(stored) if stored is not None
+                else keypoints_digest(self._index.read(record, "keypoints", repr(name))))
 
     def fingerprint(self, name: str) -> dict[str, Any] | None:
-        value = self._group(name).attrs.get("fingerprint")
+        value = self._index.attr(self._record(name), "fingerprint")
         return json.loads(value) if value else None
 
 
@@ -589,7 +1105,8 @@ class MatchWriter(RecordWriter):
                          extra={"features_config_hash": features_config_hash})
         super().__init__(path, info, overwrite=overwrite, **kwargs)
 
-    tracked_attrs = ("features_digests",)
+    key_arity = 2
+    attr_columns = {"features_digests": ("str", ())}
 
     def __contains__(self, pair: tuple[str, str]) -> bool:
         name_a, name_b, _ = pair_key(*pair)
@@ -598,8 +1115,8 @@ class MatchWriter(RecordWriter):
     def stored_digests(self, name0: str, name1: str) -> tuple[str, str] | None:
         """The feature digests a stored pair was matched from, in (name0, name1) order."""
         name_a, name_b, swapped = pair_key(name0, name1)
-        return _ordered_digests(
-            self.stored_attrs.get((name_a, name_b), {}).get("features_digests"), swapped)
+        return _ordered_digests(self.stored_attr((name_a, name_b), "features_digests"),
+                                swapped)
 
     def write(self, name0: str, name1: str, matches: np.ndarray, scores: np.ndarray,
               features_digests: tuple[str, str] | None = None) -> None:
@@ -639,13 +1156,12 @@ class MatchReader(StoreReader):
     def read(self, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
         """K×2 int32 matches with column 0 indexing ``name0``'s keypoints, and K scores."""
         name_a, name_b, swapped = pair_key(name0, name1)
-        path = record_path((name_a, name_b))
-        if path not in self._handle:
+        record = self._index.find((name_a, name_b))
+        if record is None:
             raise StoreError(f"{self.path} has no matches for {name0!r} - {name1!r}")
-        group = self._handle[path]
         what = f"{name0!r} - {name1!r}"
-        matches = _read_checked(group, "matches", self.path, what)
-        scores = _read_checked(group, "scores", self.path, what)
+        matches = self._index.read(record, "matches", what)
+        scores = self._index.read(record, "scores", what)
         if swapped:
             matches = np.ascontiguousarray(matches[:, ::-1])
         return matches, scores
@@ -653,8 +1169,10 @@ class MatchReader(StoreReader):
     def features_digests(self, name0: str, name1: str) -> tuple[str, str] | None:
         """The keypoints digests the pair was matched from, in (name0, name1) order."""
         name_a, name_b, swapped = pair_key(name0, name1)
-        return _ordered_digests(self._handle[record_path((name_a, name_b))]
-                                .attrs.get("features_digests"), swapped)
+        record = self._index.find((name_a, name_b))
+        if record is None:
+            raise StoreError(f"{self.path} has no matches for {name0!r} - {name1!r}")
+        return _ordered_digests(self._index.attr(record, "features_digests"), swapped)
 
 
 def _ordered_digests(value: Any, swapped: bool) -> tuple[str, str] | None:

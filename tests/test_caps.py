@@ -194,7 +194,7 @@ def test_reconstruct_end_to_end_with_fixture_checkpoint(caps_env, tmp_path, seed
     the views of the synthetic scene (small baseline, rich texture) do, with plain mutual NN."""
     import json
 
-    import h5py
+    from sfmfeat.store import FeatureReader
 
     from sfmfeat.cli import main
     from sfmfeat.synthetic import SceneConfig, SyntheticScene
@@ -206,10 +206,8 @@ def test_reconstruct_end_to_end_with_fixture_checkpoint(caps_env, tmp_path, seed
     status = main(["-q", "reconstruct", str(images), str(out), "--features", "caps",
                    "--matcher", "mnn", "--conf", "detector.max_keypoints=2048", *seed_args])
     assert status == 0
-    with h5py.File(out / "features.h5", "r") as f:
-        found = []
-        f.visititems(lambda n, obj: found.append(obj[()])
-                     if n.endswith("descriptors") and isinstance(obj, h5py.Dataset) else None)
+    with FeatureReader(out / "features.h5") as reader:
+        found = [reader.read(name).descriptors for name in reader.names()]
     assert len(found) == 3
     for d in found:
         d = d.astype(np.float32)

@@ -422,7 +422,7 @@ def test_extractor_outputs_and_bad_input(random_env, sacre_coeur_dir):
 @pytest.mark.slow
 def test_reconstruct_end_to_end_with_random_weights(random_env, sacre_coeur_dir, tmp_path,
                                                     seed_args):
-    import h5py
+    from sfmfeat.store import FeatureReader
 
     from sfmfeat.cli import main
 
@@ -435,10 +435,8 @@ def test_reconstruct_end_to_end_with_random_weights(random_env, sacre_coeur_dir,
     assert (out / "sfm" / "images.bin").is_file()
     found = sorted(out.rglob("features*.h5"))
     assert found, "no features file written"
-    with h5py.File(found[0], "r") as f:
-        descriptors = []
-        f.visititems(lambda n, obj: descriptors.append(obj[()])
-                     if n.endswith("descriptors") and isinstance(obj, h5py.Dataset) else None)
+    with FeatureReader(found[0]) as reader:
+        descriptors = [reader.read(name).descriptors for name in reader.names()]
     assert descriptors
     for d in descriptors:
         d = d.astype(np.float32)

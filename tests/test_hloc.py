@@ -222,7 +222,7 @@ def test_query_matches_export_with_query_and_database_features(tmp_path):
 def test_int16_export_is_guarded_against_overflow(tmp_path):
     with FeatureWriter(tmp_path / "f.h5", "sift", "fh", {}) as writer:
         writer.write("a.jpg", _features(5), (10, 10))
-        writer.write("b.jpg", _features(40000, dim=2), (10, 10))
+        writer.write("b.jpg", _features(40000), (10, 10))
     with MatchWriter(tmp_path / "m.h5", "mnn", "mh", {}, "fh") as writer:
         writer.write("a.jpg", "b.jpg", np.array([[0, 39999], [1, 7]]), np.ones(2))
     with MatchReader(tmp_path / "m.h5") as matches, FeatureReader(tmp_path / "f.h5") as feats:

@@ -2,7 +2,8 @@
 
 Global descriptors live in an HDF5 file of kind ``global_descriptors`` written through the
 store's crash-safe sharded writer (same schema version, config hash and resumption rules
-as features.h5): ``/images/<key>/global_descriptor`` (D float32) per image.
+as features.h5; the packed layout of ``sfmfeat.store``): field ``global_descriptor``, one
+row of D float32 per image.
 
 Retrieval (:func:`retrieval_topk`, :func:`retrieval_pairs`) never builds the full
 query × database similarity matrix: queries are taken in blocks, the database is streamed
@@ -37,7 +38,7 @@ from ..errors import ConfigError, ImageReadError, InputError, StoreError
 from ..pairs import Pair, unique_pairs
 from ..progress import tqdm
 from ..store import (SCHEMA_VERSION, FeatureReader, ImageRecordReader, RecordWriter, StoreInfo,
-                     open_h5, record_path)
+                     open_h5)
 
 if TYPE_CHECKING:
     import torch
@@ -62,10 +63,10 @@ class GlobalDescriptorWriter(RecordWriter):
         return (name,) in self.done
 
     def write(self, name: str, descriptor: np.ndarray) -> None:
-        descriptor = np.asarray(descriptor, dtype=np.float32).reshape(-1)
+        descriptor = np.asarray(descriptor, dtype=np.float32).reshape(1, -1)
         if not np.isfinite(descriptor).all():
             raise StoreError(f"{self.path}: non-finite global descriptor for {name!r}")
-        self.add((name,), {DATASET: descriptor}, {"name": name})
+        self.add((name,), {DATASET: descriptor}, {})
 
 
 class GlobalDescriptorReader(ImageRecordReader):
@@ -74,42 +75,30 @@ class GlobalDescriptorReader(ImageRecordReader):
     kind = KIND
     missing_hint = "run `sfmfeat retrieval` first"
 
-    def read(self, name: str) -> np.ndarray:
-        group = self.record((name,))
-        if group is None:
+    def _record(self, name: str) -> Any:
+        record = self._index.find((name,))
+        if record is None:
             raise StoreError(f"{self.path} has no global descriptor for image {name!r}")
-        return group[DATASET][()]
+        return record
+
+    def read(self, name: str) -> np.ndarray:
+        return self._index.read(self._record(name), DATASET, repr(name)).reshape(-1)
 
     def read_many(self, names: Sequence[str]) -> np.ndarray:
-        """len(names)×D float32."""
+        """len(names)×D float32, read by runs of adjacent records."""
         if not len(names):
             return np.zeros((0, self.dim), np.float32)
-        dim = self.dim
-        out = np.empty((len(names), dim), np.float32)
-        handle_id = self._handle.id
-        for row, name in enumerate(names):
-            # low-level read straight into the output row: ~10x faster than h5py's
-            # high-level path lookups, which matters for 100k database images
-            path = f"{record_path((name,))}/{DATASET}".encode()
-            try:
-                dataset = h5py.h5d.open(handle_id, path)
-            except KeyError:
-                raise StoreError(f"{self.path} has no global descriptor for image "
-                                 f"{name!r}") from None
-            if dataset.shape != (dim,):
-                raise StoreError(f"{self.path}: descriptor of {name!r} has shape "
-                                 f"{dataset.shape}, the others ({dim},)")
-            if dataset.dtype == np.float32:
-                dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, out[row])
-            else:
-                out[row] = self.read(name)
-        return out
+        rows = self._index.read_rows([self._record(name) for name in names], DATASET)
+        if rows.shape[1] != self.dim:
+            raise StoreError(f"{self.path}: descriptors of {rows.shape[1]} dimensions, "
+                             f"the others {self.dim}")
+        return rows.astype(np.float32, copy=False)
 
     @property
     def dim(self) -> int:
         if getattr(self, "_dim", None) is None:
-            for key in self._handle.get("images", {}):
-                self._dim = int(self._handle["images"][key][DATASET].shape[0])
+            for key in self._index.keys():
+                self._dim = len(self.read(key[0]))
                 break
             else:
                 raise StoreError(f"{self.path} holds no descriptor")
