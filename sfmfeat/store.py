@@ -17,7 +17,7 @@ in a fixed number of datasets whatever the number of records:
 ``records/crc32``         R×F uint32: CRC-32 of the record's rows of each field (attribute
                           ``fields``: their order); a file corrupted in place fails to read
                           (a StoreError naming it) instead of returning other numbers
-``records/attrs/<name>``  one value per record (an empty string: none)
+``records/attrs/<name>``  one value per record (text fixed-length UTF-8; empty: none)
 ``rows/<field>``          the rows of every record, concatenated
 
 features: fields ``keypoints`` N×2 float32 (pixel centre at integer coordinates),
@@ -343,7 +343,6 @@ class KeySet:
 _NAMES, _KEY, _OFFSET, _COUNT, _CRC = ("names", "records/key", "records/offset",
                                        "records/count", "records/crc32")
 _ATTRS, _ROWS = "records/attrs", "rows"
-_STR = h5py.string_dtype()
 _COPY_BYTES = 32 << 20   # rows copied per read when merging
 
 
@@ -377,7 +376,11 @@ class _Layout:
         self.attr_columns = attr_columns
 
     def create(self, handle: h5py.File, names: np.ndarray, num_records: int,
-               field_rows: dict[str, int]) -> dict[str, h5py.Dataset]:
+               field_rows: dict[str, int], text_widths: dict[str, int]
+               ) -> dict[str, h5py.Dataset]:
+        """``text_widths``: the bytes of the longest value of each text column (text is
+        stored fixed-length: variable-length strings would go through HDF5's global heap,
+        whose cache grows with the records)."""
         handle.create_dataset(_NAMES, data=names)
         key_shape = (num_records,) if self.arity == 1 else (num_records, 2)
         num_fields = len(self.fields)
@@ -390,7 +393,8 @@ class _Layout:
         handle.require_group(_ATTRS)
         for name, (dtype, shape) in self.attr_columns.items():
             datasets[f"attr:{name}"] = handle.create_dataset(
-                f"{_ATTRS}/{name}", (num_records, *shape), _STR if dtype == "str" else dtype)
+                f"{_ATTRS}/{name}", (num_records, *shape),
+                f"S{max(1, text_widths.get(name, 1))}" if dtype == "str" else dtype)
         handle.require_group(_ROWS)
         for field, (dtype, shape) in self.fields.items():
             datasets[f"rows:{field}"] = handle.create_dataset(
@@ -437,8 +441,20 @@ def _write_records(handle: h5py.File, records: list, arity: int,
                 crc[record, column] = _crc32(value)
                 rows[field].append(value)
                 position += len(value)
+    columns = {}
+    for name, (dtype, shape) in attr_columns.items():
+        values = [attrs.get(name) for _, _, attrs in records]
+        if dtype == "str":
+            encoded = [b"" if v is None else str(v).encode() for v in values]
+            columns[name] = np.array(encoded, f"S{max(map(len, encoded), default=1) or 1}")
+        else:
+            if any(v is None for v in values):
+                raise StoreError(f"{path}: a record lacks its {name!r}")
+            columns[name] = np.array(values, dtype).reshape(len(values), *shape)
     out = _Layout(arity, fields, attr_columns).create(
-        handle, names, len(records), {f: sum(map(len, v)) for f, v in rows.items()})
+        handle, names, len(records), {f: sum(map(len, v)) for f, v in rows.items()},
+        {name: column.dtype.itemsize for name, column in columns.items()
+         if column.dtype.kind == "S"})
     index = {bytes(n): i for i, n in enumerate(names)}
     out["key"][...] = np.array([[index[_encode(n)] for n in key] for key, _, _ in records],
                                np.int64).reshape(out["key"].shape)
@@ -448,15 +464,8 @@ def _write_records(handle: h5py.File, records: list, arity: int,
     for field, values in rows.items():
         if values and sum(map(len, values)):
             out[f"rows:{field}"][...] = np.concatenate(values)
-    for name, (dtype, shape) in attr_columns.items():
-        values = [attrs.get(name) for _, _, attrs in records]
-        if dtype == "str":
-            column = np.array(["" if v is None else str(v) for v in values], dtype=object)
-        else:
-            if any(v is None for v in values):
-                raise StoreError(f"{path}: a record lacks its {name!r}")
-            column = np.array(values, dtype).reshape(len(values), *shape)
-        if len(values):
+    for name, column in columns.items():
+        if len(column):
             out[f"attr:{name}"][...] = column
 
 
@@ -471,6 +480,9 @@ def _merge_files(sources: list[Path], out: h5py.File, arity: int,
             index = _PackedIndex(handle, source)
             index.specs = {f: (d.dtype, d.shape[1:]) for f, d in index.rows.items()}
             index.row_counts = {f: d.shape[0] for f, d in index.rows.items()}
+            index.text_widths = {name: column.dtype.itemsize
+                                 for name, column in index.columns.items()
+                                 if column.dtype.kind == "S"}
             index.rows = index.columns = {}   # the handle closes: no dataset outlives it
             indexes.append(index)
     fields = _row_shapes(((i.specs, any(i.row_counts.values())) for i in indexes),
@@ -493,10 +505,12 @@ def _merge_files(sources: list[Path], out: h5py.File, arity: int,
     for index, keep in zip(indexes, kept):
         for field in fields:
             if field in index.fields:
-                present = index.offsets[keep, index.fields.index(field)] >= 0
+                present = index.starts(keep, index.fields.index(field)) >= 0
                 field_rows[field] += int(index.counts[keep][present].sum())
+    text_widths = {name: max([i.text_widths.get(name, 1) for i in indexes], default=1)
+                   for name in attr_columns}
     dest = _Layout(arity, fields, attr_columns).create(
-        out, names, sum(map(len, kept)), field_rows)
+        out, names, sum(map(len, kept)), field_rows, text_widths)
     record, positions = 0, dict.fromkeys(fields, 0)
     for index, keep in zip(indexes, kept):
         if not len(keep):
@@ -511,8 +525,8 @@ def _merge_files(sources: list[Path], out: h5py.File, arity: int,
                 if field not in index.fields:
                     continue
                 source_column = index.fields.index(field)
-                present = np.flatnonzero(index.offsets[keep, source_column] >= 0)
-                starts = index.offsets[keep[present], source_column]
+                present = np.flatnonzero(index.starts(keep, source_column) >= 0)
+                starts = index.starts(keep[present], source_column)
                 counts = index.counts[keep[present]]
                 in_order = np.argsort(starts, kind="stable")
                 new_starts = np.empty(len(present), np.int64)
@@ -551,13 +565,25 @@ def _copy_column(source: h5py.Dataset, keep: np.ndarray, target: h5py.Dataset,
                  start: int) -> None:
     """``source[keep]`` written to ``target[start:]``, read in blocks of records."""
     if np.any(np.diff(keep) <= 0):      # not in storage order: read it whole
-        target[start:start + len(keep)] = source[()][keep]
+        target[start:start + len(keep)] = source[()][keep].astype(target.dtype)
         return
     step = 1 << 16
     for first in range(0, len(keep), step):
         part = keep[first:first + step]
         span = source[int(part[0]):int(part[-1]) + 1]
-        target[start + first:start + first + len(part)] = span[part - part[0]]
+        target[start + first:start + first + len(part)] = \
+            span[part - part[0]].astype(target.dtype)
+
+
+def _offset_table(dataset: h5py.Dataset) -> np.ndarray:
+    """The R×F offsets, or R×1 when every record has every field at the same offset (the
+    usual case: a reader of 100k images then keeps 8 bytes per image for them, not 40),
+    read column by column so the full table is never in memory."""
+    first = dataset[:, 0] if dataset.shape[1] else np.empty((dataset.shape[0], 0), np.int64)
+    if dataset.shape[1] > 1 and all(np.array_equal(dataset[:, column], first)
+                                    for column in range(1, dataset.shape[1])):
+        return first.reshape(-1, 1)
+    return dataset[()]
 
 
 class _PackedIndex:
@@ -571,7 +597,7 @@ class _PackedIndex:
             self.key_indices = handle[_KEY][()]
             offsets = handle[_OFFSET]
             self.fields = tuple(json.loads(offsets.attrs["fields"]))
-            self.offsets = offsets[()]
+            self.offsets = _offset_table(offsets)
             self.counts = handle[_COUNT][()]
             self.crc = handle[_CRC][()]
             self.rows = {f: handle[_ROWS][f] for f in self.fields}
@@ -582,11 +608,21 @@ class _PackedIndex:
         self.arity = 1 if self.key_indices.ndim == 1 else 2
         self._loaded: dict[str, np.ndarray] = {}
         self._validate()
-        codes = self._codes(self.key_indices)
-        self._order = np.argsort(codes, kind="stable")
-        self._sorted = codes[self._order]
-        if np.any(self._sorted[1:] == self._sorted[:-1]):
-            raise self._corrupt("a key is stored twice")
+        self._shared_offsets = self.offsets.shape[1] == 1 and len(self.fields) > 1
+        if len(self.counts) and self.counts.max() < 2**31:
+            self.counts = self.counts.astype(np.int32)
+        position_type = np.int32 if len(self.counts) < 2**31 else np.int64
+        if self.arity == 1:   # record of each name (-1: none), names being sorted
+            self._record_of = np.full(len(self.names), -1, position_type)
+            self._record_of[self.key_indices] = np.arange(len(self.counts))
+            if np.count_nonzero(self._record_of >= 0) != len(self.counts):
+                raise self._corrupt("a key is stored twice")
+        else:                 # records sorted by (name_a, name_b)
+            codes = self._codes(self.key_indices)
+            self._order = np.argsort(codes, kind="stable").astype(position_type)
+            self._sorted = codes[self._order]
+            if np.any(self._sorted[1:] == self._sorted[:-1]):
+                raise self._corrupt("a key is stored twice")
 
     def _corrupt(self, why: str) -> StoreError:
         return StoreError(f"{self.path}: the record index is corrupt ({why}); delete the "
@@ -597,7 +633,7 @@ class _PackedIndex:
         table = (count, len(self.fields))
         if (keys.ndim not in (1, 2) or (keys.ndim == 2 and keys.shape[1] != 2)
                 or len(keys) != count or self.counts.ndim != 1
-                or self.offsets.shape != table or self.crc.shape != table):
+                or self.offsets.shape not in (table, (count, 1)) or self.crc.shape != table):
             raise self._corrupt("its tables disagree in length")
         if self.names.dtype.kind != "S" or np.any(self.names[1:] <= self.names[:-1]):
             raise self._corrupt("the names are not sorted")
@@ -605,21 +641,30 @@ class _PackedIndex:
                       or self.offsets.min() < -1 or self.counts.min() < 0):
             raise self._corrupt("an index is out of range")
         for column, dataset in enumerate(self.rows.values()):
-            ends = np.where(self.offsets[:, column] >= 0,
-                            self.offsets[:, column] + self.counts, 0)
+            starts = self.offsets[:, min(column, self.offsets.shape[1] - 1)]
+            ends = np.where(starts >= 0, starts + self.counts, 0)
             if count and ends.max() > dataset.shape[0]:
                 raise self._corrupt("a record lies beyond the end of its rows")
 
     def _codes(self, indices: np.ndarray) -> np.ndarray:
-        if self.arity == 1:
-            return indices.astype(np.int64)
         return indices[:, 0].astype(np.int64) * len(self.names) + indices[:, 1]
+
+    def starts(self, records: Any, column: int) -> Any:
+        """The first row of ``records`` in field number ``column`` (-1: absent)."""
+        return self.offsets[records, 0 if self._shared_offsets else column]
+
+    def image_names(self) -> list[str]:
+        """The names of a per-image file's records, sorted."""
+        return [_decode(bytes(n)) for n in self.names[self._record_of >= 0]]
 
     def keys(self) -> Iterator[tuple[str, ...]]:
         """Every record's key, sorted (by name, then by the second name)."""
+        if self.arity == 1:
+            yield from ((name,) for name in self.image_names())
+            return
         decoded = [_decode(bytes(n)) for n in self.names]
-        for indices in self.key_indices.reshape(len(self.counts), self.arity)[self._order]:
-            yield tuple(decoded[i] for i in indices)
+        for first, second in self.key_indices[self._order]:
+            yield decoded[first], decoded[second]
 
     def find(self, key: tuple[str, ...]) -> int | None:
         if len(key) != self.arity:
@@ -631,18 +676,22 @@ class _PackedIndex:
             if position == len(self.names) or self.names[position] != encoded:
                 return None
             indices.append(position)
-        code = indices[0] if self.arity == 1 else indices[0] * len(self.names) + indices[1]
+        if self.arity == 1:
+            record = int(self._record_of[indices[0]])
+            return record if record >= 0 else None
+        code = indices[0] * len(self.names) + indices[1]
         position = int(np.searchsorted(self._sorted, code))
         if position == len(self._sorted) or self._sorted[position] != code:
             return None
         return int(self._order[position])
 
     def fields_of(self, record: int) -> tuple[str, ...]:
-        return tuple(f for f, offset in zip(self.fields, self.offsets[record]) if offset >= 0)
+        return tuple(f for column, f in enumerate(self.fields)
+                     if self.starts(record, column) >= 0)
 
     def read(self, record: int, field: str, what: str) -> np.ndarray:
         column = self.fields.index(field) if field in self.fields else -1
-        start = int(self.offsets[record, column]) if column >= 0 else -1
+        start = int(self.starts(record, column)) if column >= 0 else -1
         if start < 0:
             raise StoreError(f"{self.path}: {what} has no {field}")
         count = int(self.counts[record])
@@ -661,7 +710,7 @@ class _PackedIndex:
         adjacent rows, each row checked against its checksum)."""
         records = np.asarray(records, np.int64)
         column = self.fields.index(field)
-        starts = self.offsets[records, column]
+        starts = self.starts(records, column)
         if np.any(self.counts[records] != 1) or np.any(starts < 0):
             raise StoreError(f"{self.path}: not every record holds one row of {field}")
         dataset = self.rows[field]
@@ -683,10 +732,8 @@ class _PackedIndex:
         column = self.columns.get(name)
         if column is None:
             return None
-        if column.dtype.kind == "O":
-            value = column[record]
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            return text or None
+        if column.dtype.kind == "S":
+            return bytes(column[record]).decode() or None
         if name not in self._loaded:   # numeric columns are small: read whole, once
             self._loaded[name] = column[()]
         return self._loaded[name][record]
@@ -1048,6 +1095,9 @@ class ImageRecordReader(StoreReader):
     """A store of one record per image: ``names()`` and ``name in reader``."""
 
     def names(self) -> list[str]:
+        """The image names, sorted."""
+        if isinstance(self._index, _PackedIndex):
+            return self._index.image_names()
         return [key[0] for key in self._index.keys()]
 
     def __contains__(self, name: str) -> bool:
