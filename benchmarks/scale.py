@@ -20,6 +20,12 @@ images, per-item time <= 1.5x from 10k to 1M pairs, database import of 1M pairs 
 
     nice -n 19 python benchmarks/scale.py --work /tmp/scale            # the full sizes
     python benchmarks/scale.py --work /tmp/scale --images 1000,10000 --pairs 10000,100000
+    python benchmarks/scale.py --work /tmp/scale --reference-commit c7706e6   # A/B
+
+``--reference-commit REV`` runs every phase on REV's sfmfeat too (a snapshot taken at the
+start, as is this checkout's), each size alternating reference then current, and prints
+current/reference ratios of CPU time per item and of peak memory (c7706e6: the last
+commit with one HDF5 group per record, store schema 2).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -148,12 +155,15 @@ PHASES = {"features-write": phase_features_write, "features-read": phase_feature
           "matches-read": phase_matches_read, "db-import": phase_db_import}
 
 
-def _measure(work: Path, phase: str, count: int, keypoints: int = 0, dim: int = 0) -> dict:
-    """Runs one phase in a fresh process: its wall time, items and peak RSS."""
+def _measure(work: Path, phase: str, count: int, keypoints: int = 0, dim: int = 0,
+             code: Path | None = None) -> dict:
+    """Runs one phase in a fresh process (on the sfmfeat in folder ``code``, default the
+    installed one): its wall time, items and peak RSS."""
     command = [sys.executable, __file__, "--work", str(work), "--phase", phase,
                "--count", str(count), "--keypoints", str(keypoints), "--dim", str(dim)]
+    env = dict(os.environ, PYTHONPATH=str(code)) if code else None
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     output = process.stdout.read()
@@ -164,9 +174,9 @@ def _measure(work: Path, phase: str, count: int, keypoints: int = 0, dim: int = 
     # CPU time (user + system) of the phase's process: on a shared machine its wall time
     # mostly measures the other processes
     result.update(phase=phase, count=count, wall=seconds, peak_mib=usage.ru_maxrss / 1024,
-                  cpu=usage.ru_utime + usage.ru_stime)
-    logger.info("%-15s %8d: %8.1f s wall, %8.1f s CPU, %7.1f us CPU/item, peak %7.1f MiB",
-                phase, count, result["seconds"], result["cpu"],
+                  cpu=usage.ru_utime + usage.ru_stime, side=code.name if code else "")
+    logger.info("%-9s %-15s %8d: %8.1f s wall, %8.1f s CPU, %7.1f us CPU/item, peak "
+                "%7.1f MiB", result["side"], phase, count, result["seconds"], result["cpu"],
                 1e6 * result["cpu"] / max(1, result["items"]), result["peak_mib"])
     return result
 
@@ -176,7 +186,8 @@ def _disk_bytes(path: Path) -> int:
 
 
 def run(work: Path, images: list[int], pairs: list[int], keypoints: int, dim: int,
-        keep: bool) -> list[dict]:
+        keep: bool, code: Path | None = None) -> list[dict]:
+    """The two series on the sfmfeat in ``code`` (default: the installed one)."""
     work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work).free
     need = 2.2 * max(images, default=0) * keypoints * (4 * dim + 12)   # file + shards, merged
@@ -188,20 +199,20 @@ def run(work: Path, images: list[int], pairs: list[int], keypoints: int, dim: in
                          f"({NEIGHBOURS} neighbours per image, no pair twice)")
     rows = []
     for count in images:
-        rows.append(_measure(work, "features-write", count, keypoints, dim))
+        rows.append(_measure(work, "features-write", count, keypoints, dim, code))
         store = work / f"features-{count}-{keypoints}x{dim}.h5"
         rows[-1]["file_mib"] = store.stat().st_size / 2**20
-        rows.append(_measure(work, "features-read", count, keypoints, dim))
+        rows.append(_measure(work, "features-read", count, keypoints, dim, code))
         if not keep:
             store.unlink()
     for count in pairs:
-        rows.append(_measure(work, "pairs", count))
-        rows.append(_measure(work, "matches-write", count))
+        rows.append(_measure(work, "pairs", count, code=code))
+        rows.append(_measure(work, "matches-write", count, code=code))
         rows[-1]["file_mib"] = (work / f"matches-{count}.h5").stat().st_size / 2**20
-        rows.append(_measure(work, "matches-read", count))
+        rows.append(_measure(work, "matches-read", count, code=code))
         # the database import reads the keypoints of the pair series' images
-        _measure(work, "features-write", count // NEIGHBOURS, DB_KEYPOINTS, DB_DIM)
-        rows.append(_measure(work, "db-import", count))
+        _measure(work, "features-write", count // NEIGHBOURS, DB_KEYPOINTS, DB_DIM, code)
+        rows.append(_measure(work, "db-import", count, code=code))
         if not keep:
             for path in work.glob(f"*-{count}.h5"):
                 path.unlink()
@@ -249,6 +260,39 @@ def table(rows: list[dict], images: list[int], pairs: list[int]) -> str:
     return "\n".join(lines)
 
 
+def compare(work: Path, commit: str, images: list[int], pairs: list[int], keypoints: int,
+            dim: int) -> list[dict]:
+    """Every size on ``commit``'s sfmfeat then on this checkout's, and the ratios."""
+    repo = Path(__file__).resolve().parents[1]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        sides = {"reference": Path(tmp) / "reference", "current": Path(tmp) / "current"}
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "sfmfeat"],
+                                 check=True, capture_output=True).stdout
+        sides["reference"].mkdir()
+        subprocess.run(["tar", "-x", "-C", str(sides["reference"])], input=archive,
+                       check=True)
+        shutil.copytree(repo / "sfmfeat", sides["current"] / "sfmfeat",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for count in images:
+            for code in sides.values():
+                rows += run(work, [count], [], keypoints, dim, False, code)
+        for count in pairs:
+            for code in sides.values():
+                rows += run(work, [], [count], keypoints, dim, False, code)
+    by = {(r["side"], r["phase"], r["count"]): r for r in rows}
+    print(f"\ncurrent / reference ({commit}): CPU time per item, peak memory")
+    for side, phase, count in by:
+        if side != "current":
+            continue
+        new, old = by[("current", phase, count)], by[("reference", phase, count)]
+        print(f"  {phase:<15} {count:>9}: {new['cpu'] / old['cpu']:5.2f}x CPU "
+              f"({1e6 * old['cpu'] / old['items']:.0f} -> {1e6 * new['cpu'] / new['items']:.0f}"
+              f" us/item), {new['peak_mib'] / old['peak_mib']:5.2f}x memory "
+              f"({old['peak_mib']:.0f} -> {new['peak_mib']:.0f} MiB)")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (large)")
@@ -260,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--reference-commit", metavar="REV",
+                        help="also run every phase on this commit's sfmfeat; print ratios")
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -273,8 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     images = [int(v) for v in args.images.split(",") if v]
     pairs = [int(v) for v in args.pairs.split(",") if v]
     logger.info("load %s", " ".join(f"{v:.2f}" for v in os.getloadavg()))
-    rows = run(args.work, images, pairs, args.keypoints, args.dim, args.keep)
-    print(table(rows, images, pairs))
+    if args.reference_commit:
+        rows = compare(args.work, args.reference_commit, images, pairs, args.keypoints,
+                       args.dim)
+        current = [r for r in rows if r["side"] == "current"]
+        print("\nthis checkout:\n" + table(current, images, pairs))
+    else:
+        rows = run(args.work, images, pairs, args.keypoints, args.dim, args.keep)
+        print(table(rows, images, pairs))
     logger.info("load %s", " ".join(f"{v:.2f}" for v in os.getloadavg()))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

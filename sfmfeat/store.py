@@ -477,7 +477,7 @@ def _merge_files(sources: list[Path], out: h5py.File, arity: int,
     indexes = []
     for source in sources:
         with open_h5(source) as handle:
-            index = _PackedIndex(handle, source)
+            index = _PackedIndex(handle, source, keep_keys=True)
             index.specs = {f: (d.dtype, d.shape[1:]) for f, d in index.rows.items()}
             index.row_counts = {f: d.shape[0] for f, d in index.rows.items()}
             index.text_widths = {name: column.dtype.itemsize
@@ -590,7 +590,9 @@ class _PackedIndex:
     """A packed (schema 3) file opened for reading: its record index in memory (sorted
     names, record keys as indices into them, row ranges, checksums) and its datasets."""
 
-    def __init__(self, handle: h5py.File, path: Path) -> None:
+    def __init__(self, handle: h5py.File, path: Path, keep_keys: bool = False) -> None:
+        """``keep_keys``: keep ``key_indices`` (the merge needs them; a reader looks keys up
+        in the tables built from them)."""
         self.path = path
         try:
             self.names = handle[_NAMES][()]
@@ -623,6 +625,8 @@ class _PackedIndex:
             self._sorted = codes[self._order]
             if np.any(self._sorted[1:] == self._sorted[:-1]):
                 raise self._corrupt("a key is stored twice")
+        if not keep_keys:
+            self.key_indices = None
 
     def _corrupt(self, why: str) -> StoreError:
         return StoreError(f"{self.path}: the record index is corrupt ({why}); delete the "
@@ -663,8 +667,10 @@ class _PackedIndex:
             yield from ((name,) for name in self.image_names())
             return
         decoded = [_decode(bytes(n)) for n in self.names]
-        for first, second in self.key_indices[self._order]:
-            yield decoded[first], decoded[second]
+        for block in range(0, len(self._sorted), 1 << 16):
+            for code in self._sorted[block:block + (1 << 16)].tolist():
+                first, second = divmod(code, len(decoded))
+                yield decoded[first], decoded[second]
 
     def find(self, key: tuple[str, ...]) -> int | None:
         if len(key) != self.arity:
