@@ -292,15 +292,59 @@ def _decode(name: bytes) -> str:
     return name.decode("utf-8", "surrogateescape")
 
 
+class NameList(Sequence[str]):
+    """The sorted image names of a store, decoded when read: a reader of 100k images then
+    holds their names as one fixed-width byte array (2 MiB), not 100k Python strings
+    (7.7 MiB). Compares equal to a list or tuple of the same names."""
+
+    _BLOCK = 4096
+
+    def __init__(self, encoded: np.ndarray) -> None:
+        self._encoded = encoded
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [_decode(name) for name in self._encoded[index].tolist()]
+        return _decode(bytes(self._encoded[index]))
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self._encoded), self._BLOCK):
+            yield from map(_decode, self._encoded[start:start + self._BLOCK].tolist())
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        encoded = _encode(name)
+        position = int(np.searchsorted(self._encoded, encoded))
+        return position < len(self._encoded) and self._encoded[position] == encoded
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (NameList, list, tuple)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None   # type: ignore[assignment]  # equal to lists, so unhashable like them
+
+    def __repr__(self) -> str:
+        head = ", ".join(map(repr, self[:3]))
+        return f"NameList([{head}{', ...' if len(self) > 3 else ''}], {len(self)} names)"
+
+
 class KeySet:
     """The set of record keys a writer holds, 16 bytes per key (a 128-bit BLAKE2b of the
     key) instead of a Python tuple of strings: a million pairs take 16 MB, not 400."""
 
-    _DIGEST = np.dtype([("high", "<u8"), ("low", "<u8")])
-    _FOLD = 1 << 16   # recent keys kept in a Python set before they join the sorted array
+    # recent keys kept in a Python set (~80 bytes each) before they join the sorted arrays
+    _FOLD = 1 << 12
 
     def __init__(self) -> None:
-        self._sorted = np.empty(0, self._DIGEST)
+        # the digests' two 64-bit halves, sorted by the first (ties, 2^-64 apart, in any
+        # order: a lookup scans every entry sharing its first half)
+        self._high = np.empty(0, np.uint64)
+        self._low = np.empty(0, np.uint64)
         self._recent: set[bytes] = set()
 
     @staticmethod
@@ -322,20 +366,29 @@ class KeySet:
             self.add(key)
 
     def _fold(self) -> None:
-        recent = np.frombuffer(b"".join(self._recent), self._DIGEST)
-        self._sorted = np.sort(np.concatenate([self._sorted, recent]))
+        halves = np.frombuffer(b"".join(self._recent), "<u8").reshape(-1, 2)
+        halves = halves[np.argsort(halves[:, 0], kind="stable")]
+        # merged in, not re-sorted: one pass over the arrays per fold
+        where = np.searchsorted(self._high, halves[:, 0])
+        self._high = np.insert(self._high, where, halves[:, 0])
+        self._low = np.insert(self._low, where, halves[:, 1])
         self._recent.clear()
 
     def __contains__(self, key: tuple[str, ...] | bytes) -> bool:
         digest = key if isinstance(key, bytes) else self._digest(key)
         if digest in self._recent:
             return True
-        probe = np.frombuffer(digest, self._DIGEST)
-        index = int(np.searchsorted(self._sorted, probe[0]))
-        return index < len(self._sorted) and self._sorted[index] == probe[0]
+        high = int.from_bytes(digest[:8], "little")
+        low = int.from_bytes(digest[8:], "little")
+        index = int(np.searchsorted(self._high, np.uint64(high)))
+        while index < len(self._high) and int(self._high[index]) == high:
+            if int(self._low[index]) == low:
+                return True
+            index += 1
+        return False
 
     def __len__(self) -> int:
-        return len(self._sorted) + len(self._recent)
+        return len(self._high) + len(self._recent)
 
 
 # ------------------------------------------------------------------ the packed layout (3)
@@ -473,54 +526,68 @@ def _merge_files(sources: list[Path], out: h5py.File, arity: int,
                  attr_columns: dict[str, tuple[str, tuple[int, ...]]]) -> int:
     """Write into ``out`` every record of ``sources`` (packed files, in order: a record
     in a later one replaces the same key's in an earlier one); returns the record count.
-    Rows are copied in blocks, so memory is bounded by the indexes, not by the data."""
-    indexes = []
+    Rows are copied in blocks, so memory is bounded by the record tables, not by the data:
+    between its two passes the merge keeps a few bytes per record (key, row count, fields
+    present), not each part's table (a run of 100k images leaves ~1600 shards)."""
+    names_of, keys_of, counts_of, present_of, fields_of = [], [], [], [], []
+    part_shapes: dict[tuple, None] = {}   # the distinct (field specs, has rows) of the parts
+    part_fields: dict[tuple[str, ...], tuple[str, ...]] = {}   # one tuple per field set
+    text_widths = dict.fromkeys(attr_columns, 1)
     for source in sources:
         with open_h5(source) as handle:
             index = _PackedIndex(handle, source, keep_keys=True)
-            index.specs = {f: (d.dtype, d.shape[1:]) for f, d in index.rows.items()}
-            index.row_counts = {f: d.shape[0] for f, d in index.rows.items()}
-            index.text_widths = {name: column.dtype.itemsize
-                                 for name, column in index.columns.items()
-                                 if column.dtype.kind == "S"}
-            index.rows = index.columns = {}   # the handle closes: no dataset outlives it
-            indexes.append(index)
-    fields = _row_shapes(((i.specs, any(i.row_counts.values())) for i in indexes),
+            specs = tuple((f, d.dtype, d.shape[1:]) for f, d in index.rows.items())
+            part_shapes[specs, any(d.shape[0] for d in index.rows.values())] = None
+            for name, column in index.columns.items():
+                if name in text_widths and column.dtype.kind == "S":
+                    text_widths[name] = max(text_widths[name], column.dtype.itemsize)
+            names_of.append(index.names)
+            keys_of.append(index.key_indices)
+            counts_of.append(index.counts)
+            present_of.append(np.stack([index.starts(slice(None), column) >= 0
+                                        for column in range(len(index.fields))], axis=1)
+                              if index.fields else np.empty((len(index.counts), 0), bool))
+            fields_of.append(part_fields.setdefault(index.fields, index.fields))
+    fields = _row_shapes((({f: (dtype, shape) for f, dtype, shape in specs}, has_rows)
+                          for specs, has_rows in part_shapes),
                          sources[0] if sources else Path("?"))
-    names = (np.unique(np.concatenate([i.names for i in indexes])) if indexes
-             else np.empty(0, "S1"))
+    names = np.unique(np.concatenate(names_of)) if sources else np.empty(0, "S1")
     codes = []
-    for index in indexes:
-        mapped = np.searchsorted(names, index.names)[index.key_indices]
+    for part_names, part_keys in zip(names_of, keys_of):
+        mapped = np.searchsorted(names, part_names)[part_keys]
         codes.append(mapped if arity == 1 else mapped[:, 0] * len(names) + mapped[:, 1])
+    del names_of, keys_of
     all_codes = np.concatenate(codes) if codes else np.empty(0, np.int64)
+    bounds = np.cumsum([0] + [len(c) for c in codes])
+    del codes
     order = np.argsort(all_codes, kind="stable")    # stable: sources stay in order
+    sorted_codes = all_codes[order]
     last = np.ones(len(order), bool)
-    last[:-1] = all_codes[order][1:] != all_codes[order][:-1]
+    last[:-1] = sorted_codes[1:] != sorted_codes[:-1]
     winning = np.zeros(len(all_codes), bool)
     winning[order[last]] = True                    # the last source holding a key wins
-    bounds = np.cumsum([0] + [len(c) for c in codes])
+    del order, sorted_codes, last
     kept = [np.flatnonzero(winning[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    field_rows = {f: 0 for f in fields}
-    for index, keep in zip(indexes, kept):
-        for field in fields:
-            if field in index.fields:
-                present = index.starts(keep, index.fields.index(field)) >= 0
-                field_rows[field] += int(index.counts[keep][present].sum())
-    text_widths = {name: max([i.text_widths.get(name, 1) for i in indexes], default=1)
-                   for name in attr_columns}
+    field_rows = dict.fromkeys(fields, 0)
+    for keep, counts, present, part_fields in zip(kept, counts_of, present_of, fields_of):
+        for column, field in enumerate(part_fields):
+            field_rows[field] += int(counts[keep][present[keep, column]].sum())
+    del counts_of, present_of
     dest = _Layout(arity, fields, attr_columns).create(
         out, names, sum(map(len, kept)), field_rows, text_widths)
     record, positions = 0, dict.fromkeys(fields, 0)
-    for index, keep in zip(indexes, kept):
+    for source, keep, first in zip(sources, kept, bounds[:-1]):
         if not len(keep):
             continue
         span = slice(record, record + len(keep))
-        dest["key"][span] = np.searchsorted(names, index.names)[index.key_indices[keep]]
-        dest["count"][span] = index.counts[keep]
-        offsets = np.full((len(keep), len(fields)), -1, np.int64)
-        crc = np.zeros((len(keep), len(fields)), np.uint32)
-        with open_h5(index.path) as handle:
+        part_codes = all_codes[first + keep]
+        dest["key"][span] = (part_codes if arity == 1 else
+                             np.stack(np.divmod(part_codes, len(names)), axis=1))
+        with open_h5(source) as handle:
+            index = _PackedIndex(handle, source)
+            dest["count"][span] = index.counts[keep]
+            offsets = np.full((len(keep), len(fields)), -1, np.int64)
+            crc = np.zeros((len(keep), len(fields)), np.uint32)
             for column, field in enumerate(fields):
                 if field not in index.fields:
                     continue
@@ -534,12 +601,13 @@ def _merge_files(sources: list[Path], out: h5py.File, arity: int,
                     [[0], np.cumsum(counts[in_order])[:-1]]).astype(np.int64)
                 offsets[present, column] = new_starts
                 crc[present, column] = index.crc[keep[present], source_column]
-                positions[field] = _copy_rows(handle[_ROWS][field], dest[f"rows:{field}"],
+                positions[field] = _copy_rows(index.rows[field], dest[f"rows:{field}"],
                                               starts[in_order], counts[in_order],
                                               positions[field])
             for name in attr_columns:
-                if name in handle[_ATTRS]:
-                    _copy_column(handle[_ATTRS][name], keep, dest[f"attr:{name}"], record)
+                if name in index.columns:
+                    _copy_column(index.columns[name], keep, dest[f"attr:{name}"], record)
+            index.rows = index.columns = {}   # no dataset outlives the handle
         dest["offset"][span] = offsets
         dest["crc32"][span] = crc
         record += len(keep)
@@ -657,9 +725,11 @@ class _PackedIndex:
         """The first row of ``records`` in field number ``column`` (-1: absent)."""
         return self.offsets[records, 0 if self._shared_offsets else column]
 
-    def image_names(self) -> list[str]:
+    def image_names(self) -> NameList:
         """The names of a per-image file's records, sorted."""
-        return [_decode(bytes(n)) for n in self.names[self._record_of >= 0]]
+        if len(self.counts) == len(self.names):   # each name is a record's (the usual)
+            return NameList(self.names)
+        return NameList(self.names[self._record_of >= 0])
 
     def keys(self) -> Iterator[tuple[str, ...]]:
         """Every record's key, sorted (by name, then by the second name)."""
@@ -1100,8 +1170,8 @@ class FeatureWriter(RecordWriter):
 class ImageRecordReader(StoreReader):
     """A store of one record per image: ``names()`` and ``name in reader``."""
 
-    def names(self) -> list[str]:
-        """The image names, sorted."""
+    def names(self) -> Sequence[str]:
+        """The image names, sorted (a ``NameList``: decoded as read)."""
         if isinstance(self._index, _PackedIndex):
             return self._index.image_names()
         return [key[0] for key in self._index.keys()]

@@ -222,6 +222,42 @@ def test_key_set_holds_exactly_the_added_keys_across_folds(monkeypatch):
     assert ("0.jpg\x001.jpg",) not in keys and ("0.jpg",) not in keys
 
 
+def test_key_set_tells_apart_digests_sharing_their_first_half(monkeypatch):
+    from sfmfeat.store import KeySet
+
+    # two keys whose 128-bit digests share the first 64 bits (2^-64 apart in practice)
+    digests = {("a",): bytes(8) + b"\x02" * 8, ("b",): bytes(8) + b"\x01" * 8,
+               ("c",): bytes(8) + b"\x03" * 8, ("d",): b"\xff" * 16}
+    monkeypatch.setattr(KeySet, "_digest", staticmethod(digests.__getitem__))
+    monkeypatch.setattr(KeySet, "_FOLD", 1)        # every key folded into the arrays
+    keys = KeySet()
+    keys.update([("a",), ("d",), ("b",)])
+    assert len(keys) == 3 and not keys._recent
+    assert ("a",) in keys and ("b",) in keys and ("d",) in keys and ("c",) not in keys
+
+
+def test_names_are_a_sorted_lazy_sequence_equal_to_the_list(tmp_path):
+    from sfmfeat.store import NameList
+
+    path = tmp_path / "f.h5"
+    names = ["é/z.jpg", "a b.jpg", "m.png", "\udcff-not-utf8.jpg"]
+    with FeatureWriter(path, "m", "h", {}) as writer:
+        for name in names:
+            writer.write(name, _features(2), (10, 10))
+    with FeatureReader(path) as reader:
+        listed = reader.names()
+    assert isinstance(listed, NameList) and len(listed) == 4
+    expected = sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape"))
+    assert listed == expected and list(listed) == expected and listed == tuple(expected)
+    assert listed != expected[:3] and listed != expected[::-1]
+    assert listed[0] == expected[0] and listed[-1] == expected[-1]
+    assert listed[1:3] == expected[1:3]
+    assert "m.png" in listed and "m" not in listed and 3 not in listed
+    assert set(listed) == set(names) and listed.index("m.png") == expected.index("m.png")
+    with pytest.raises(IndexError):
+        listed[4]
+
+
 def test_a_merge_that_would_not_fit_is_refused_before_writing(tmp_path, monkeypatch):
     import errno
     import shutil

@@ -726,10 +726,10 @@ def available_names(method: RetrievalMethod, images: ImageSet) -> list[str]:
     source = _source(images, method.needs, method.name)
     if method.needs == "features":
         with FeatureReader(source) as reader:
-            return reader.names()
+            return list(reader.names())
     if method.needs == "descriptors":
         with GlobalDescriptorReader(source) as reader:
-            return reader.names()
+            return list(reader.names())
     from ..images import list_images
 
     return list_images(source)
