@@ -6,9 +6,11 @@
 
 A preset runs with its defaults; ``--case`` runs a preset with a matcher (empty: the
 preset's default), overrides and a mapper (default incremental). An override goes to the
-matcher when its key starts with ``match.`` (``match.ratio=0.9``), to the reconstruction
-when it names a ReconstructionConfig field (``ransac_max_error=2``, ``min_num_inliers=30``),
-else to the extractor; e.g. the
+matcher when its key starts with ``match.`` (``match.ratio=0.9``), to pycolmap's mapper
+options when it starts with ``map.`` (``map.ba_refine_principal_point=1``,
+``map.mapper.filter_max_reproj_error=2``), to the reconstruction when it names a
+ReconstructionConfig field (``ransac_max_error=2``, ``min_num_inliers=30``,
+``camera_mode=single``), else to the extractor; e.g. the
 end-to-end tests' own settings:
 ``--case deepdesc-1024:deepdesc:mnn:detector.max_keypoints=1024``.
 
@@ -68,6 +70,7 @@ def run_once(images: Path, out: Path, case: Case, seed: int, threads: int,
 
 
 MATCHER_PREFIX = "match."
+MAPPER_PREFIX = "map."
 _RECONSTRUCTION_FIELDS = {"ransac_max_error": float, "min_num_inliers": int,
                           "camera_model": str, "camera_mode": str}
 
@@ -83,20 +86,23 @@ class Case:
     @property
     def feature_options(self) -> tuple[tuple[str, str], ...]:
         return tuple((k, v) for k, v in self.overrides
-                     if not k.startswith(MATCHER_PREFIX) and k not in _RECONSTRUCTION_FIELDS)
+                     if not k.startswith((MATCHER_PREFIX, MAPPER_PREFIX))
+                     and k not in _RECONSTRUCTION_FIELDS)
 
     def reconstruction_config(self, seed: int, threads: int) -> ReconstructionConfig:
-        """Overrides go where their key says: ``match.K`` to the matcher, a field of
-        ReconstructionConfig (``ransac_max_error``, ``min_num_inliers``, ...) to it, the rest
-        to the extractor."""
+        """Overrides go where their key says: ``match.K`` to the matcher, ``map.K`` to the
+        mapper, a field of ReconstructionConfig (``ransac_max_error``, ``min_num_inliers``,
+        ...) to it, the rest to the extractor."""
         matcher = tuple((k[len(MATCHER_PREFIX):], v) for k, v in self.overrides
                         if k.startswith(MATCHER_PREFIX))
+        mapping = tuple((k[len(MAPPER_PREFIX):], v) for k, v in self.overrides
+                        if k.startswith(MAPPER_PREFIX))
         own = {k: _RECONSTRUCTION_FIELDS[k](v) for k, v in self.overrides
                if k in _RECONSTRUCTION_FIELDS}
         return ReconstructionConfig(
             features=self.features, matcher=self.matcher, random_seed=seed, num_threads=threads,
             feature_options=self.feature_options, matcher_options=matcher, mapper=self.mapper,
-            **own)
+            mapper_options=mapping, **own)
 
     @classmethod
     def parse(cls, text: str) -> "Case":

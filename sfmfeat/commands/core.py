@@ -248,6 +248,10 @@ def _register_reconstruct(subparsers) -> None:
     p.add_argument("--mapper", default="incremental", choices=MAPPERS)
     add_conf_argument(p)
     add_conf_argument(p, "--matcher-conf", "matcher")
+    p.add_argument("--mapper-conf", action="append", metavar="KEY=VALUE",
+                   help="set an option of pycolmap's mapper (IncrementalPipelineOptions, or "
+                        "GlobalPipelineOptions with --mapper global; nested ones dotted: "
+                        "mapper.filter_max_reproj_error=2; repeatable)")
     add_reproducibility_arguments(p)
     p.add_argument("--device")
     p.add_argument("--strict", action="store_true", help="fail on any unreadable image")
@@ -278,7 +282,8 @@ def _run_reconstruct(args) -> int:
         num_threads=args.threads, deterministic=args.deterministic, strict=args.strict,
         dense=args.dense, dense_max_image_size=args.dense_max_image_size,
         feature_options=tuple(sorted(parse_overrides(args.conf).items())),
-        matcher_options=tuple(sorted(parse_overrides(args.matcher_conf).items())))
+        matcher_options=tuple(sorted(parse_overrides(args.matcher_conf).items())),
+        mapper_options=tuple(sorted(parse_overrides(args.mapper_conf).items())))
     names = read_image_list(args.image_list) if args.image_list else None
     stores = GivenStores(features=args.features_file, matches=args.matches_file)
     result = reconstruct(args.images, args.output, config, image_names=names,

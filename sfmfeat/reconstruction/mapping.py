@@ -3,16 +3,18 @@ statistics."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pycolmap
 
-from ..errors import ReconstructionError
+from ..errors import ConfigError, ReconstructionError
 from ..progress import tqdm
 
 logger = logging.getLogger(__name__)
@@ -32,12 +34,84 @@ class MappingConfig:
     # mapped incrementally each (in parallel) and merged (COLMAP's defaults)
     leaf_max_num_images: int = 500
     cluster_image_overlap: int = 50
+    # (name, value) overrides of pycolmap's options of the mapper: IncrementalPipelineOptions
+    # (incremental, and each cluster of hierarchical) or GlobalPipelineOptions, nested ones
+    # dotted, e.g. ("ba_refine_principal_point", True), ("mapper.filter_max_reproj_error", 2)
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.leaf_max_num_images < 2 or self.cluster_image_overlap < 0:
             raise ReconstructionError(
                 f"hierarchical mapping: leaf_max_num_images={self.leaf_max_num_images} (need "
                 f">= 2) and cluster_image_overlap={self.cluster_image_overlap} (need >= 0)")
+        if self.mapper in MAPPERS:
+            apply_mapper_options(_pipeline_options(self.mapper), self.options, self.mapper)
+
+
+# set by sfmfeat from its own settings (threads, seed, model size, colours), not overridable
+_OWNED_OPTIONS = frozenset({"num_threads", "random_seed", "min_model_size", "extract_colors"})
+_PLAIN_TYPES = (bool, int, float, str)
+
+
+def _pipeline_options(mapper: str) -> Any:
+    """The pycolmap options object a mapper's overrides apply to."""
+    if mapper == "global":
+        return pycolmap.GlobalPipelineOptions()
+    return pycolmap.IncrementalPipelineOptions()
+
+
+def _plain_options(options: Any, prefix: str = "") -> list[str]:
+    """The dotted names of every plain (bool/int/float/str) option under ``options``."""
+    names = []
+    for name in dir(options):
+        if name.startswith("_"):
+            continue
+        value = getattr(options, name)
+        if isinstance(value, _PLAIN_TYPES):
+            names.append(prefix + name)
+        elif hasattr(value, "todict") and not callable(value):
+            names += _plain_options(value, f"{prefix}{name}.")
+    return names
+
+
+def _parse_option(key: str, raw: Any, current: Any, mapper: str) -> Any:
+    kind = type(current)
+    if isinstance(raw, kind) or (kind is float and isinstance(raw, int)
+                                 and not isinstance(raw, bool)):
+        return kind(raw)
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            return {"true": True, "1": True, "yes": True,
+                    "false": False, "0": False, "no": False}[text.lower()]
+        return kind(text)
+    except (KeyError, ValueError):
+        raise ConfigError(f"{mapper} mapper option {key}={raw!r}: expected "
+                          f"{kind.__name__} (its default is {current!r})") from None
+
+
+def apply_mapper_options(options: Any, overrides: tuple[tuple[str, Any], ...],
+                         mapper: str) -> Any:
+    """``options`` (a pycolmap pipeline options object) with ``overrides`` set, each checked:
+    an unknown or non-plain name, a name sfmfeat sets itself, or a value of the wrong type
+    is a ConfigError naming it."""
+    for key, raw in overrides:
+        *groups, leaf = key.split(".")
+        target = options
+        for group in groups:
+            target = getattr(target, group, None)
+        current = getattr(target, leaf, None) if target is not None else None
+        if leaf in _OWNED_OPTIONS:
+            raise ConfigError(f"{mapper} mapper option {key!r} is set by sfmfeat (from "
+                              "--threads and --seed); leave it out")
+        if not isinstance(current, _PLAIN_TYPES):
+            known = _plain_options(options)
+            close = difflib.get_close_matches(key, known, n=3)
+            raise ConfigError(f"{mapper} mapper option {key!r} is not a pycolmap option"
+                              + (f"; did you mean {', '.join(close)}?" if close else
+                                 f"; options: {', '.join(known[:8])}, ..."))
+        setattr(target, leaf, _parse_option(key, raw, current, mapper))
+    return options
 
 
 def set_focal_priors(database_path: str | Path) -> int:
@@ -99,9 +173,10 @@ def _map_once(database_path: str | Path, image_dir: str | Path, scratch_parent: 
     min_model_size = max(2, min(config.min_model_size, num_images))
     try:
         if config.mapper == "incremental":
-            options = pycolmap.IncrementalPipelineOptions(
+            options = apply_mapper_options(pycolmap.IncrementalPipelineOptions(
                 min_model_size=min_model_size, num_threads=config.num_threads,
-                random_seed=seed, extract_colors=config.extract_colors)
+                random_seed=seed, extract_colors=config.extract_colors),
+                config.options, config.mapper)
             with tqdm(total=num_images, desc="incremental mapping", unit="img") as bar:
                 models = pycolmap.incremental_mapping(
                     database_path, image_dir, scratch, options,
@@ -111,7 +186,8 @@ def _map_once(database_path: str | Path, image_dir: str | Path, scratch_parent: 
             models = _map_hierarchically(database_path, image_dir, scratch, config,
                                          min_model_size, num_images, seed)
         else:
-            options = pycolmap.GlobalPipelineOptions()
+            options = apply_mapper_options(pycolmap.GlobalPipelineOptions(), config.options,
+                                           config.mapper)
             options.num_threads = config.num_threads
             options.random_seed = seed
             options.min_model_size = min_model_size
@@ -138,7 +214,8 @@ def _map_hierarchically(database_path: str | Path, image_dir: str | Path, scratc
     options.num_workers = 1 if config.num_threads == 1 else -1
     options.clustering_options.leaf_max_num_images = config.leaf_max_num_images
     options.clustering_options.image_overlap = config.cluster_image_overlap
-    incremental = options.incremental_options
+    incremental = apply_mapper_options(options.incremental_options, config.options,
+                                       config.mapper)
     incremental.min_model_size = min_model_size
     incremental.num_threads = config.num_threads
     incremental.random_seed = seed

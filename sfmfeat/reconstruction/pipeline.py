@@ -70,12 +70,16 @@ class ReconstructionConfig:
     dense_max_image_size: int = 1000
     feature_options: tuple[tuple[str, Any], ...] = ()
     matcher_options: tuple[tuple[str, Any], ...] = ()
+    # pycolmap mapper options, e.g. (("ba_refine_principal_point", True),) (MappingConfig)
+    mapper_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         validate_num_threads(self.num_threads)
         if self.random_seed > MAX_SEED:
             raise ConfigError(f"random_seed={self.random_seed} is out of range: use 0..{MAX_SEED}"
                               " (or < 0 for a fresh one)")
+        if self.mapper_options:   # checked before any work, not after extraction
+            MappingConfig(mapper=self.mapper, options=self.mapper_options)
 
     @property
     def colmap_threads(self) -> int:
@@ -222,7 +226,8 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
         reconstruction = run_mapping(database_path, image_dir, output_dir / "sfm",
                                      MappingConfig(mapper=config.mapper,
                                                    random_seed=config.random_seed,
-                                                   num_threads=config.colmap_threads))
+                                                   num_threads=config.colmap_threads,
+                                                   options=config.mapper_options))
     if config.dense:
         from .dense import DenseConfig, densify
 

@@ -1,0 +1,83 @@
+"""pycolmap mapper options set through sfmfeat: checked before any work, and applied."""
+
+from __future__ import annotations
+
+import pycolmap
+import pytest
+
+from sfmfeat.cli import main
+from sfmfeat.errors import ConfigError
+from sfmfeat.reconstruction.mapping import MappingConfig, apply_mapper_options, run_mapping
+from sfmfeat.reconstruction.pipeline import ReconstructionConfig, reconstruct
+from sfmfeat.synthetic import SceneConfig, SyntheticScene
+
+
+def test_options_reach_pycolmap_typed_and_nested():
+    options = apply_mapper_options(
+        pycolmap.IncrementalPipelineOptions(),
+        (("ba_refine_principal_point", "true"), ("mapper.filter_max_reproj_error", "2.5"),
+         ("init_num_trials", 7), ("mapper.init_min_tri_angle", 8)), "incremental")
+    assert options.ba_refine_principal_point is True
+    assert options.mapper.filter_max_reproj_error == 2.5
+    assert options.init_num_trials == 7 and options.mapper.init_min_tri_angle == 8.0
+    hierarchical = pycolmap.HierarchicalPipelineOptions()
+    apply_mapper_options(hierarchical.incremental_options, (("ba_refine_focal_length", "0"),),
+                         "hierarchical")
+    assert hierarchical.incremental_options.ba_refine_focal_length is False
+
+
+@pytest.mark.parametrize("options, message", [
+    ((("ba_refine_principle_point", "1"),), "did you mean ba_refine_principal_point"),
+    ((("mapper.filter_max_reproj_eror", "2"),), "did you mean mapper.filter_max_reproj_error"),
+    ((("mapper", "1"),), "is not a pycolmap option"),
+    ((("image_names", "a.jpg"),), "is not a pycolmap option"),
+    ((("num_threads", "1"),), "is set by sfmfeat"),
+    ((("mapper.random_seed", "3"),), "is set by sfmfeat"),
+    ((("mapper.filter_max_reproj_error", "two"),), "expected float"),
+    ((("ba_refine_focal_length", "maybe"),), "expected bool"),
+    ((("init_num_trials", "2.5"),), "expected int"),
+])
+def test_bad_options_are_one_line_config_errors(options, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        MappingConfig(options=options)
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match=message):   # the pipeline checks them at once
+        ReconstructionConfig(mapper_options=options)
+
+
+def test_global_mapper_options_are_its_own():
+    MappingConfig(mapper="global", options=(("decompose_relative_pose", "false"),))
+    with pytest.raises(ConfigError, match="global mapper option 'ba_refine_principal_point'"):
+        MappingConfig(mapper="global", options=(("ba_refine_principal_point", "1"),))
+
+
+def test_cli_refuses_a_bad_mapper_option_before_any_work(tmp_path, capsys):
+    scene = SyntheticScene(SceneConfig(num_views=3, width=160, height=120))
+    scene.write_images(tmp_path / "images")
+    code = main(["reconstruct", str(tmp_path / "images"), str(tmp_path / "out"),
+                 "--mapper-conf", "ba_refine_principle_point=1"])
+    assert code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "did you mean ba_refine_principal_point" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_refining_the_principal_point_is_applied_by_the_mapper(tmp_path):
+    scene = SyntheticScene(SceneConfig(num_views=8, width=320, height=240))
+    scene.write_images(tmp_path / "images")
+    result = reconstruct(tmp_path / "images", tmp_path / "out",
+                         ReconstructionConfig(camera_mode="single", random_seed=0,
+                                              num_threads=1, camera_model="PINHOLE"))
+    database = tmp_path / "out" / "database.db"
+    centred = result.reconstruction
+    refined = run_mapping(database, tmp_path / "images", tmp_path / "refined",
+                          MappingConfig(random_seed=0, num_threads=1, options=(
+                              ("ba_refine_principal_point", True),)))
+
+    def principal_points(model):
+        return [(camera.principal_point_x, camera.principal_point_y)
+                for camera in model.cameras.values()]
+
+    assert principal_points(centred) == [(160.0, 120.0)]   # COLMAP's default: kept fixed
+    (cx, cy), = principal_points(refined)
+    assert (cx, cy) != (160.0, 120.0) and abs(cx - 160) < 20 and abs(cy - 120) < 20
