@@ -84,7 +84,9 @@ def run_hloc(job: dict, src: Path, deps: str, work: Path) -> dict:
            "TORCH_HOME": str(torch_home(work))}
     start = time.perf_counter()
     with open(out / "hloc.log", "w") as log:
-        done = subprocess.run([sys.executable, str(WORKER), str(job_path)], env=env,
+        # -P: benchmarks/ not on the worker's path, where our extract.py would shadow the
+        # `extract` module of r2d2 that hloc's R2D2 extractor imports
+        done = subprocess.run([sys.executable, "-P", str(WORKER), str(job_path)], env=env,
                               stdout=log, stderr=subprocess.STDOUT, cwd=out)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
