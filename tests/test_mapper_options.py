@@ -7,7 +7,8 @@ import pytest
 
 from sfmfeat.cli import main
 from sfmfeat.errors import ConfigError
-from sfmfeat.reconstruction.mapping import MappingConfig, apply_mapper_options, run_mapping
+from sfmfeat.reconstruction.mapping import (SHARED_CAMERA_MIN_IMAGES, MappingConfig,
+                                             apply_mapper_options, effective_options)
 from sfmfeat.reconstruction.pipeline import ReconstructionConfig, reconstruct
 from sfmfeat.synthetic import SceneConfig, SyntheticScene
 
@@ -62,22 +63,31 @@ def test_cli_refuses_a_bad_mapper_option_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_refining_the_principal_point_is_applied_by_the_mapper(tmp_path):
-    scene = SyntheticScene(SceneConfig(num_views=8, width=320, height=240))
+def test_principal_point_is_refined_for_shared_cameras_only(tmp_path):
+    scene = SyntheticScene(SceneConfig(num_views=SHARED_CAMERA_MIN_IMAGES, width=320,
+                                       height=240))
     scene.write_images(tmp_path / "images")
-    result = reconstruct(tmp_path / "images", tmp_path / "out",
-                         ReconstructionConfig(camera_mode="single", random_seed=0,
-                                              num_threads=1, camera_model="PINHOLE"))
-    database = tmp_path / "out" / "database.db"
-    centred = result.reconstruction
-    refined = run_mapping(database, tmp_path / "images", tmp_path / "refined",
-                          MappingConfig(random_seed=0, num_threads=1, options=(
-                              ("ba_refine_principal_point", True),)))
+
+    def run(out, camera_mode, **options):
+        return reconstruct(tmp_path / "images", tmp_path / out, ReconstructionConfig(
+            camera_mode=camera_mode, random_seed=0, num_threads=1, camera_model="PINHOLE",
+            mapper_options=tuple(options.items())))
 
     def principal_points(model):
-        return [(camera.principal_point_x, camera.principal_point_y)
-                for camera in model.cameras.values()]
+        return {(camera.principal_point_x, camera.principal_point_y)
+                for camera in model.cameras.values()}
 
-    assert principal_points(centred) == [(160.0, 120.0)]   # COLMAP's default: kept fixed
-    (cx, cy), = principal_points(refined)
+    shared = run("shared", "single")      # one camera, 8 images: refined by default
+    assert shared.summary["mapper_options"] == {"ba_refine_principal_point": True}
+    (cx, cy), = principal_points(shared.reconstruction)
     assert (cx, cy) != (160.0, 120.0) and abs(cx - 160) < 20 and abs(cy - 120) < 20
+    fixed = run("fixed", "single", ba_refine_principal_point="false")   # the user's word wins
+    assert fixed.summary["mapper_options"] == {"ba_refine_principal_point": "false"}
+    assert principal_points(fixed.reconstruction) == {(160.0, 120.0)}
+    per_image = run("per-image", "per-image")   # one image per camera: kept fixed
+    assert per_image.summary["mapper_options"] == {}
+    assert principal_points(per_image.reconstruction) == {(160.0, 120.0)}
+    database = tmp_path / "shared" / "database.db"
+    assert effective_options(database, MappingConfig(mapper="global")) == ()
+    assert effective_options(database, MappingConfig(mapper="hierarchical")) == ()
+    assert effective_options(database, MappingConfig()) == (("ba_refine_principal_point", True),)

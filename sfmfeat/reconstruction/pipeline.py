@@ -45,8 +45,8 @@ from ..store import FeatureReader, MatchReader, StoreLock, check_matches_lineage
 from ..timing import StageTimer
 from .database import (CameraMode, validate_camera_model, verify_matches, write_database,
                        write_matches)
-from .mapping import (MappingConfig, model_statistics, run_mapping, set_focal_priors,
-                      verified_pair_statistics)
+from .mapping import (MappingConfig, effective_options, model_statistics, run_mapping,
+                      set_focal_priors, verified_pair_statistics)
 
 logger = logging.getLogger(__name__)
 
@@ -223,11 +223,10 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
                 f"no image pair survived geometric verification ({len(pairs)} pairs matched); "
                 "the images may not overlap, or the features/matcher are too weak")
     with timer.stage("map"):
-        reconstruction = run_mapping(database_path, image_dir, output_dir / "sfm",
-                                     MappingConfig(mapper=config.mapper,
-                                                   random_seed=config.random_seed,
-                                                   num_threads=config.colmap_threads,
-                                                   options=config.mapper_options))
+        mapping = MappingConfig(mapper=config.mapper, random_seed=config.random_seed,
+                                num_threads=config.colmap_threads,
+                                options=config.mapper_options)
+        reconstruction = run_mapping(database_path, image_dir, output_dir / "sfm", mapping)
     if config.dense:
         from .dense import DenseConfig, densify
 
@@ -237,6 +236,8 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
     summary = _summary(config, names, extraction.rejected, reconstruction, database_path,
                        timer.seconds, features_path, matches_path)
     summary["image_dir"] = str(image_dir.resolve())  # for the report's pair drawings
+    # what the mapper ran with (the principal-point rule may have added to the config's)
+    summary["mapper_options"] = dict(effective_options(database_path, mapping))
     summary["run_id"] = run_id = uuid.uuid4().hex
     with FeatureReader(features_path) as features, MatchReader(matches_path) as matches:
         summary["stores"] = {"features": store_identity(features),
