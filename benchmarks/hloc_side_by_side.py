@@ -23,6 +23,13 @@ the same subset images (``benchmarks/accuracy.py``'s subset), hloc with its
 is the whole pipeline (extract, match, verify, map) of each side; the ratio column is
 ours / hloc's, measured back to back under the same load.
 
+``--camera-mode single`` (or ``per-image``) gives both sides that camera mode: ours as
+``reconstruct --camera-mode``, with whatever our mapper does with it by default (it refines a
+shared camera's principal point), hloc's as its ``reconstruction.main(camera_mode=...)`` with
+its own mapper defaults. A run in the same ``--work`` as an earlier one reuses both sides'
+features and matches (hloc skips what its files hold, ours resumes), so its times are not
+the pipelines' times.
+
 ``map`` runs hloc's ``reconstruction.main`` alone on given files (e.g. ours written by
 ``sfmfeat export hloc``), once per ``--seed``, and prints registered images and points.
 """
@@ -128,23 +135,29 @@ def format_rows(rows: list[dict]) -> str:
 def side_by_side(args: argparse.Namespace) -> int:
     images, reference, work = reference_images(args)
     names = sorted(p.name for p in images.iterdir())
+    camera_mode = (args.camera_mode or "auto").upper().replace("-", "_")   # pycolmap's name
     rows: list[dict] = []
     for text in args.pair or DEFAULT_PAIRS:
         ours, hloc_conf = text.split("=", 1)
         features_conf, matcher_conf = hloc_conf.split("+", 1)
         try:
-            row = run_case(Case(f"ours-{ours}", ours), images, work / f"ours-{ours}",
-                           reference, args.seed, args.threads, None)
-            row.update(preset=ours, pipeline=f"sfmfeat `--features {ours}` (default)")
+            overrides = (("camera_mode", args.camera_mode),) if args.camera_mode else ()
+            row = run_case(Case(f"ours-{ours}", ours, overrides=overrides), images,
+                           work / f"ours-{ours}", reference, args.seed, args.threads, None)
+            row.update(preset=ours, pipeline=f"sfmfeat `--features {ours}`"
+                       + (f" `--camera-mode {args.camera_mode}`" if args.camera_mode
+                          else " (default)"))
         except Exception as err:  # one failed row must not lose the others
             row = {"preset": ours, "pipeline": "sfmfeat", "error": " ".join(str(err).split())}
         rows.append(row)
-        hloc_row = {"preset": ours, "pipeline": f"hloc `{features_conf}` + `{matcher_conf}`"}
+        hloc_row = {"preset": ours, "pipeline": f"hloc `{features_conf}` + `{matcher_conf}`"
+                    + (f", {camera_mode}" if args.camera_mode else "")}
         try:
             result = run_hloc({"mode": "pipeline", "images": str(images),
                                "out": str(work / f"hloc-{features_conf}-{matcher_conf}"),
                                "seeds": [args.seed], "feature_conf": features_conf,
-                               "matcher_conf": matcher_conf, "image_list": names},
+                               "matcher_conf": matcher_conf, "image_list": names,
+                               "camera_mode": camera_mode},
                               args.hloc_src, args.hloc_deps, args.work)
             hloc_row.update(score_model(Path(result["runs"][0]["sfm_dir"]), images,
                                         reference, args.seed), seconds=result["seconds"])
@@ -189,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", action="append", help="OURS=HLOC_FEATURES+HLOC_MATCHER")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=-1)
+    parser.add_argument("--camera-mode", choices=("single", "per-image"),
+                        help="both sides' camera mode (default: each pipeline's own, auto)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -34,6 +34,8 @@ def _map(job: dict, features: Path, matches: Path, pairs: Path, out: Path) -> li
         pycolmap.set_random_seed(seed)  # hloc's verification takes no seed of its own
         start = time.perf_counter()
         model = reconstruction.main(sfm_dir, Path(job["images"]), pairs, features, matches,
+                                    camera_mode=getattr(pycolmap.CameraMode,
+                                                        job.get("camera_mode", "AUTO")),
                                     image_list=job.get("image_list"),
                                     mapper_options={"random_seed": seed})
         seconds = time.perf_counter() - start
