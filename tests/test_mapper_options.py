@@ -8,7 +8,7 @@ import pytest
 from sfmfeat.cli import main
 from sfmfeat.errors import ConfigError
 from sfmfeat.reconstruction.mapping import (SHARED_CAMERA_MIN_IMAGES, MappingConfig,
-                                             apply_mapper_options, effective_options)
+                                             apply_mapper_options, decide_principal_point)
 from sfmfeat.reconstruction.pipeline import ReconstructionConfig, reconstruct
 from sfmfeat.synthetic import SceneConfig, SyntheticScene
 
@@ -85,9 +85,10 @@ def test_principal_point_is_refined_for_shared_cameras_only(tmp_path):
     assert fixed.summary["mapper_options"] == {"ba_refine_principal_point": "false"}
     assert principal_points(fixed.reconstruction) == {(160.0, 120.0)}
     per_image = run("per-image", "per-image")   # one image per camera: kept fixed
-    assert per_image.summary["mapper_options"] == {}
+    assert per_image.summary["mapper_options"] == {"ba_refine_principal_point": False}
     assert principal_points(per_image.reconstruction) == {(160.0, 120.0)}
     database = tmp_path / "shared" / "database.db"
-    assert effective_options(database, MappingConfig(mapper="global")) == ()
-    assert effective_options(database, MappingConfig(mapper="hierarchical")) == ()
-    assert effective_options(database, MappingConfig()) == (("ba_refine_principal_point", True),)
+    for mapper in ("global", "hierarchical"):
+        assert decide_principal_point(database, MappingConfig(mapper=mapper)).options == ()
+    assert decide_principal_point(database, MappingConfig()).options == (
+        ("ba_refine_principal_point", True),)

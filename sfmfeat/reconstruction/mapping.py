@@ -140,19 +140,23 @@ def set_focal_priors(database_path: str | Path) -> int:
     return changed
 
 
-def effective_options(database_path: str | Path,
-                      config: MappingConfig) -> tuple[tuple[str, Any], ...]:
-    """``config.options`` with the principal-point rule applied: the incremental mapper
+def decide_principal_point(database_path: str | Path, config: MappingConfig) -> MappingConfig:
+    """``config`` with the principal point decided in its options: the incremental mapper
     refines it when every camera of the database is shared by at least
-    SHARED_CAMERA_MIN_IMAGES images, unless the options say otherwise."""
+    SHARED_CAMERA_MIN_IMAGES images. Unchanged when the options decide already, and for the
+    hierarchical and global mappers."""
     if (config.mapper != "incremental"
             or any(k == _REFINE_PRINCIPAL_POINT for k, _ in config.options)):
-        return config.options
+        return config
     with pycolmap.Database.open(database_path) as db:
         images_per_camera = Counter(image.camera_id for image in db.read_all_images())
-    if not images_per_camera or min(images_per_camera.values()) < SHARED_CAMERA_MIN_IMAGES:
-        return config.options
-    return config.options + ((_REFINE_PRINCIPAL_POINT, True),)
+    refine = bool(images_per_camera) and min(images_per_camera.values()) >= \
+        SHARED_CAMERA_MIN_IMAGES
+    if refine:
+        logger.info("refining the principal point: every camera is shared by >= %d images "
+                    "(--mapper-conf %s=false keeps it fixed)", SHARED_CAMERA_MIN_IMAGES,
+                    _REFINE_PRINCIPAL_POINT)
+    return replace(config, options=config.options + ((_REFINE_PRINCIPAL_POINT, refine),))
 
 
 def run_mapping(database_path: str | Path, image_dir: str | Path, output_dir: str | Path,
@@ -161,12 +165,7 @@ def run_mapping(database_path: str | Path, image_dir: str | Path, output_dir: st
     if config.mapper not in MAPPERS:
         raise ReconstructionError(f"unknown mapper {config.mapper!r}; choose one of {MAPPERS}")
     output_dir = Path(output_dir)
-    options = effective_options(database_path, config)
-    if options != config.options:
-        logger.info("refining the principal point: every camera is shared by >= %d images "
-                    "(--mapper-conf %s=false keeps it fixed)", SHARED_CAMERA_MIN_IMAGES,
-                    _REFINE_PRINCIPAL_POINT)
-        config = replace(config, options=options)
+    config = decide_principal_point(database_path, config)
     with pycolmap.Database.open(database_path) as db:
         num_images = db.num_images()
     best = None

@@ -45,7 +45,7 @@ from ..store import FeatureReader, MatchReader, StoreLock, check_matches_lineage
 from ..timing import StageTimer
 from .database import (CameraMode, validate_camera_model, verify_matches, write_database,
                        write_matches)
-from .mapping import (MappingConfig, effective_options, model_statistics, run_mapping,
+from .mapping import (MappingConfig, decide_principal_point, model_statistics, run_mapping,
                       set_focal_priors, verified_pair_statistics)
 
 logger = logging.getLogger(__name__)
@@ -223,9 +223,9 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
                 f"no image pair survived geometric verification ({len(pairs)} pairs matched); "
                 "the images may not overlap, or the features/matcher are too weak")
     with timer.stage("map"):
-        mapping = MappingConfig(mapper=config.mapper, random_seed=config.random_seed,
-                                num_threads=config.colmap_threads,
-                                options=config.mapper_options)
+        mapping = decide_principal_point(database_path, MappingConfig(
+            mapper=config.mapper, random_seed=config.random_seed,
+            num_threads=config.colmap_threads, options=config.mapper_options))
         reconstruction = run_mapping(database_path, image_dir, output_dir / "sfm", mapping)
     if config.dense:
         from .dense import DenseConfig, densify
@@ -236,8 +236,8 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
     summary = _summary(config, names, extraction.rejected, reconstruction, database_path,
                        timer.seconds, features_path, matches_path)
     summary["image_dir"] = str(image_dir.resolve())  # for the report's pair drawings
-    # what the mapper ran with (the principal-point rule may have added to the config's)
-    summary["mapper_options"] = dict(effective_options(database_path, mapping))
+    # what the mapper ran with (the principal-point rule adds its decision to the config's)
+    summary["mapper_options"] = dict(mapping.options)
     summary["run_id"] = run_id = uuid.uuid4().hex
     with FeatureReader(features_path) as features, MatchReader(matches_path) as matches:
         summary["stores"] = {"features": store_identity(features),
