@@ -560,17 +560,11 @@ def _merge_files(sources: list[Path], out: h5py.File, arity: int,
     all_codes = np.concatenate(codes) if codes else np.empty(0, np.int64)
     bounds = np.cumsum([0] + [len(c) for c in codes])
     del codes
-    order = np.argsort(all_codes, kind="stable")    # stable: sources stay in order
-    sorted_codes = all_codes[order]
-    last = np.ones(len(order), bool)
-    last[:-1] = sorted_codes[1:] != sorted_codes[:-1]
-    winning = np.zeros(len(all_codes), bool)
-    winning[order[last]] = True                    # the last source holding a key wins
-    del order, sorted_codes, last
+    winning = _last_occurrences(all_codes)   # the last source holding a key wins
     kept = [np.flatnonzero(winning[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     field_rows = dict.fromkeys(fields, 0)
-    for keep, counts, present, part_fields in zip(kept, counts_of, present_of, fields_of):
-        for column, field in enumerate(part_fields):
+    for keep, counts, present, own_fields in zip(kept, counts_of, present_of, fields_of):
+        for column, field in enumerate(own_fields):
             field_rows[field] += int(counts[keep][present[keep, column]].sum())
     del counts_of, present_of
     dest = _Layout(arity, fields, attr_columns).create(
@@ -612,6 +606,17 @@ def _merge_files(sources: list[Path], out: h5py.File, arity: int,
         dest["crc32"][span] = crc
         record += len(keep)
     return record
+
+
+def _last_occurrences(codes: np.ndarray) -> np.ndarray:
+    """A mask of the last occurrence of each value in ``codes``."""
+    order = np.argsort(codes, kind="stable")    # stable: equal codes keep their order
+    sorted_codes = codes[order]
+    last = np.ones(len(order), bool)
+    last[:-1] = sorted_codes[1:] != sorted_codes[:-1]
+    mask = np.zeros(len(codes), bool)
+    mask[order[last]] = True
+    return mask
 
 
 def _copy_rows(source: h5py.Dataset, target: h5py.Dataset, starts: np.ndarray,
