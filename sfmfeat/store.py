@@ -292,6 +292,14 @@ def _decode(name: bytes) -> str:
     return name.decode("utf-8", "surrogateescape")
 
 
+def _name_position(encoded_names: np.ndarray, name: str) -> int | None:
+    """Where ``name`` is in the sorted byte array ``encoded_names`` (None: not there)."""
+    encoded = _encode(name)
+    position = int(np.searchsorted(encoded_names, encoded))
+    found = position < len(encoded_names) and encoded_names[position] == encoded
+    return position if found else None
+
+
 class NameList(Sequence[str]):
     """The sorted image names of a store, decoded when read: a reader of 100k images then
     holds their names as one fixed-width byte array (2 MiB), not 100k Python strings
@@ -315,11 +323,7 @@ class NameList(Sequence[str]):
             yield from map(_decode, self._encoded[start:start + self._BLOCK].tolist())
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        encoded = _encode(name)
-        position = int(np.searchsorted(self._encoded, encoded))
-        return position < len(self._encoded) and self._encoded[position] == encoded
+        return isinstance(name, str) and _name_position(self._encoded, name) is not None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, (NameList, list, tuple)):
@@ -750,13 +754,9 @@ class _PackedIndex:
     def find(self, key: tuple[str, ...]) -> int | None:
         if len(key) != self.arity:
             return None
-        indices = []
-        for name in key:
-            encoded = _encode(name)
-            position = int(np.searchsorted(self.names, encoded))
-            if position == len(self.names) or self.names[position] != encoded:
-                return None
-            indices.append(position)
+        indices = [_name_position(self.names, name) for name in key]
+        if None in indices:
+            return None
         if self.arity == 1:
             record = int(self._record_of[indices[0]])
             return record if record >= 0 else None
