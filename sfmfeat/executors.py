@@ -10,7 +10,11 @@ the finished tasks' shards, which the rerun picks up as the in-process run would
 
 Pairs are cut into blocks of ``pairs_per_task`` in the order given (retrieval pairs come
 grouped by query): a worker reads each image's features once per block, not once per pair.
-A job too small to give every worker two full blocks is cut into smaller ones.
+A job too small to give every worker four full blocks is cut into smaller ones.
+
+A local instance (no ``--ray-address``) takes seconds to start: meanwhile the driver
+extracts blocks itself, at one thread as an actor does (``_HeadStart``), and hands the rest
+to the actors once they are up.
 
 Assumptions: the image folder and the output folder are on a file system every node sees
 at the same path (NFS, a cluster file system, or one machine), and sfmfeat is importable
@@ -24,14 +28,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ExecutorError, ImageReadError, SfmfeatError
 from .progress import tqdm
+from .runtime import cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +55,10 @@ class ExecutorConfig:
     num_workers: int = 0              # 0: one per CPU (one per GPU on cuda) of the cluster
     images_per_task: int = 8
     pairs_per_task: int = 256
-    tasks_in_flight_per_worker: int = 2
+    # one: a block queued on a busy worker cannot move to an idle one at the end of a job
+    tasks_in_flight_per_worker: int = 1
     max_retries: int = 3              # restarts of a dead worker, retries of its task
+    head_start: bool = True           # the driver extracts on CPU while a local instance starts
 
     def __post_init__(self) -> None:
         if self.kind not in EXECUTORS:
@@ -116,7 +125,23 @@ def ray_session(executor: ExecutorConfig) -> Iterator[Any]:
     try:
         yield ray
     finally:
+        if not address:
+            _kill_local_monitor(ray)
         ray.shutdown()
+
+
+def _kill_local_monitor(ray: Any) -> None:
+    """Ray's shutdown stops the GCS before the autoscaler monitor, whose SIGTERM handler
+    then reports to the stopped GCS until Ray's one-second grace period runs out. The
+    monitor of an instance this process started has nothing to save: killed first, the
+    shutdown takes 0.3 s instead of 1.3 s. Ray's node handle is not public API: where a Ray
+    version lacks it, the shutdown just takes its second."""
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    kill_monitor = getattr(node, "kill_monitor", None)
+    if kill_monitor is None:
+        logger.debug("no Ray node handle to stop the autoscaler monitor early")
+        return
+    kill_monitor(check_alive=False)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -239,15 +264,20 @@ def _kill(ray: Any, actors: list[Any]) -> None:
 
 def blocks_of(items: Sequence, size: int, num_workers: int = 1) -> list[list]:
     """Consecutive blocks of at most ``size`` items; smaller when there are too few items to
-    give every worker two blocks (45 pairs in one block of 256 would run on one worker)."""
-    size = max(1, min(size, -(-len(items) // (2 * num_workers))))
+    give every worker four blocks: 45 pairs in one block of 256 would run on one worker, and
+    the last blocks decide when a job ends (on 50 images, blocks of 8 left one worker
+    extracting a whole block alone at the end)."""
+    size = max(1, min(size, -(-len(items) // (4 * num_workers))))
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-def _check_identities(ray: Any, actors: list[Any], *args: Any) -> Any:
-    """The (config hash, config, ...) the workers built; refused unless all agree (a node
-    with other weights or another sfmfeat would make other features)."""
+def _check_identities(ray: Any, actors: list[Any], *args: Any, expected: Any = None) -> Any:
+    """The (config hash, config, ...) the workers built; refused unless all agree, and agree
+    with ``expected`` (the driver's own) when given (a node with other weights or another
+    sfmfeat would make other features)."""
     identities = [_get(ray, actor.identity.remote(*args)) for actor in actors]
+    if expected is not None:
+        identities.insert(0, expected)
     for identity in identities[1:]:
         if identity[:2] != identities[0][:2]:
             raise ExecutorError(
@@ -308,36 +338,135 @@ def extract_on_ray(image_dir: Path, names: list[str], features: str,
     from .store import FeatureWriter
 
     resolve_spec(features, overrides)   # unknown preset, bad overrides: before any cluster
-    with ray_session(executor) as ray:
-        placement = _placement(ray, executor, device)
-        actors = _start_actors(ray, _ExtractionWorker, executor, placement, features,
-                               overrides, placement.device, str(Path(image_dir).resolve()))
-        try:
-            config_hash, config, spec, _ = _check_identities(ray, actors)
-            logger.info("extracting on %d Ray worker(s) (%s)", len(actors), placement.device)
-            with FeatureWriter(report.output, method=features, config_hash=config_hash,
-                               config=config, overwrite=overwrite, spec=spec) as writer:
-                todo = _images_to_extract(image_dir, names, writer, report)
-                done: set[str] = set()
-                rejected: dict[str, str] = {}
+    image_root, output = str(Path(image_dir).resolve()), str(Path(report.output).resolve())
+    driver_worker = _driver_worker(executor, features, overrides, device, image_root)
+    done: set[str] = set()
+    rejected: dict[str, str] = {}
 
-                def on_result(block: list[str], result: tuple) -> None:
-                    extracted, refused = result
-                    if refused and strict:
-                        raise ImageReadError(next(iter(refused.values())))
-                    for name, reason in refused.items():
-                        logger.warning("skipping %s", reason)
-                    done.update(extracted)
-                    rejected.update(refused)
+    def on_result(block: list[str], result: tuple) -> None:
+        extracted, refused = result
+        if refused and strict:
+            raise ImageReadError(next(iter(refused.values())))
+        for name, reason in refused.items():
+            logger.warning("skipping %s", reason)
+        done.update(extracted)
+        rejected.update(refused)
 
-                blocks = blocks_of(todo, executor.images_per_task, len(actors))
-                _dispatch(ray, actors, "run", blocks,
-                          (str(Path(report.output).resolve()), writer.info), executor,
-                          on_result, f"extract {features} (ray)", "img")
-        finally:
-            _kill(ray, actors)
+    with ExitStack() as stack:
+        if driver_worker is None:
+            ray = stack.enter_context(ray_session(executor))
+            placement = _placement(ray, executor, device)
+            actors = _start_actors(ray, _ExtractionWorker, executor, placement, features,
+                                   overrides, placement.device, image_root)
+            stack.callback(_kill, ray, actors)
+            identity = _check_identities(ray, actors)
+            num_workers = len(actors)
+        else:
+            identity = driver_worker.identity()
+            num_workers = executor.num_workers or os.cpu_count() or 1
+        config_hash, config, spec, _ = identity
+        writer = stack.enter_context(FeatureWriter(
+            report.output, method=features, config_hash=config_hash, config=config,
+            overwrite=overwrite, spec=spec))
+        todo = _images_to_extract(image_dir, names, writer, report)
+        blocks = blocks_of(todo, executor.images_per_task, num_workers)
+        task_args = (output, writer.info)
+        head_start = None
+        if driver_worker is not None:
+            head_start = stack.enter_context(_HeadStart(driver_worker, blocks, task_args))
+            ray = stack.enter_context(ray_session(executor))
+            placement = _placement(ray, executor, "cpu")
+            actors = _start_actors(ray, _ExtractionWorker, executor, placement, features,
+                                   overrides, placement.device, image_root)
+            stack.callback(_kill, ray, actors)
+            _check_identities(ray, actors, expected=identity)
+            blocks = head_start.close()
+            logger.info("the driver took %d of %d images while Ray started",
+                        len(todo) - sum(len(block) for block in blocks), len(todo))
+            for block, result in head_start.finished():   # a bad image with --strict: now
+                on_result(block, result)
+        logger.info("extracting on %d Ray worker(s) (%s)", len(actors), placement.device)
+        _dispatch(ray, actors, "run", blocks, task_args, executor, on_result,
+                  f"extract {features} (ray)", "img")
+        if head_start is not None:
+            for block, result in head_start.join():
+                on_result(block, result)
     report.extracted.extend(name for name in todo if name in done)
     report.rejected.update((name, rejected[name]) for name in todo if name in rejected)
+
+
+def _driver_worker(executor: ExecutorConfig, features: str, overrides: dict[str, Any] | None,
+                   device: str | None, image_root: str) -> _ExtractionWorker | None:
+    """The extractor the driver runs while a local Ray instance starts (``head_start``), or
+    None: a cluster given by address is up already, and a GPU is left to the actors (the
+    driver's share would hold a second model on it)."""
+    if executor.address or not executor.head_start or device not in (None, "cpu"):
+        return None
+    worker = _ExtractionWorker(features, overrides, device, image_root)
+    if worker.extractor.device != "cpu":
+        return None
+    return worker
+
+
+class _HeadStart:
+    """The driver extracting blocks itself, in a thread, while the local Ray instance starts
+    (2-3 s of a one-off run) and its actors load. It runs one torch thread, as an actor
+    does, so its features are the actors' bit for bit, and takes no new block once the
+    actors are up (``close``); ``join`` waits for the block in hand and returns the results."""
+
+    def __init__(self, worker: _ExtractionWorker, blocks: list[list[str]], args: tuple) -> None:
+        self._worker, self._args = worker, args
+        self._blocks = deque(blocks)
+        self._lock = threading.Lock()
+        self._results: list[tuple[list[str], Any]] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sfmfeat-head-start")
+        self._threads = cpu_threads(1, loaded_only=True)   # torch: loaded by the extractor
+
+    def __enter__(self) -> _HeadStart:
+        self._threads.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+        self._thread.join()
+        self._threads.__exit__(None, None, None)
+
+    def _next_block(self) -> list[str] | None:
+        with self._lock:
+            return self._blocks.popleft() if self._blocks else None
+
+    def _run(self) -> None:
+        try:
+            while (block := self._next_block()) is not None:
+                result = self._worker.run(block, *self._args)
+                with self._lock:
+                    self._results.append((block, result))
+        except BaseException as err:  # noqa: BLE001 - re-raised in the driver's thread
+            self._error = err
+
+    def close(self) -> list[list[str]]:
+        """The blocks not taken yet, for the actors."""
+        with self._lock:
+            left = list(self._blocks)
+            self._blocks.clear()
+        return left
+
+    def finished(self) -> list[tuple[list[str], Any]]:
+        """The (block, result) pairs done since the last call; the driver's error, if any,
+        raised in the caller's thread."""
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            done, self._results = self._results, []
+        return done
+
+    def join(self) -> list[tuple[list[str], Any]]:
+        """Waits for the block in hand; the results not handed out yet."""
+        self.close()
+        self._thread.join()
+        return self.finished()
 
 
 # ----------------------------------------------------------------------------- matching

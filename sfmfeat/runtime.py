@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,8 +42,10 @@ def validate_num_threads(num_threads: int) -> int:
 
 
 @contextmanager
-def cpu_threads(num_threads: int) -> Iterator[None]:
-    """Cap torch's and OpenCV's CPU threads inside the block (-1 leaves them as they are).
+def cpu_threads(num_threads: int, loaded_only: bool = False) -> Iterator[None]:
+    """Cap torch's and OpenCV's CPU threads inside the block (-1 leaves them as they are);
+    ``loaded_only``: only those of the two already imported (a process that runs no torch
+    model need not pay for importing torch).
 
     The previous counts are restored on exit, so a library caller's settings survive.
     """
@@ -50,14 +53,21 @@ def cpu_threads(num_threads: int) -> Iterator[None]:
     if num_threads == -1:
         yield
         return
-    import cv2
-    import torch
-
-    previous_torch, previous_cv2 = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(num_threads)
-    cv2.setNumThreads(num_threads)
+    if loaded_only:
+        torch, cv2 = sys.modules.get("torch"), sys.modules.get("cv2")
+    else:
+        import cv2
+        import torch
+    previous_torch = torch.get_num_threads() if torch is not None else None
+    previous_cv2 = cv2.getNumThreads() if cv2 is not None else None
+    if torch is not None:
+        torch.set_num_threads(num_threads)
+    if cv2 is not None:
+        cv2.setNumThreads(num_threads)
     try:
         yield
     finally:
-        torch.set_num_threads(previous_torch)
-        cv2.setNumThreads(previous_cv2)
+        if torch is not None:
+            torch.set_num_threads(previous_torch)
+        if cv2 is not None:
+            cv2.setNumThreads(previous_cv2)

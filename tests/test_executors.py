@@ -6,7 +6,9 @@ One small local Ray instance (2 CPUs, 100 MB object store) serves the module; sy
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +23,7 @@ from ray_helpers import SIFT, assert_same_features, assert_same_matches, require
     scene_images
 from sfmfeat.cli import main
 from sfmfeat.errors import ImageReadError
-from sfmfeat.executors import ExecutorConfig
+from sfmfeat.executors import ExecutorConfig, _ExtractionWorker
 from sfmfeat.extract import extract_features
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import exhaustive
@@ -30,6 +32,8 @@ from sfmfeat.runtime import cpu_threads
 pytestmark = pytest.mark.slow
 
 RAY = ExecutorConfig(kind="ray", images_per_task=1, pairs_per_task=4)
+# every image on the actors: the driver's own share while Ray starts left out
+ACTORS_ONLY = ExecutorConfig(kind="ray", images_per_task=1, pairs_per_task=4, head_start=False)
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +59,32 @@ def reference(tmp_path_factory):
     return images, names, pairs, root
 
 
+@pytest.mark.parametrize("executor", [RAY, ACTORS_ONLY], ids=["head-start", "actors-only"])
 def test_ray_run_is_array_equal_to_the_in_process_run(local_ray, reference, tmp_path,
-                                                       weights_env):
+                                                       weights_env, executor, caplog,
+                                                       monkeypatch):
     images, names, pairs, root = reference
-    report = extract_features(images, tmp_path / "sift.h5", "sift", overrides=SIFT,
-                              executor=RAY)
+    if executor.head_start:
+        # the driver's share slowed down (the actors, other processes, run the real code),
+        # so that the run has images from both: 1.5 s a block against ~1 s for the actors
+        # to load, 8 blocks
+        driver_run = _ExtractionWorker.run
+        monkeypatch.setattr(_ExtractionWorker, "run",
+                            lambda self, *args: time.sleep(1.5) or driver_run(self, *args))
+    with caplog.at_level(logging.INFO, logger="sfmfeat.executors"):
+        report = extract_features(images, tmp_path / "sift.h5", "sift", overrides=SIFT,
+                                  executor=executor)
+    shares = [re.match(r"the driver took (\d+) of (\d+) images while Ray started",
+                       r.getMessage()) for r in caplog.records]
+    shares = [(int(m[1]), int(m[2])) for m in shares if m]
+    if executor.head_start:    # the driver takes its first block before Ray is even asked
+        assert len(shares) == 1 and 0 < shares[0][0] < shares[0][1] == len(names), shares
+    else:
+        assert not shares
     assert report.extracted == names and not report.rejected
     assert assert_same_features(tmp_path / "sift.h5", root / "sift.h5") == len(names)
     matching = match_pairs(pairs, tmp_path / "sift.h5", tmp_path / "m.h5", "mnn-ratio",
-                           executor=RAY)
+                           executor=executor)
     assert matching.matched == len(pairs) and matching.num_matches
     assert assert_same_matches(tmp_path / "m.h5", root / "sift-matches.h5") == len(pairs)
     assert not (tmp_path / "m.h5.partial").exists()   # merged, shards removed
@@ -75,7 +96,7 @@ def test_ray_run_is_array_equal_to_the_in_process_run(local_ray, reference, tmp_
         extract_features(images, tmp_path / "disk.h5", "disk", overrides=disk,
                          image_names=names[:2])
     extract_features(images, tmp_path / "disk-ray.h5", "disk", overrides=disk,
-                     image_names=names[:2], executor=RAY)
+                     image_names=names[:2], executor=executor)
     assert_same_features(tmp_path / "disk-ray.h5", tmp_path / "disk.h5")
 
 
@@ -133,7 +154,8 @@ def test_a_killed_worker_is_retried_and_the_output_is_identical(local_ray, refer
     killer.start()
     try:
         if stage == "extract":
-            report = extract_features(images, output, "sift", overrides=SIFT, executor=RAY)
+            report = extract_features(images, output, "sift", overrides=SIFT,
+                                      executor=ACTORS_ONLY)
             assert report.extracted == names
         else:
             report = match_pairs(pairs, root / "sift.h5", output, "mnn-ratio",

@@ -58,6 +58,19 @@ def test_cpu_threads_caps_and_restores_torch_and_opencv():
         assert (torch.get_num_threads(), cv2.getNumThreads()) == before
 
 
+def test_cpu_threads_loaded_only_imports_neither_library():
+    code = ("import sys\nfrom sfmfeat.runtime import cpu_threads\n"
+            "with cpu_threads(1, loaded_only=True):\n    pass\n"
+            "print('torch' in sys.modules, 'cv2' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"], out
+    before = torch.get_num_threads(), cv2.getNumThreads()   # both loaded here: both capped
+    with cpu_threads(1, loaded_only=True):
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == before
+
+
 @pytest.mark.parametrize("threads", [0, -2, 1.5, True])
 def test_bad_thread_counts_are_config_errors(threads):
     with pytest.raises(ConfigError, match="num_threads"):
