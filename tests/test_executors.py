@@ -22,7 +22,7 @@ import pytest
 from ray_helpers import SIFT, assert_same_features, assert_same_matches, require_ray, \
     scene_images
 from sfmfeat.cli import main
-from sfmfeat.errors import ImageReadError
+from sfmfeat.errors import ImageReadError, SfmfeatError
 from sfmfeat.executors import ExecutorConfig, _ExtractionWorker
 from sfmfeat.extract import extract_features
 from sfmfeat.match import match_pairs
@@ -238,6 +238,21 @@ def test_strict_fails_on_a_bad_image_like_in_process(local_ray, images_with_a_ba
                  "--executor", "ray"])
     lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 2 and len(lines) == 1 and "broken.jpg" in lines[0], lines
+
+
+def test_the_workers_take_the_drivers_sfmfeat_settings(local_ray, reference, tmp_path,
+                                                        monkeypatch):
+    """SFMFEAT_WEIGHTS_DIR set after the Ray instance started reaches the actors: pointed at
+    an empty folder, DISK fails on the workers as in process (with the value the instance
+    started with, they would find the weights and succeed)."""
+    images, names, _, _ = reference
+    monkeypatch.setenv("SFMFEAT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    with pytest.raises(SfmfeatError) as local:
+        extract_features(images, tmp_path / "local.h5", "disk", image_names=names[:1])
+    with pytest.raises(SfmfeatError) as remote:
+        extract_features(images, tmp_path / "ray.h5", "disk", image_names=names[:1],
+                         executor=ACTORS_ONLY)
+    assert str(remote.value) == str(local.value) and "no-weights" in str(remote.value)
 
 
 def test_cuda_on_a_cluster_without_gpus_is_one_line(local_ray, reference, tmp_path, capsys):
