@@ -334,8 +334,10 @@ class _ExtractionWorker(_Worker):
         return (extractor.config_hash, extractor.describe_config(), extractor.spec,
                 socket.gethostname())
 
-    def run(self, names: list[str], output: str, info: Any
-            ) -> tuple[list[str], dict[str, str]]:
+    def run(self, names: list[str], output: str, info: Any,
+            abort: threading.Event | None = None) -> tuple[list[str], dict[str, str]]:
+        """``abort`` (the driver's own share only): set, the block ends after the image in
+        hand, its shard holding the images done."""
         from .extract import _check_features, _load
         from .store import FeatureWriter
 
@@ -343,6 +345,8 @@ class _ExtractionWorker(_Worker):
         sink = FeatureWriter.shard_sink(output, info)
         extracted, rejected = [], {}
         for name in names:
+            if abort is not None and abort.is_set():
+                break
             image, error, fingerprint = _load(self.image_dir / name)
             if error is not None:
                 rejected[name] = str(error)
@@ -449,6 +453,7 @@ class _HeadStart:
         self._results: list[tuple[list[str], Any]] = []
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="sfmfeat-head-start")
+        self._abort = threading.Event()   # the run failed or was interrupted: stop soon
         self._threads = cpu_threads(1, loaded_only=True)   # torch: loaded by the extractor
 
     def __enter__(self) -> _HeadStart:
@@ -456,8 +461,10 @@ class _HeadStart:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
         self.close()
+        if exc_type is not None:   # Ctrl-C, a failed start: not the rest of a long block
+            self._abort.set()
         self._thread.join()
         self._threads.__exit__(None, None, None)
 
@@ -468,7 +475,7 @@ class _HeadStart:
     def _run(self) -> None:
         try:
             while (block := self._next_block()) is not None:
-                result = self._worker.run(block, *self._args)
+                result = self._worker.run(block, *self._args, abort=self._abort)
                 with self._lock:
                     self._results.append((block, result))
         except BaseException as err:  # noqa: BLE001 - re-raised in the driver's thread

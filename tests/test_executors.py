@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ import pytest
 from ray_helpers import SIFT, assert_same_features, assert_same_matches, require_ray, \
     scene_images
 from sfmfeat.cli import main
-from sfmfeat.errors import ImageReadError, SfmfeatError
+from sfmfeat import executors
+from sfmfeat import extract as extract_module
+from sfmfeat.errors import ExecutorError, ImageReadError, SfmfeatError
 from sfmfeat.executors import ExecutorConfig, _ExtractionWorker
 from sfmfeat.extract import extract_features
 from sfmfeat.match import match_pairs
@@ -238,6 +241,34 @@ def test_strict_fails_on_a_bad_image_like_in_process(local_ray, images_with_a_ba
                  "--executor", "ray"])
     lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 2 and len(lines) == 1 and "broken.jpg" in lines[0], lines
+
+
+def test_a_failed_start_stops_the_drivers_share_after_the_image_in_hand(reference, tmp_path,
+                                                                        monkeypatch):
+    """Ray failing to start (or Ctrl-C) while the driver extracts its share: the driver
+    stops after the image in hand, not at the end of its block, and keeps what it did."""
+    images, names, _, _ = reference
+    load = extract_module._load
+
+    def slow_load(path):   # 2 s an image: the start fails while the first one is in hand
+        time.sleep(2.0)
+        return load(path)
+
+    @contextmanager
+    def failing_start(executor):
+        time.sleep(0.2)
+        raise ExecutorError("cannot connect to a local Ray instance: refused in a test")
+        yield
+
+    monkeypatch.setattr(extract_module, "_load", slow_load)
+    monkeypatch.setattr(executors, "ray_session", failing_start)
+    output = tmp_path / "f.h5"
+    one_worker = ExecutorConfig(kind="ray", num_workers=1)   # blocks of 2 of the 8 images
+    with pytest.raises(ExecutorError, match="refused in a test"):
+        extract_features(images, output, "sift", overrides=SIFT, executor=one_worker)
+    monkeypatch.setattr(extract_module, "_load", load)
+    report = extract_features(images, output, "sift", overrides=SIFT)   # in process: resume
+    assert report.already_done == names[:1]
 
 
 def test_the_workers_take_the_drivers_sfmfeat_settings(local_ray, reference, tmp_path,
