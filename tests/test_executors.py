@@ -72,8 +72,12 @@ def test_ray_run_is_array_equal_to_the_in_process_run(local_ray, reference, tmp_
         # so that the run has images from both: 1.5 s a block against ~1 s for the actors
         # to load, 8 blocks
         driver_run = _ExtractionWorker.run
-        monkeypatch.setattr(_ExtractionWorker, "run",
-                            lambda self, *args: time.sleep(1.5) or driver_run(self, *args))
+
+        def slow_run(self, *args, **kwargs):
+            time.sleep(1.5)
+            return driver_run(self, *args, **kwargs)
+
+        monkeypatch.setattr(_ExtractionWorker, "run", slow_run)
     with caplog.at_level(logging.INFO, logger="sfmfeat.executors"):
         report = extract_features(images, tmp_path / "sift.h5", "sift", overrides=SIFT,
                                   executor=executor)
