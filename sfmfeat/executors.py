@@ -32,6 +32,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,28 @@ def import_ray() -> Any:
     return ray
 
 
+# Set inside ``session``: the Ray connection the first stage opens outlives that stage.
+_KEEP_CONNECTION: ContextVar[bool] = ContextVar("sfmfeat_keep_ray_connection", default=False)
+
+
 @contextmanager
 def session(executor: ExecutorConfig | None) -> Iterator[None]:
     """Keeps one Ray connection for several stages (e.g. extract then match of a
-    reconstruction); nothing for the local executor."""
+    reconstruction), opened by the first stage that needs it (so that extraction's head
+    start overlaps a local instance's start-up) and closed here; nothing for the local
+    executor."""
     if not uses_ray(executor):
         yield
         return
-    with ray_session(executor):
+    ray = import_ray()
+    connected_before = ray.is_initialized()
+    token = _KEEP_CONNECTION.set(True)
+    try:
         yield
+    finally:
+        _KEEP_CONNECTION.reset(token)
+        if not connected_before and ray.is_initialized():
+            _disconnect(ray, executor)
 
 
 @contextmanager
@@ -125,9 +139,14 @@ def ray_session(executor: ExecutorConfig) -> Iterator[Any]:
     try:
         yield ray
     finally:
-        if not address:
-            _kill_local_monitor(ray)
-        ray.shutdown()
+        if not _KEEP_CONNECTION.get():
+            _disconnect(ray, executor)
+
+
+def _disconnect(ray: Any, executor: ExecutorConfig) -> None:
+    if not executor.address:
+        _kill_local_monitor(ray)
+    ray.shutdown()
 
 
 def _kill_local_monitor(ray: Any) -> None:

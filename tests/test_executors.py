@@ -6,6 +6,7 @@ One small local Ray instance (2 CPUs, 100 MB object store) serves the module; sy
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -273,6 +274,39 @@ def test_a_failed_start_stops_the_drivers_share_after_the_image_in_hand(referenc
     monkeypatch.setattr(extract_module, "_load", load)
     report = extract_features(images, output, "sift", overrides=SIFT)   # in process: resume
     assert report.already_done == names[:1]
+
+
+_SESSION_SCRIPT = """
+import json, sys
+import ray
+from sfmfeat.executors import ExecutorConfig, session
+from sfmfeat.extract import extract_features
+from sfmfeat.match import match_pairs
+from sfmfeat.pairs import exhaustive
+images, out, sift = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+executor = ExecutorConfig(kind="ray", images_per_task=1, pairs_per_task=4)
+with session(executor):
+    states = [ray.is_initialized()]
+    report = extract_features(images, out + "/f.h5", "sift", overrides=sift, executor=executor)
+    states.append(ray.is_initialized())
+    match_pairs(exhaustive(report.valid_names), out + "/f.h5", out + "/m.h5", "mnn-ratio",
+                executor=executor)
+    states.append(ray.is_initialized())
+states.append(ray.is_initialized())
+print(json.dumps(states))
+"""
+
+
+def test_a_session_opens_ray_at_its_first_stage_and_closes_it_at_its_end(reference, tmp_path):
+    """`reconstruct`'s session: no connection before extraction (whose head start overlaps
+    the local instance's start), the same one through matching, none after."""
+    images, names, pairs, root = reference
+    run = subprocess.run([sys.executable, "-c", _SESSION_SCRIPT, str(images), str(tmp_path),
+                          json.dumps(SIFT)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == [False, True, True, False]
+    assert_same_features(tmp_path / "f.h5", root / "sift.h5")
+    assert_same_matches(tmp_path / "m.h5", root / "sift-matches.h5")
 
 
 def test_the_workers_take_the_drivers_sfmfeat_settings(local_ray, reference, tmp_path,
