@@ -402,6 +402,7 @@ def extract_on_ray(image_dir: Path, names: list[str], features: str,
         done.update(extracted)
         rejected.update(refused)
 
+    actors: list[Any] = []
     with ExitStack() as stack:
         if driver_worker is None:
             ray = stack.enter_context(ray_session(executor))
@@ -422,7 +423,7 @@ def extract_on_ray(image_dir: Path, names: list[str], features: str,
         blocks = blocks_of(todo, executor.images_per_task, num_workers)
         task_args = (output, writer.info)
         head_start = None
-        if driver_worker is not None:
+        if driver_worker is not None and blocks:   # nothing to do: no cluster started
             head_start = stack.enter_context(_HeadStart(driver_worker, blocks, task_args))
             ray = stack.enter_context(ray_session(executor))
             placement = _placement(ray, executor, "cpu")
@@ -435,9 +436,10 @@ def extract_on_ray(image_dir: Path, names: list[str], features: str,
                         len(todo) - sum(len(block) for block in blocks), len(todo))
             for block, result in head_start.finished():   # a bad image with --strict: now
                 on_result(block, result)
-        logger.info("extracting on %d Ray worker(s) (%s)", len(actors), placement.device)
-        _dispatch(ray, actors, "run", blocks, task_args, executor, on_result,
-                  f"extract {features} (ray)", "img")
+        if actors:
+            logger.info("extracting on %d Ray worker(s) (%s)", len(actors), placement.device)
+            _dispatch(ray, actors, "run", blocks, task_args, executor, on_result,
+                      f"extract {features} (ray)", "img")
         if head_start is not None:
             for block, result in head_start.join():
                 on_result(block, result)

@@ -309,6 +309,22 @@ def test_a_session_opens_ray_at_its_first_stage_and_closes_it_at_its_end(referen
     assert_same_matches(tmp_path / "m.h5", root / "sift-matches.h5")
 
 
+def test_a_finished_store_is_not_extracted_again_and_starts_no_cluster(reference, tmp_path,
+                                                                       monkeypatch):
+    images, names, _, root = reference
+    output = tmp_path / "f.h5"
+    shutil.copy(root / "sift.h5", output)
+
+    @contextmanager
+    def no_cluster(executor):
+        raise AssertionError("Ray started for a store with nothing left to extract")
+        yield
+
+    monkeypatch.setattr(executors, "ray_session", no_cluster)
+    report = extract_features(images, output, "sift", overrides=SIFT, executor=RAY)
+    assert report.already_done == names and not report.extracted
+
+
 def test_the_workers_take_the_drivers_sfmfeat_settings(local_ray, reference, tmp_path,
                                                         monkeypatch):
     """SFMFEAT_WEIGHTS_DIR set after the Ray instance started reaches the actors: pointed at
