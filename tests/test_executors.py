@@ -27,7 +27,7 @@ from sfmfeat.cli import main
 from sfmfeat import executors
 from sfmfeat import extract as extract_module
 from sfmfeat.errors import ExecutorError, ImageReadError, SfmfeatError
-from sfmfeat.executors import ExecutorConfig, _ExtractionWorker
+from sfmfeat.executors import ExecutorConfig
 from sfmfeat.extract import extract_features
 from sfmfeat.match import match_pairs
 from sfmfeat.pairs import exhaustive
@@ -69,16 +69,26 @@ def test_ray_run_is_array_equal_to_the_in_process_run(local_ray, reference, tmp_
                                                        monkeypatch):
     images, names, pairs, root = reference
     if executor.head_start:
-        # the driver's share slowed down (the actors, other processes, run the real code),
-        # so that the run has images from both: 1.5 s a block against ~1 s for the actors
-        # to load, 8 blocks
-        driver_run = _ExtractionWorker.run
+        # the driver asks for its second block only once the actors are up (the head start
+        # lives in the driver only; the worker class itself is shipped to the actors):
+        # exactly one image from the driver, seven from the actors
+        next_block, close = executors._HeadStart._next_block, executors._HeadStart.close
+        closed, handed = threading.Event(), []
 
-        def slow_run(self, *args, **kwargs):
-            time.sleep(1.5)
-            return driver_run(self, *args, **kwargs)
+        def close_and_tell(self):
+            left = close(self)
+            closed.set()
+            return left
 
-        monkeypatch.setattr(_ExtractionWorker, "run", slow_run)
+        def next_block_after_the_first_once_closed(self):
+            if handed:
+                closed.wait(120)
+            handed.append(True)
+            return next_block(self)
+
+        monkeypatch.setattr(executors._HeadStart, "close", close_and_tell)
+        monkeypatch.setattr(executors._HeadStart, "_next_block",
+                            next_block_after_the_first_once_closed)
     with caplog.at_level(logging.INFO, logger="sfmfeat.executors"):
         report = extract_features(images, tmp_path / "sift.h5", "sift", overrides=SIFT,
                                   executor=executor)
@@ -87,6 +97,7 @@ def test_ray_run_is_array_equal_to_the_in_process_run(local_ray, reference, tmp_
     shares = [(int(m[1]), int(m[2])) for m in shares if m]
     if executor.head_start:    # the driver takes its first block before Ray is even asked
         assert len(shares) == 1 and 0 < shares[0][0] < shares[0][1] == len(names), shares
+        assert shares[0][0] == 1, shares
     else:
         assert not shares
     assert report.extracted == names and not report.rejected
@@ -253,19 +264,26 @@ def test_a_failed_start_stops_the_drivers_share_after_the_image_in_hand(referenc
     """Ray failing to start (or Ctrl-C) while the driver extracts its share: the driver
     stops after the image in hand, not at the end of its block, and keeps what it did."""
     images, names, _, _ = reference
-    load = extract_module._load
+    load, enter = extract_module._load, executors._HeadStart.__enter__
+    head_starts = []
 
-    def slow_load(path):   # 2 s an image: the start fails while the first one is in hand
-        time.sleep(2.0)
+    def enter_and_keep(self):
+        head_starts.append(self)
+        return enter(self)
+
+    def load_until_aborted(path):
+        # the first image stays in hand until the driver's share is told to stop (or 10 s:
+        # a share that is never told goes on to the next image, and the test fails)
+        head_starts[0]._abort.wait(10)
         return load(path)
 
     @contextmanager
     def failing_start(executor):
-        time.sleep(0.2)
         raise ExecutorError("cannot connect to a local Ray instance: refused in a test")
         yield
 
-    monkeypatch.setattr(extract_module, "_load", slow_load)
+    monkeypatch.setattr(executors._HeadStart, "__enter__", enter_and_keep)
+    monkeypatch.setattr(extract_module, "_load", load_until_aborted)
     monkeypatch.setattr(executors, "ray_session", failing_start)
     output = tmp_path / "f.h5"
     one_worker = ExecutorConfig(kind="ray", num_workers=1)   # blocks of 2 of the 8 images
