@@ -14,7 +14,8 @@ verification as ``ransac_max_error=V`` or ``min_num_inliers=N``, of the cameras 
 ``camera_mode=single`` or ``camera_model=OPENCV``). Cases that share features and feature overrides reuse the first
 one's ``features.h5``, and those that also share the matcher its ``matches.h5``, also across
 runs with the same ``--work`` (``WORK/<set>/stores``); the time column adds the reused
-stages' first time back so rows compare.
+stages' first time back so rows compare. Each case's model goes to
+``WORK/<set>/<label>-seed<N>``, so runs of other seeds can share ``--work`` at once.
 
 Prints one row per case: registered / subset images, 3D points, rotation and position error
 (median, max; position as % of the reference scale), relative-pose AUC@5/10/20° and the
@@ -27,8 +28,10 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +54,9 @@ DEFAULT_CASES = (
 
 
 def subset_images(images: Path, count: int | None, work: Path) -> Path:
+    """A folder of links to ``count`` images evenly spaced in name order; runs sharing
+    ``work`` (other seeds, other cases) share it, so it is built aside and renamed into
+    place, and reused when it holds the same images."""
     names = sorted(p.name for p in images.iterdir()
                    if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if count is None or count >= len(names):
@@ -58,11 +64,24 @@ def subset_images(images: Path, count: int | None, work: Path) -> Path:
     step = len(names) / count
     chosen = [names[int(i * step)] for i in range(count)]
     folder = work / f"images-{count}"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+
+    def holds_chosen() -> bool:
+        return folder.is_dir() and sorted(p.name for p in folder.iterdir()) == chosen
+
+    if holds_chosen():
+        return folder
+    work.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=work))
     for name in chosen:
-        (folder / name).symlink_to((images / name).resolve())
+        (staging / name).symlink_to((images / name).resolve())
+    if folder.is_dir() and not holds_chosen():   # another selection's: stale
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        staging.rename(folder)
+    except OSError:   # another run placed it first
+        shutil.rmtree(staging)
+        if not holds_chosen():
+            raise
     return folder
 
 
@@ -97,7 +116,9 @@ class StoreCache:
             folder = self._folder(case, stage)
             if not (folder / "seconds.json").is_file():
                 folder.mkdir(parents=True, exist_ok=True)
-                shutil.copy(out / name, folder / name)
+                partial = folder / f".{name}.{os.getpid()}"
+                shutil.copy(out / name, partial)
+                os.replace(partial, folder / name)
                 write_text_atomic(folder / "seconds.json",
                                   json.dumps({"seconds": timings.get(stage, 0.0)}))
 
@@ -188,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = StoreCache(work / "stores", images)
     for case in cases:
         try:
-            row = run_case(case, images, work / case.label, reference, args.seed,
-                           args.threads, cache)
+            row = run_case(case, images, work / f"{case.label}-seed{args.seed}", reference,
+                           args.seed, args.threads, cache)
         except Exception as err:  # one failed case must not lose the others' rows
             logger.error("%s failed: %s", case.label, err)
             row = {"case": case.label, "error": " ".join(str(err).split())[:120]}
