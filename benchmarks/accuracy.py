@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from seed_spread import Case
 
-from sfmfeat.atomic import write_text_atomic
+from sfmfeat.atomic import atomic_path, write_text_atomic
 from sfmfeat.evaluation import EvaluationConfig, evaluate_poses, registered_poses
 from sfmfeat.extractors import default_matcher
 from sfmfeat.posefiles import match_names, read_camera_poses, restrict_to_folder
@@ -115,10 +114,8 @@ class StoreCache:
         for stage, name in (("extract", "features.h5"), ("match", "matches.h5")):
             folder = self._folder(case, stage)
             if not (folder / "seconds.json").is_file():
-                folder.mkdir(parents=True, exist_ok=True)
-                partial = folder / f".{name}.{os.getpid()}"
-                shutil.copy(out / name, partial)
-                os.replace(partial, folder / name)
+                with atomic_path(folder / name, parents=True) as partial:
+                    shutil.copy(out / name, partial)
                 write_text_atomic(folder / "seconds.json",
                                   json.dumps({"seconds": timings.get(stage, 0.0)}))
 
