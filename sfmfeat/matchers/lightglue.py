@@ -25,9 +25,10 @@ in 2 GiB; no transposed copy; attention weights kept above the subnormal range, 
 ``_attention``),
 the assignment matrix is never held whole (cache-sized row chunks: one pass for the row and
 column log-sum-exps, one for the argmaxes), after loading the ``Wqkv`` rows are regrouped
-(q | k | v, each rotary pair split into two contiguous halves) and the cross-attention scale is
-folded into ``to_qk``, and several pairs can go through the transformer at once
-(padded, masked keys; each pair keeps its own early exit and pruning).
+(q | k | v, each rotary pair split into two contiguous halves), the cross-attention scale is
+folded into ``to_qk`` and each block's output projection into its FFN, and several pairs can
+go through the transformer at once (padded, masked keys; each pair keeps its own early exit
+and pruning).
 """
 
 from __future__ import annotations
@@ -128,6 +129,16 @@ def _qkv_order() -> torch.Tensor:
     return torch.tensor(qk + v)
 
 
+def _fold_out_projection(out_proj: nn.Linear, ffn: nn.Sequential) -> None:
+    """After loading: ``ffn(concat(x, out_proj(c)))`` becomes ``ffn(concat(x, c))``: the
+    message columns of the FFN's first layer absorb the output projection (W·(A·c + a) =
+    (W·A)·c + W·a, folded in float64), one 256×256 product per point and block fewer."""
+    first = ffn[0]
+    message_weight = first.weight[:, DIM:].double()
+    first.bias.add_((message_weight @ out_proj.bias.double()).float())
+    first.weight[:, DIM:] = (message_weight @ out_proj.weight.double()).float()
+
+
 def _rotate(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary encoding of q and k (B×N×2×H×2×32: even then odd half of each head): each
     pair (even, odd) rotated by its angle, the official ``t·cos + rotate_half(t)·sin``.
@@ -151,10 +162,13 @@ class _SelfBlock(nn.Module):
         self.ffn = _ffn(DIM)
 
     def regroup_(self) -> None:
-        """After loading: ``Wqkv`` rows in the order of ``_qkv_order`` (what forward reads)."""
+        """After loading: ``Wqkv`` rows in the order of ``_qkv_order`` (what forward reads),
+        ``out_proj`` folded into the FFN."""
         order = _qkv_order().to(self.Wqkv.weight.device)
         self.Wqkv.weight.copy_(self.Wqkv.weight[order])
         self.Wqkv.bias.copy_(self.Wqkv.bias[order])
+        _fold_out_projection(self.out_proj, self.ffn)
+        del self.out_proj
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 key_mask: torch.Tensor | None) -> torch.Tensor:
@@ -163,8 +177,7 @@ class _SelfBlock(nn.Module):
         q, k = qk[:, 0], qk[:, 1]                                            # B,H,N,64
         v = qkv[..., 2 * DIM:].unflatten(-1, (HEADS, -1)).transpose(1, 2).contiguous()
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        message = self.out_proj(context.transpose(1, 2).flatten(-2))
-        return x + self.ffn(torch.cat([x, message], -1))
+        return x + self.ffn(torch.cat([x, context.transpose(1, 2).flatten(-2)], -1))
 
 
 class _CrossBlock(nn.Module):
@@ -177,10 +190,12 @@ class _CrossBlock(nn.Module):
 
     def regroup_(self) -> None:
         """After loading: ``to_qk`` scaled by head_dim^(-1/4), the official scaling of both
-        sides' q/k before their product."""
+        sides' q/k before their product, and ``to_out`` folded into the FFN."""
         scale = (DIM // HEADS) ** -0.25
         self.to_qk.weight.mul_(scale)
         self.to_qk.bias.mul_(scale)
+        _fold_out_projection(self.to_out, self.ffn)
+        del self.to_out
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor, mask0: torch.Tensor | None,
                 mask1: torch.Tensor | None, chunk_elements: int, exact: bool,
@@ -200,8 +215,7 @@ class _CrossBlock(nn.Module):
         else:
             m0 = _attention(qk0, qk1, v1, mask1, chunk_elements, scratch)
             m1 = _attention(qk1, qk0, v0, mask0, chunk_elements, scratch)
-        m0 = self.to_out(m0.transpose(1, 2).flatten(-2))
-        m1 = self.to_out(m1.transpose(1, 2).flatten(-2))
+        m0, m1 = m0.transpose(1, 2).flatten(-2), m1.transpose(1, 2).flatten(-2)
         return (x0 + self.ffn(torch.cat([x0, m0], -1)),
                 x1 + self.ffn(torch.cat([x1, m1], -1)))
 
@@ -592,15 +606,20 @@ def _mutual_assignment(proj0: torch.Tensor, proj1: torch.Tensor, z0: torch.Tenso
                        z1: torch.Tensor, chunk_elements: int):
     """Row argmax (index, exp(score)) and column argmax of the official log-assignment
     ``log_softmax_rows(S) + log_softmax_cols(S) + logsigmoid(z0) + logsigmoid(z1)ᵀ``,
-    S = proj0·proj1ᵀ, in row chunks of S: one pass for the log-sum-exps, one for the maxima."""
+    S = proj0·proj1ᵀ, in row chunks of S: one pass for the log-sum-exps, one for the maxima.
+    When the whole of S fits in ``chunk_elements`` the first pass keeps its chunks for the
+    second (reading them back costs less than a second product)."""
     n0, n1 = len(proj0), len(proj1)
     rows = max(1, min(chunk_elements, _ASSIGNMENT_BLOCK_ELEMENTS) // max(n1, 1))
     proj1_t = proj1.T
     row_lse = torch.empty(n0, device=proj0.device)
     col_max = torch.full((n1,), -torch.inf, device=proj0.device)
     col_sum = torch.zeros(n1, device=proj0.device)
+    kept: list[torch.Tensor] | None = [] if n0 * n1 <= chunk_elements else None
     for start in range(0, n0, rows):
         sim = proj0[start:start + rows] @ proj1_t
+        if kept is not None:
+            kept.append(sim)
         row_lse[start:start + rows] = torch.logsumexp(sim, 1)
         new_max = torch.maximum(col_max, sim.amax(0))
         col_sum = col_sum * torch.exp(col_max - new_max) + torch.exp(sim - new_max).sum(0)
@@ -611,9 +630,9 @@ def _mutual_assignment(proj0: torch.Tensor, proj1: torch.Tensor, z0: torch.Tenso
     score0 = torch.empty(n0, device=proj0.device)
     col_best = torch.full((n1,), -torch.inf, device=proj0.device)
     best1 = torch.zeros(n1, dtype=torch.long, device=proj0.device)
-    for start in range(0, n0, rows):
+    for chunk, start in enumerate(range(0, n0, rows)):
         stop = min(start + rows, n0)
-        sim = proj0[start:stop] @ proj1_t
+        sim = kept[chunk] if kept is not None else proj0[start:stop] @ proj1_t
         # the official sum, in its order: log_softmax_rows + log_softmax_cols + logsigmoids
         total = sim - row_lse[start:stop, None]
         total += sim.sub_(col_lse)
