@@ -130,3 +130,46 @@ def test_large_photos_are_capped_at_3200_pixels_like_colmap(monkeypatch):
     assert seen == [(160, 3200)]
     assert len(features) > 0 and features.keypoints[:, 0].max() > 3200   # original pixels
     assert SiftConfig().max_edge == 3200 and SiftConfig(max_edge=None).max_edge is None
+
+
+def test_two_images_in_flight_store_what_one_at_a_time_stores(tmp_path, monkeypatch):
+    """SIFT extracts two images at once from threads: same features, same order of records,
+    the unreadable image rejected in its place; one at a time under one OpenCV thread and
+    for extractors that do not declare it."""
+    import sfmfeat.extract as extract_module
+    from sfmfeat.extractors.disk import Disk
+    from sfmfeat.runtime import cpu_threads
+    from sfmfeat.store import FeatureReader
+
+    images = tmp_path / "images"
+    SyntheticScene(SceneConfig(num_views=5, width=320, height=240, seed=4)).write_images(images)
+    (images / "view_002.png").write_bytes(b"not a png")
+    sift = create_extractor("sift")
+    if cv2.getNumThreads() >= 2:
+        assert extract_module._images_in_flight(sift) == 2
+    with cpu_threads(1):
+        assert extract_module._images_in_flight(sift) == 1
+    assert not Disk.concurrent_images
+    calls = []
+    original = extract_module._load_and_extract
+
+    def counted(path, extractor):
+        calls.append(extractor is not None)
+        return original(path, extractor)
+
+    monkeypatch.setattr(extract_module, "_load_and_extract", counted)
+    monkeypatch.setattr(extract_module, "_images_in_flight", lambda extractor: 2)
+    two = extract_module.extract_features(images, tmp_path / "two.h5", "sift")
+    assert calls and all(calls)   # extracted in the workers
+    monkeypatch.setattr(extract_module, "_images_in_flight", lambda extractor: 1)
+    one = extract_module.extract_features(images, tmp_path / "one.h5", "sift")
+    assert two.extracted == one.extracted == ["view_000.png", "view_001.png", "view_003.png",
+                                              "view_004.png"]
+    assert list(two.rejected) == list(one.rejected) == ["view_002.png"]
+    with FeatureReader(tmp_path / "two.h5") as a, FeatureReader(tmp_path / "one.h5") as b:
+        assert a.names() == b.names()
+        for name in a.names():
+            fa, fb = a.read(name), b.read(name)
+            assert len(fa) > 50
+            np.testing.assert_array_equal(fa.keypoints, fb.keypoints)
+            np.testing.assert_array_equal(fa.descriptors, fb.descriptors)

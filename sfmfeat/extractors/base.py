@@ -63,6 +63,9 @@ class Extractor(abc.ABC):
     grayscale: ClassVar[bool] = False        # _forward gets H×W luminance (OpenCV weights)
     descriptor_dim: int = 0                  # of the empty Features
     with_geometry: ClassVar[bool] = False    # Features carry scales and orientations
+    #: ``extract`` may run on several images at once from threads and spends its time in
+    #: native code that releases the GIL (sfmfeat.extract then keeps two images in flight)
+    concurrent_images: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, device: str | None = None) -> None:
         if config is None:

@@ -56,6 +56,7 @@ class Sift(Extractor):
     grayscale = True
     descriptor_dim = 128
     with_geometry = True
+    concurrent_images = True   # cv2's SIFT releases the GIL and keeps no per-call state
     presets = {
         "sift": SiftConfig(),
         "sift-l2": SiftConfig(normalization="l2"),          # Lowe's L2-normalised descriptor
