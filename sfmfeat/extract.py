@@ -107,8 +107,8 @@ _MAX_IMAGES_IN_FLIGHT = 2   # SIFT holds ~2 GB of pyramids per 3200 px image
 def _images_in_flight(extractor: Extractor) -> int:
     """Images extracted at once: 2 for extractors whose work runs outside the GIL
     (``Extractor.concurrent_images``: OpenCV's SIFT, whose serial stretches leave cores
-    idle; 1.6 s against 2.3 s for the 10 sacre_coeur images on 2 cores), unless OpenCV is
-    held to one thread (``--threads 1``); else 1."""
+    idle; 2.1 s against 2.55 s for the 10 sacre_coeur images on 2 cores, at twice the peak
+    memory), unless OpenCV is held to one thread (``--threads 1``); else 1."""
     if not extractor.concurrent_images:
         return 1
     import cv2

@@ -23,8 +23,9 @@ runs through ``scaled_dot_product_attention`` and the exact cross-attention in q
 one reused buffer, each direction with its own product (bounded memory: 16k×16k keypoints fit
 in 2 GiB; no transposed copy; attention weights kept above the subnormal range, see
 ``_attention``),
-the assignment matrix is never held whole (cache-sized row chunks: one pass for the row and
-column log-sum-exps, one for the argmaxes), after loading the ``Wqkv`` rows are regrouped
+the assignment matrix is held whole only within its budget (``assignment_chunk_elements``)
+and read in cache-sized row chunks (one pass for the row and column log-sum-exps, one for the
+argmaxes), after loading the ``Wqkv`` rows are regrouped
 (q | k | v, each rotary pair split into two contiguous halves), the cross-attention scale is
 folded into ``to_qk`` and each block's output projection into its FFN, and several pairs can
 go through the transformer at once (padded, masked keys; each pair keeps its own early exit
