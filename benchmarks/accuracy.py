@@ -10,7 +10,8 @@ N images evenly spaced in name order (the reference keeps all its poses; only th
 are scored). Each ``--case`` is ``label:features:matcher:overrides:mapper`` as in
 ``benchmarks/seed_spread.py`` (empty matcher: the preset's default; overrides of the
 extractor, of the matcher as ``match.K=V``, of pycolmap's mapper as ``map.K=V``, of
-verification as ``ransac_max_error=V`` or ``min_num_inliers=N``, of the cameras as
+verification as ``ransac_max_error=V``, ``ransac_confidence=V``,
+``ransac_max_num_trials=N`` or ``min_num_inliers=N``, of the cameras as
 ``camera_mode=single`` or ``camera_model=OPENCV``). Cases that share features and feature overrides reuse the first
 one's ``features.h5``, and those that also share the matcher its ``matches.h5``, also across
 runs with the same ``--work`` (``WORK/<set>/stores``); the time column adds the reused

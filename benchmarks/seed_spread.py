@@ -71,7 +71,8 @@ def run_once(images: Path, out: Path, case: Case, seed: int, threads: int,
 
 MATCHER_PREFIX = "match."
 MAPPER_PREFIX = "map."
-_RECONSTRUCTION_FIELDS = {"ransac_max_error": float, "min_num_inliers": int,
+_RECONSTRUCTION_FIELDS = {"ransac_max_error": float, "ransac_confidence": float,
+                          "ransac_max_num_trials": int, "min_num_inliers": int,
                           "camera_model": str, "camera_mode": str}
 
 

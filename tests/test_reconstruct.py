@@ -222,3 +222,33 @@ def test_reconstruct_from_hloc_exports_of_its_stores(sift_run, tmp_path, seed_ar
     # 2.6% over seeds
     figures.check("points_relative_difference",
                   abs(summary_again["num_points3D"] / summary["num_points3D"] - 1), "<=", 0.03)
+
+
+@pytest.mark.parametrize("field, value", [("ransac_confidence", 1.0), ("ransac_confidence", 0.0),
+                                          ("ransac_confidence", float("nan")),
+                                          ("ransac_max_num_trials", 0)])
+def test_ransac_options_are_validated(field, value):
+    from sfmfeat.errors import ConfigError
+    from sfmfeat.reconstruction.pipeline import ReconstructionConfig
+
+    with pytest.raises(ConfigError, match=field):
+        ReconstructionConfig(**{field: value})
+
+
+def test_ransac_confidence_and_trials_reach_colmaps_verification(tmp_path, monkeypatch):
+    import sfmfeat.reconstruction.database as database
+
+    seen = {}
+
+    def capture(path, verifier_options, two_view_geometry_options):
+        seen["ransac"] = two_view_geometry_options.ransac
+
+    monkeypatch.setattr(database.pycolmap, "geometric_verification", capture)
+    with pycolmap.Database.open(tmp_path / "database.db"):
+        pass
+    assert database.verify_matches(tmp_path / "database.db", confidence=0.9999,
+                                   max_num_trials=1234) == 0
+    assert seen["ransac"].confidence == pytest.approx(0.9999)
+    assert seen["ransac"].max_num_trials == 1234
+    database.verify_matches(tmp_path / "database.db")
+    assert (seen["ransac"].confidence, seen["ransac"].max_num_trials) == (0.999, 20000)

@@ -174,11 +174,14 @@ def write_matches(database_path: str | Path, image_ids: dict[str, int], matches:
 
 def verify_matches(database_path: str | Path, max_error: float = 4.0,
                    min_num_inliers: int = 15, random_seed: int = -1,
-                   num_threads: int = -1) -> int:
-    """COLMAP's RANSAC (E/F/H) on every matched pair; returns the verified pair count."""
+                   num_threads: int = -1, confidence: float = 0.999,
+                   max_num_trials: int = 20000) -> int:
+    """COLMAP's RANSAC (E/F/H) on every matched pair; returns the verified pair count.
+    ``confidence`` is COLMAP's default; ``max_num_trials`` twice its 10000."""
     options = pycolmap.TwoViewGeometryOptions(min_num_inliers=min_num_inliers)
     options.ransac.max_error = max_error
-    options.ransac.max_num_trials = 20000
+    options.ransac.confidence = confidence
+    options.ransac.max_num_trials = max_num_trials
     options.ransac.min_inlier_ratio = 0.1
     options.ransac.random_seed = random_seed
     try:

@@ -62,6 +62,8 @@ class ReconstructionConfig:
     mapper: str = "incremental"
     min_num_inliers: int = 15
     ransac_max_error: float = 4.0
+    ransac_confidence: float = 0.999
+    ransac_max_num_trials: int = 20000
     random_seed: int = -1               # < 0: a fresh seed, recorded in summary.json
     num_threads: int = -1               # CPU threads of every stage (-1: all cores)
     deterministic: bool = False         # one thread in COLMAP's verification and mapping
@@ -75,6 +77,11 @@ class ReconstructionConfig:
 
     def __post_init__(self) -> None:
         validate_num_threads(self.num_threads)
+        if not 0 < self.ransac_confidence < 1:
+            raise ConfigError(f"ransac_confidence must lie in (0, 1), got {self.ransac_confidence}")
+        if self.ransac_max_num_trials < 1:
+            raise ConfigError(f"ransac_max_num_trials must be >= 1, "
+                              f"got {self.ransac_max_num_trials}")
         if self.random_seed > MAX_SEED:
             raise ConfigError(f"random_seed={self.random_seed} is out of range: use 0..{MAX_SEED}"
                               " (or < 0 for a fresh one)")
@@ -216,7 +223,9 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
         pycolmap.set_random_seed(config.random_seed)
         num_verified = verify_matches(database_path, config.ransac_max_error,
                                       config.min_num_inliers, config.random_seed,
-                                      num_threads=config.colmap_threads)
+                                      num_threads=config.colmap_threads,
+                                      confidence=config.ransac_confidence,
+                                      max_num_trials=config.ransac_max_num_trials)
         logger.info("%d of %d pairs verified", num_verified, len(pairs))
         if num_verified == 0:
             raise ReconstructionError(
