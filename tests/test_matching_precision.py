@@ -81,6 +81,42 @@ def test_bf16_search_gives_the_reference_matches(preset, make, chunk):
         np.testing.assert_allclose(low_scores, exact_scores, atol=1e-6)
 
 
+def _at_distance(rng, a: np.ndarray, dist_sq: np.ndarray) -> np.ndarray:
+    """Unit vectors at the given squared distances from the unit rows of ``a``."""
+    direction = rng.normal(size=a.shape)
+    direction -= (direction * a).sum(1, keepdims=True) * a
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    cosine = 1 - dist_sq[:, None] / 2
+    return cosine * a + np.sqrt(1 - cosine ** 2) * direction
+
+
+@pytest.mark.parametrize("preset", ["mnn-ratio", "ratio"])
+def test_bf16_search_decides_the_ratio_test_in_fp32(preset):
+    """Per row a nearest column and four more right at the ratio test's boundary, closer to
+    it than bf16 resolves: which of them is second, and on which side of the boundary the
+    true second lies, is only known in fp32. Among them the bf16 search's second pick is
+    often not the true second (the boundary columns' squared distances lie within 0.2 % of
+    each other, a tenth of a bf16 step)."""
+    rng = np.random.default_rng(11)
+    rows, dim, ratio = 400, 64, 0.8
+    a = _unit(rng.normal(size=(rows, dim))).astype(np.float64)
+    near = 0.16 + 0.02 * rng.random(rows)
+    columns = [_at_distance(rng, a, near)]
+    for _ in range(4):
+        columns.append(_at_distance(rng, a, near / ratio ** 2 * (1 + rng.uniform(-1.5e-3, 6e-3,
+                                                                               rows))))
+    b = _unit(np.concatenate(columns + [rng.normal(size=(rows, dim))]))
+    a = _unit(a)
+    matcher = create_matcher(preset)
+    expected = _reference(a, b, matcher.config.mutual, ratio, None)
+    ties, _ = _fp32_ties(a, b, ratio)
+    low, _ = create_matcher(preset, {"precision": "bf16"}).match(a, b)
+    exact, _ = create_matcher(preset, {"precision": "fp32"}).match(a, b)
+    assert len(ties) <= 5 and 0.2 * rows < len(expected) < 0.8 * rows   # both outcomes
+    assert _rows_without(low, ties) == _rows_without(expected, ties)
+    assert _rows_without(exact, ties) == _rows_without(expected, ties)
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_negative_and_degenerate_similarities(preset):
     """All similarities of some rows negative (the int16 order is reversed there), a
