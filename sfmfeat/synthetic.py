@@ -51,6 +51,7 @@ class SceneConfig:
     arc_degrees: float = 100.0          # the cameras span this arc around the scene centre
     radius: float = 6.5                 # horizontal distance of the cameras from the target
     camera_height: float = 3.0
+    roll_degrees: float = 0.0           # the views roll about their axis by +/- this, in turn
     texels_per_unit: float = 160.0      # texture resolution
     supersample: int = 2                # colour samples per pixel side (1 = none)
     background: tuple[int, int, int] = (90, 90, 96)
@@ -174,7 +175,14 @@ class SyntheticScene:
         angle = base if c.num_views == 1 else base - half + 2 * half * index / (c.num_views - 1)
         center = _TARGET + np.array([c.radius * math.cos(angle), c.radius * math.sin(angle),
                                      c.camera_height - _TARGET[2]])
-        return _look_at(center, _TARGET)
+        rotation, translation = _look_at(center, _TARGET)
+        if c.roll_degrees == 0:
+            return rotation, translation
+        roll = math.radians(c.roll_degrees) * (1 if index % 2 else -1)
+        rotation = np.array([[math.cos(roll), -math.sin(roll), 0.0],
+                             [math.sin(roll), math.cos(roll), 0.0],
+                             [0.0, 0.0, 1.0]]) @ rotation
+        return rotation, -rotation @ center
 
     def _check_index(self, view_index: int) -> int:
         if not 0 <= view_index < self.config.num_views:

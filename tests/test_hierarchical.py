@@ -32,7 +32,7 @@ def test_hierarchical_mapping_partitions_the_scene_and_merges_one_model(tmp_path
                             tmp_path / "hierarchical",
                             MappingConfig(mapper="hierarchical", random_seed=0,
                                           leaf_max_num_images=NUM_VIEWS // 3,
-                                          cluster_image_overlap=3))
+                                          cluster_image_overlap=3)).reconstruction
         log = capfd.readouterr().err
     finally:
         pycolmap.logging.minloglevel = level

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -45,7 +46,7 @@ from ..store import FeatureReader, MatchReader, StoreLock, check_matches_lineage
 from ..timing import StageTimer
 from .database import (CameraMode, validate_camera_model, verify_matches, write_database,
                        write_matches)
-from .mapping import (MappingConfig, decide_principal_point, model_statistics, run_mapping,
+from .mapping import (MappingConfig, effective_options, model_statistics, run_mapping,
                       set_focal_priors, verified_pair_statistics)
 
 logger = logging.getLogger(__name__)
@@ -232,10 +233,10 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
                 f"no image pair survived geometric verification ({len(pairs)} pairs matched); "
                 "the images may not overlap, or the features/matcher are too weak")
     with timer.stage("map"):
-        mapping = decide_principal_point(database_path, MappingConfig(
+        mapped = run_mapping(database_path, image_dir, output_dir / "sfm", MappingConfig(
             mapper=config.mapper, random_seed=config.random_seed,
             num_threads=config.colmap_threads, options=config.mapper_options))
-        reconstruction = run_mapping(database_path, image_dir, output_dir / "sfm", mapping)
+        reconstruction = mapped.reconstruction
     if config.dense:
         from .dense import DenseConfig, densify
 
@@ -246,7 +247,12 @@ def _reconstruct(image_dir: Path, output_dir: Path, config: ReconstructionConfig
                        timer.seconds, features_path, matches_path)
     summary["image_dir"] = str(image_dir.resolve())  # for the report's pair drawings
     # what the mapper ran with (the principal-point rule adds its decision to the config's)
-    summary["mapper_options"] = dict(mapping.options)
+    summary["mapper_options"] = dict(effective_options(mapped.config))
+    if mapped.principal_point_std:
+        summary["principal_point_std_px"] = {
+            str(camera_id): [round(value, 3) if math.isfinite(value) else None
+                             for value in std]
+            for camera_id, std in mapped.principal_point_std.items()}
     summary["run_id"] = run_id = uuid.uuid4().hex
     with FeatureReader(features_path) as features, MatchReader(matches_path) as matches:
         summary["stores"] = {"features": store_identity(features),
