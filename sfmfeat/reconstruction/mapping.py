@@ -63,9 +63,9 @@ _REFINE_PRINCIPAL_POINT = "ba_refine_principal_point"
 # (``principal_point_uncertainty``) at most this angle through the focal length, else the
 # database is mapped again with it fixed. Measured with one camera: SIFT 0.011 / 0.013 degrees
 # on fountain-P11 / Herz-Jesus-P8, 0.041 on fox, ALIKED-n16 and DISK 0.039-0.056 on the
-# three; 4.9 on the demo's 12 views on a level arc
-# around one target (there the tilt of every view trades for the principal point's height:
-# refined, it drifted 20 px and the views' rotation error grew from 0.10 to 1.84 degrees).
+# three; 4.9 on the demo's 12 views on a level arc around one target (there the tilt of
+# every view trades for the principal point's height: refined, it drifted 20 px and the
+# views' rotation error grew from 0.10 to 1.84 degrees).
 # The limit lies well between them and below a real principal point's usual offset from
 # the image centre (Strecha's camera: 0.36-0.40 degrees), so a point kept refined beats the
 # centre. The covariance takes at most COVARIANCE_MAX_IMAGES views (its dense Schur
