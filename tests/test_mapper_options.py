@@ -117,7 +117,7 @@ def test_principal_point_is_refined_for_shared_cameras_only(tmp_path):
     assert shared.summary["mapper_options"] == {**dict(INCREMENTAL_DEFAULTS),
                                                "ba_refine_principal_point": True}
     (cx, cy), = _principal_points(shared.reconstruction)
-    assert (cx, cy) != (160.0, 120.0) and abs(cx - 160) < 2 and abs(cy - 120) < 2
+    assert (cx, cy) != (160.0, 120.0) and abs(cx - 160) < 5 and abs(cy - 120) < 5
     (std_x, std_y), = shared.summary["principal_point_std_px"].values()
     assert 0 < std_x < 1 and 0 < std_y < 1
     fixed = run("fixed", "single", ba_refine_principal_point="false")   # the user's word wins
